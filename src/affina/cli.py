@@ -1,0 +1,162 @@
+"""The `affina` command. Each sub-command parses its arguments and calls one recipe function."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from .errors import AffinaError
+
+__all__ = ["main", "build_parser"]
+
+
+def _cmd_train(args) -> int:
+    from .config import load_config
+    from .train import train
+
+    if args.resume:
+        if args.config or args.overrides:
+            raise AffinaError("--resume continues a run with the config saved in it; "
+                              "drop -c and key=value overrides")
+        train(load_config(), resume=Path(args.resume))
+        return 0
+    train(load_config(args.config, args.overrides))
+    return 0
+
+
+def _cmd_data_inspect(args) -> int:
+    from .data.inspect import inspect_data
+
+    inspect_data(args.files, format=args.format, model_spec=args.model, max_length=args.max_length,
+                 train_on_prompt=args.train_on_prompt)
+    return 0
+
+
+def _cmd_generate(args) -> int:
+    from .evaluate.generation import generate_texts
+    from .runs import open_model
+
+    opened = open_model(args.ref)
+    messages = ([{"role": "system", "content": args.system}] if args.system else [])
+    messages.append({"role": "user", "content": args.prompt})
+    prompt = opened.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    out = generate_texts(opened.model, opened.tokenizer, [prompt], max_new_tokens=args.max_new_tokens,
+                         do_sample=args.temperature > 0, temperature=args.temperature or 1.0)
+    print(out[0])
+    return 0
+
+
+def _cmd_chat(args) -> int:
+    from .evaluate.generation import generate_texts
+    from .runs import open_model
+
+    opened = open_model(args.ref)
+    messages = ([{"role": "system", "content": args.system}] if args.system else [])
+    print(f"chatting with {args.ref} — empty line or Ctrl-D to quit, /reset to start over")
+    while True:
+        try:
+            line = input("you> ").strip()
+        except EOFError:
+            print()
+            return 0
+        if not line:
+            return 0
+        if line == "/reset":
+            messages = messages[:1] if args.system else []
+            continue
+        messages.append({"role": "user", "content": line})
+        prompt = opened.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        reply = generate_texts(opened.model, opened.tokenizer, [prompt], max_new_tokens=args.max_new_tokens,
+                               do_sample=args.temperature > 0, temperature=args.temperature or 1.0)[0]
+        messages.append({"role": "assistant", "content": reply})
+        print(f"model> {reply}")
+
+
+def _cmd_methods(args) -> int:
+    from .methods import get_method, method_names
+    from .ui import print_table
+
+    rows = [[name, get_method(name).description] for name in method_names()]
+    print_table("methods", ["name", "description"], rows)
+    return 0
+
+
+def _cmd_config(args) -> int:
+    from .config import describe_keys
+    from .ui import print_table
+
+    print_table("run config keys (set in YAML or as section.key=value)", ["key", "default", "meaning"],
+                [list(r) for r in describe_keys()])
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="affina", description="Fine-tune, evaluate and use language "
+                                "models on your own data.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="fine-tune a model (see `affina config` for every key)")
+    t.add_argument("-c", "--config", help="YAML run config")
+    t.add_argument("overrides", nargs="*", metavar="section.key=value", help="override config keys")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    t.set_defaults(func=_cmd_train)
+
+    d = sub.add_parser("data", help="inspect and check data files")
+    dsub = d.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
+    di = dsub.add_parser("inspect", help="format, rows, token lengths, duplicates, fingerprint, a rendered example")
+    di.add_argument("files", nargs="+")
+    di.add_argument("--format", help="force a format instead of detecting it")
+    di.add_argument("--model", default="default", help="model spec whose tokenizer and template to use")
+    di.add_argument("--max-length", type=int, default=512)
+    di.add_argument("--train-on-prompt", action="store_true")
+    di.set_defaults(func=_cmd_data_inspect)
+
+    for name, helptext, func in (("generate", "generate one reply from a model or run", _cmd_generate),
+                                 ("chat", "chat interactively with a model or run", _cmd_chat)):
+        g = sub.add_parser(name, help=helptext)
+        g.add_argument("ref", metavar="MODEL_OR_RUN", help="run directory, or a model spec (default, dir, .gguf)")
+        if name == "generate":
+            g.add_argument("--prompt", required=True)
+        g.add_argument("--system", help="system message")
+        g.add_argument("--max-new-tokens", type=int, default=256)
+        g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (deterministic)")
+        g.set_defaults(func=func)
+
+    m = sub.add_parser("methods", help="list adaptation methods")
+    m.set_defaults(func=_cmd_methods)
+    c = sub.add_parser("config", help="list every run config key with its default and meaning")
+    c.set_defaults(func=_cmd_config)
+    return p
+
+
+def _quiet_libraries() -> None:
+    """Keep the terminal for affina's own progress bars and tables."""
+    import warnings
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Deprecation notices raised inside upstream libraries, about their own internals.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft)\.")
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # per-tensor load/save bars; the training bar stays
+    hf_logging.set_verbosity_error()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _quiet_libraries()
+    try:
+        return args.func(args) or 0
+    except AffinaError as e:
+        print(f"affina: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("affina: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

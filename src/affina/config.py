@@ -1,0 +1,258 @@
+"""RunConfig: everything a run needs, typed, documented, nested by concern.
+
+Loaded from YAML (`-c run.yaml`) and overridden with dotted keys on the command line
+(`train.lr=1e-4 method.r=16`). Each field's `help` is the reference documentation
+(`affina config --help-keys` prints it). The `method:` section is free-form here and validated
+by the chosen method's own config class (see `affina.methods`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+import yaml
+
+from .errors import ConfigError
+
+__all__ = [
+    "DataConfig", "ModelConfig", "MethodConfig", "TrainConfig", "EvalConfig", "TrackConfig",
+    "RunConfig", "load_config", "apply_overrides", "config_to_dict", "describe_keys",
+]
+
+
+def _f(default: Any, help: str, **kw):
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kw)
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+@dataclass
+class DataConfig:
+    train: list[str] = _f([], "Training data files (JSONL, JSON, CSV, Parquet or a datasets directory).")
+    validation: list[str] = _f([], "Explicit validation files; when empty, `val_fraction` of train is held out.")
+    val_fraction: float = _f(0.1, "Seeded fraction of the training rows held out for validation.")
+    format: str | None = _f(None, "Force a format (alpaca, chat, sharegpt, prompt_completion, text, text_label); auto-detected when unset.")
+    max_length: int = _f(512, "Maximum tokens per example; longer examples are truncated and counted.")
+    packing: bool = _f(False, "Pack short examples into rows of `max_length` tokens; attention and loss never cross examples.")
+    train_on_prompt: bool = _f(False, "Compute loss on prompt tokens too (default: only on assistant replies; raw text always trains on every token).")
+    dedupe: bool = _f(False, "Drop exact duplicate examples (they are always counted and reported).")
+
+
+@dataclass
+class ModelConfig:
+    spec: str = _f("default", "Base model: `default` (SmolLM2-135M-Instruct, embedded), a local HF directory, a .gguf file or a hub id.")
+    device: str = _f("auto", "`auto` (CUDA when available, else CPU), `cpu` or `cuda[:N]`.")
+    dtype: str = _f("auto", "`auto` (bf16 on CUDA where supported, float32 on CPU), `float32`, `bfloat16` or `float16`.")
+
+
+@dataclass
+class MethodConfig:
+    name: str = _f("lora", "Adaptation method; `affina methods` lists them. Its own fields go beside `name`.")
+    options: dict = _f({}, "The method's own fields (validated by that method's config class).")
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = _f("runs", "Directory under which each run gets its own directory.")
+    run_name: str | None = _f(None, "Name of the run directory; default `<method>-<timestamp>`.")
+    seed: int = _f(42, "Seed for data split, shuffling, initialisation and dropout.")
+    epochs: float = _f(1.0, "Passes over the training data (ignored when `max_steps` > 0).")
+    max_steps: int = _f(-1, "Stop after this many optimiser steps (-1: use `epochs`).")
+    batch_size: int = _f(8, "Examples (or packed rows) per device per step.")
+    grad_accum: int = _f(1, "Gradient accumulation steps; effective batch = batch_size x grad_accum.")
+    lr: float = _f(2e-4, "Peak learning rate.")
+    weight_decay: float = _f(0.0, "AdamW weight decay.")
+    warmup_ratio: float = _f(0.05, "Fraction of steps with linear warm-up.")
+    scheduler: str = _f("cosine", "Learning-rate schedule (linear, cosine, constant, constant_with_warmup).")
+    max_grad_norm: float = _f(1.0, "Gradient clipping norm.")
+    eval_steps: int = _f(50, "Compute validation loss every this many steps (0: only at the end).")
+    save_steps: int = _f(50, "Write a checkpoint every this many steps (used by --resume).")
+    save_total_limit: int = _f(2, "Keep at most this many checkpoints.")
+    logging_steps: int = _f(5, "Log training loss every this many steps.")
+    gradient_checkpointing: bool = _f(False, "Trade compute for memory by recomputing activations.")
+
+
+@dataclass
+class EvalConfig:
+    data: list[str] = _f([], "Held-out files evaluated before and after training (loss + generation metrics); empty: skip.")
+    metrics: list[str] = _f(["exact_match", "json_fields"], "Generation metrics: exact_match, token_f1, json_valid, json_fields.")
+    max_new_tokens: int = _f(128, "Generation budget per example.")
+    batch_size: int = _f(16, "Examples generated at once.")
+    limit: int | None = _f(None, "Evaluate only the first N examples.")
+    compare_base: bool = _f(True, "Also evaluate the base model before training, for a before/after table.")
+
+
+@dataclass
+class TrackConfig:
+    mlflow: bool = _f(True, "Log params, per-step metrics, dataset inputs and the artifact to MLflow.")
+    uri: str | None = _f(None, "MLflow tracking URI; default a sqlite store under $AFFINA_HOME.")
+    experiment: str = _f("affina", "MLflow experiment name.")
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    track: TrackConfig = field(default_factory=TrackConfig)
+
+
+_SECTIONS = {f.name: f.type for f in fields(RunConfig)}
+
+
+def _section_types() -> dict[str, type]:
+    hints = get_type_hints(RunConfig)
+    return {name: hints[name] for name in _SECTIONS}
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check/convert a YAML value against a field's annotated type."""
+    origin, args = get_origin(tp), get_args(tp)
+    if value is None:
+        if type(None) in args or tp is Any:
+            return None
+        raise ConfigError(f"config key '{key}' must not be empty")
+    if args and type(None) in args:  # Optional[X]
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if origin is list:
+        if isinstance(value, (str, int, float)):
+            value = [value]
+        if not isinstance(value, list):
+            raise ConfigError(f"config key '{key}' must be a list, got {type(value).__name__}")
+        return [_coerce(v, args[0], key) for v in value] if args else value
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' must be a mapping, got {type(value).__name__}")
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key '{key}' must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"config key '{key}' must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):  # PyYAML reads `1e-4` (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key '{key}' must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, (str, int, float)):
+            raise ConfigError(f"config key '{key}' must be a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _set_key(cfg: RunConfig, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    section_name = parts[0]
+    if section_name not in _SECTIONS:
+        raise ConfigError(f"unknown config section '{section_name}' in '{dotted}'; sections: {', '.join(_SECTIONS)}")
+    section = getattr(cfg, section_name)
+    if len(parts) == 1:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config section '{section_name}' must be a mapping")
+        for k, v in value.items():
+            _set_key(cfg, f"{section_name}.{k}", v)
+        return
+    if len(parts) != 2:
+        raise ConfigError(f"config key '{dotted}' is too deep; use section.key")
+    key = parts[1]
+    if section_name == "method" and key != "name":
+        # Method fields are validated later by the method's own config class.
+        section.options[key] = value
+        return
+    hints = get_type_hints(type(section))
+    if key not in hints:
+        raise ConfigError(
+            f"unknown config key '{dotted}'; keys in '{section_name}': {', '.join(hints)}")
+    setattr(section, key, _coerce(value, hints[key], dotted))
+
+
+def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
+    """Apply `section.key=value` strings; values are parsed as YAML (`1e-4`, `true`, `[a, b]`)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like section.key=value (e.g. train.lr=1e-4)")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        _set_key(cfg, key.strip(), value)
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Defaults ← YAML file ← dotted overrides. Relative data paths in the YAML resolve against the
+    YAML file's directory when they exist there, so a config can travel with its data."""
+    cfg = RunConfig()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f":{mark.line + 1}" if mark else ""
+            raise ConfigError(f"{path}{where}: invalid YAML ({getattr(e, 'problem', e)})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the config must be a mapping of sections")
+        for section, body in raw.items():
+            _set_key(cfg, str(section), body)
+        _resolve_relative_paths(cfg, path.parent)
+    apply_overrides(cfg, overrides or [])
+    return cfg
+
+
+def _resolve_relative_paths(cfg: RunConfig, base: Path) -> None:
+    def fix(items: list[str]) -> list[str]:
+        out = []
+        for p in items:
+            candidate = base / p
+            out.append(str(candidate) if not Path(p).is_absolute() and not Path(p).exists()
+                       and candidate.exists() else p)
+        return out
+
+    cfg.data.train = fix(cfg.data.train)
+    cfg.data.validation = fix(cfg.data.validation)
+    cfg.eval.data = fix(cfg.eval.data)
+
+
+def config_to_dict(cfg: RunConfig) -> dict:
+    """The resolved config as plain data; `method.options` is flattened beside `method.name`."""
+    d = dataclasses.asdict(cfg)
+    method = {"name": d["method"]["name"], **d["method"]["options"]}
+    d["method"] = method
+    return d
+
+
+def config_from_dict(d: dict) -> RunConfig:
+    cfg = RunConfig()
+    for section, body in d.items():
+        _set_key(cfg, section, body)
+    return cfg
+
+
+def describe_keys() -> list[tuple[str, str, str]]:
+    """(key, default, help) for every documented key: the config reference."""
+    rows = []
+    for section, tp in _section_types().items():
+        for f in fields(tp):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            rows.append((f"{section}.{f.name}", repr(default), f.metadata.get("help", "")))
+    return rows

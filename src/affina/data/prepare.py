@@ -1,0 +1,81 @@
+"""DataConfig → tokenised train/validation sets, with the stats and fingerprints a run records."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..config import DataConfig
+from ..errors import DataError
+from .loading import dataset_fingerprint, load_records, split_records
+from .packing import PackedRow, pack_examples, packing_efficiency
+from .records import Record
+from .tokenize import Example, TokenizeStats, ensure_chat_template, tokenize_records
+
+__all__ = ["PreparedData", "prepare_data"]
+
+
+@dataclass
+class PreparedData:
+    train_records: list[Record]
+    val_records: list[Record]
+    train: list[Example] | list[PackedRow]
+    val: list[Example]
+    train_stats: TokenizeStats
+    val_stats: TokenizeStats
+    files: list[dict]
+    warnings: list[str] = field(default_factory=list)
+    template_fallback: bool = False
+    packing: dict | None = None
+
+    def summary(self) -> dict:
+        """What the run record keeps about its data (lineage)."""
+        return {
+            "files": self.files,
+            "train": {"rows": len(self.train_records), "fingerprint": dataset_fingerprint(self.train_records),
+                      **self.train_stats.as_dict()},
+            "validation": {"rows": len(self.val_records),
+                           "fingerprint": dataset_fingerprint(self.val_records) if self.val_records else None,
+                           **self.val_stats.as_dict()},
+            "packing": self.packing,
+            "chat_template": "fallback (ChatML)" if self.template_fallback else "tokenizer",
+            "warnings": self.warnings,
+        }
+
+
+def prepare_data(cfg: DataConfig, tokenizer, seed: int, progress: bool = True) -> PreparedData:
+    if not cfg.train:
+        raise DataError("no training data: set data.train (e.g. data.train=examples/product_json/train.jsonl)")
+    loaded = load_records(cfg.train, format=cfg.format, dedupe=cfg.dedupe)
+    warnings = list(loaded.warnings)
+    files = [dict(f, role="train") for f in loaded.files]
+    if cfg.validation:
+        val_loaded = load_records(cfg.validation, format=cfg.format, dedupe=cfg.dedupe)
+        train_records, val_records = loaded.records, val_loaded.records
+        warnings += val_loaded.warnings
+        files += [dict(f, role="validation") for f in val_loaded.files]
+    else:
+        train_records, val_records = split_records(loaded.records, cfg.val_fraction, seed)
+
+    fallback = ensure_chat_template(tokenizer)
+    train, train_stats = tokenize_records(train_records, tokenizer, cfg.max_length,
+                                          cfg.train_on_prompt, progress)
+    val, val_stats = tokenize_records(val_records, tokenizer, cfg.max_length, cfg.train_on_prompt,
+                                      progress)
+    if not train:
+        raise DataError("no training example has any token to learn from after truncation; "
+                        "raise data.max_length", source=cfg.train[0])
+    for name, stats in (("training", train_stats), ("validation", val_stats)):
+        if stats.truncated:
+            warnings.append(f"{stats.truncated} {name} examples longer than data.max_length="
+                            f"{cfg.max_length} were truncated")
+        if stats.dropped:
+            warnings.append(f"{stats.dropped} {name} examples had no reply left after truncation "
+                            "and were dropped")
+    packing = None
+    if cfg.packing:
+        rows = pack_examples(train, cfg.max_length)
+        packing = {"rows": len(rows), "examples": len(train),
+                   "efficiency": round(packing_efficiency(rows, cfg.max_length), 4)}
+        train = rows
+    return PreparedData(train_records, val_records, train, val, train_stats, val_stats, files,
+                        warnings, fallback, packing)

@@ -1,0 +1,46 @@
+"""Batched, deterministic (greedy) generation for evaluation and the `generate` command."""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["generate_texts"]
+
+
+@torch.no_grad()
+def generate_texts(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 128,
+                   batch_size: int = 16, do_sample: bool = False, temperature: float = 1.0,
+                   top_p: float = 1.0, progress: bool = False, desc: str = "generating") -> list[str]:
+    """Generate a completion for each already-templated prompt; returns the new text only."""
+    from tqdm.auto import tqdm
+
+    model.eval()
+    device = next(model.parameters()).device
+    # Left padding keeps every prompt's last token at the same position, so one batched
+    # generate call continues all of them.
+    old_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    outputs: list[str] = []
+    eos = [t for t in {tokenizer.eos_token_id, _im_end_id(tokenizer)} if t is not None]
+    try:
+        for start in tqdm(range(0, len(prompts), batch_size), desc=desc, disable=not progress,
+                          leave=False):
+            chunk = prompts[start:start + batch_size]
+            enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample,
+                          pad_token_id=tokenizer.pad_token_id, eos_token_id=eos or None)
+            if do_sample:
+                kwargs.update(temperature=temperature, top_p=top_p)
+            else:  # keep generation_config's sampling defaults from warning under greedy decoding
+                kwargs.update(temperature=None, top_p=None, top_k=None)
+            out = model.generate(**enc, **kwargs)  # (B, T_prompt + T_new)
+            new = out[:, enc["input_ids"].shape[1]:]
+            outputs += [tokenizer.decode(row, skip_special_tokens=True).strip() for row in new]
+    finally:
+        tokenizer.padding_side = old_side
+    return outputs
+
+
+def _im_end_id(tokenizer) -> int | None:
+    tid = tokenizer.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tokenizer.get_vocab() else None
+    return tid if isinstance(tid, int) else None

@@ -1,0 +1,47 @@
+"""Loss-based evaluation: mean loss and perplexity over the tokens that carry loss."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = ["evaluate_loss", "per_example_losses"]
+
+
+@torch.no_grad()
+def per_token_loss_sums(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed next-token loss and loss-token count per row of a collated batch."""
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) for k, v in batch.items()}
+    labels = batch.pop("labels")
+    logits = model(**batch, use_cache=False).logits.float()  # (B, T, V)
+    shift_logits, shift_labels = logits[:, :-1], labels[:, 1:]
+    loss = torch.nn.functional.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1),
+        ignore_index=-100, reduction="none").view(shift_labels.shape)  # (B, T-1)
+    return loss.sum(-1), (shift_labels != -100).sum(-1)
+
+
+def evaluate_loss(model, examples: list, collator, batch_size: int = 8,
+                  progress: bool = False) -> dict[str, float]:
+    from tqdm.auto import tqdm
+
+    model.eval()
+    total, count = 0.0, 0
+    for start in tqdm(range(0, len(examples), batch_size), desc="validation loss",
+                      disable=not progress, leave=False):
+        sums, counts = per_token_loss_sums(model, collator(examples[start:start + batch_size]))
+        total += sums.sum().item()
+        count += counts.sum().item()
+    loss = total / max(1, count)
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
+
+
+def per_example_losses(model, examples: list, collator) -> list[float]:
+    """Mean loss of each example on its own (used to check packing equivalence)."""
+    out = []
+    for ex in examples:
+        s, c = per_token_loss_sums(model, collator([ex]))
+        out.append((s / c).item())
+    return out

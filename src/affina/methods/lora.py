@@ -1,0 +1,72 @@
+"""LoRA: low-rank adapters on chosen linear layers, via PEFT.
+
+Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models" (arXiv:2106.09685).
+The artifact is a plain PEFT directory (adapter_config.json + adapter_model.safetensors).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import ConfigError
+from .base import register
+
+__all__ = ["LoraMethodConfig", "LoraMethod"]
+
+
+@dataclass
+class LoraMethodConfig:
+    r: int = field(default=16, metadata={"help": "Rank of the update BA (Hu et al. 2021, sec. 4.1)."})
+    alpha: float = field(default=32, metadata={"help": "Scaling numerator: the update is scaled by alpha/r."})
+    dropout: float = field(default=0.05, metadata={"help": "Dropout on the adapter's input."})
+    target_modules: list[str] = field(
+        default_factory=lambda: ["all-linear"],
+        metadata={"help": "Linear layers to adapt, by name suffix (q_proj, v_proj, ...), or `all-linear` "
+                          "(every linear layer except the output head)."})
+    bias: str = field(default="none", metadata={"help": "Train biases too: none, all or lora_only."})
+
+    def validate(self) -> None:
+        if self.r < 1:
+            raise ConfigError(f"method.r must be >= 1, got {self.r}")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"method.dropout must be in [0, 1), got {self.dropout}")
+        if self.bias not in ("none", "all", "lora_only"):
+            raise ConfigError(f"method.bias must be none, all or lora_only, got {self.bias!r}")
+
+
+class LoraMethod:
+    name = "lora"
+    description = "Low-rank adapters on linear layers (Hu et al. 2021), via PEFT."
+    config_class = LoraMethodConfig
+    artifact_kind = "adapter"
+
+    def peft_config(self, cfg: LoraMethodConfig):
+        from peft import LoraConfig, TaskType
+
+        targets = cfg.target_modules
+        target = "all-linear" if targets == ["all-linear"] else list(targets)
+        return LoraConfig(task_type=TaskType.CAUSAL_LM, r=cfg.r, lora_alpha=cfg.alpha,
+                          lora_dropout=cfg.dropout, target_modules=target, bias=cfg.bias)
+
+    def apply(self, model, cfg: LoraMethodConfig):
+        from peft import get_peft_model
+
+        try:
+            return get_peft_model(model, self.peft_config(cfg))
+        except ValueError as e:  # e.g. target modules not found in the model
+            raise ConfigError(f"method.target_modules: {e}") from None
+
+    def save(self, model, directory: Path) -> None:
+        model.save_pretrained(directory)
+
+    def load(self, base, directory: Path):
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(base, directory)
+
+    def merge(self, model):
+        return model.merge_and_unload()
+
+
+register(LoraMethod())

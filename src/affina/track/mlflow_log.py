@@ -1,0 +1,100 @@
+"""MLflow tracking for a run: params, per-step metrics, dataset inputs with digests, artifacts.
+
+Default store: sqlite under $AFFINA_HOME (`track.uri` points elsewhere, e.g. a team server).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from ..paths import affina_home
+
+__all__ = ["MlflowRun", "default_tracking_uri"]
+
+
+def default_tracking_uri() -> str:
+    return f"sqlite:///{affina_home() / 'mlflow.db'}"
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, str]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = str(v)[:500]
+    return out
+
+
+class MlflowRun:
+    """A thin context around one MLflow run; every call is a no-op when tracking is off."""
+
+    def __init__(self, enabled: bool, uri: str | None, experiment: str, run_name: str):
+        self.enabled = enabled
+        self.uri = uri or default_tracking_uri()
+        self.experiment = experiment
+        self.run_name = run_name
+        self.run_id: str | None = None
+        self._mlflow = None
+
+    def __enter__(self) -> "MlflowRun":
+        if not self.enabled:
+            return self
+        # MLflow's alembic migrations log at INFO on every new sqlite store.
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        import mlflow
+
+        self._mlflow = mlflow
+        mlflow.set_tracking_uri(self.uri)
+        if mlflow.get_experiment_by_name(self.experiment) is None and self.uri.startswith("sqlite:"):
+            # Keep artifacts beside the sqlite store rather than in ./mlruns of wherever we run.
+            mlflow.create_experiment(self.experiment,
+                                     artifact_location=(affina_home() / "mlartifacts").as_uri())
+        mlflow.set_experiment(self.experiment)
+        self.run_id = mlflow.start_run(run_name=self.run_name).info.run_id
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self._mlflow is not None:
+            self._mlflow.end_run(status="FAILED" if exc_type else "FINISHED")
+
+    def log_params(self, params: dict) -> None:
+        if self._mlflow:
+            flat = _flatten(params)
+            items = list(flat.items())
+            for i in range(0, len(items), 100):  # MLflow caps params per batch
+                self._mlflow.log_params(dict(items[i:i + 100]))
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        if self._mlflow:
+            clean = {k.replace("/", "_"): float(v) for k, v in metrics.items()
+                     if isinstance(v, (int, float))}
+            if clean:
+                self._mlflow.log_metrics(clean, step=step)
+
+    def log_dataset(self, records, *, name: str, source: str, digest: str, context: str) -> None:
+        """Record a dataset input with its fingerprint as the digest."""
+        if not self._mlflow:
+            return
+        import pandas as pd
+        from mlflow.data.pandas_dataset import from_pandas
+
+        import warnings
+
+        frame = pd.DataFrame([{"key": r.key()} for r in records])
+        with warnings.catch_warnings():  # a local path matches two equivalent source kinds
+            warnings.simplefilter("ignore", UserWarning)
+            dataset = from_pandas(frame, source=source, name=name, digest=digest.split(":")[-1][:36])
+        self._mlflow.log_input(dataset, context=context)
+
+    def log_artifacts(self, directory: Path, artifact_path: str | None = None) -> None:
+        if self._mlflow:
+            self._mlflow.log_artifacts(str(directory), artifact_path=artifact_path)
+
+    def set_tags(self, tags: dict) -> None:
+        if self._mlflow:
+            self._mlflow.set_tags({k: str(v) for k, v in tags.items()})
