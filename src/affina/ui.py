@@ -24,7 +24,8 @@ def warn(message: str) -> None:
 def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
     table = Table(title=title, title_justify="left")
     for i, h in enumerate(header):
-        table.add_column(h, justify="left" if i == 0 else "right")
+        # Fold rather than truncate: fingerprints and paths must stay whole and copyable.
+        table.add_column(h, justify="left" if i == 0 else "right", overflow="fold")
     for row in rows:
         table.add_row(*[str(c) for c in row])
     console.print(table)

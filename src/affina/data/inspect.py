@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from rich.markup import escape
-
-from ..ui import console, print_table, warn
+from ..ui import print_table, warn
 from .checks import find_duplicates
 from .loading import dataset_fingerprint, load_records
 from .tokenize import IGNORE_INDEX, ensure_chat_template, tokenize_record, tokenize_records
@@ -69,8 +67,9 @@ def inspect_data(files: list[str], *, format: str | None = None, model_spec: str
     if loaded.records:
         first = loaded.records[0]
         ex = tokenize_record(first, tokenizer, max_length, train_on_prompt)
-        console.print(f"\nexample {first.source}:{first.line} as the model sees it "
-                      f"(text inside {MASK_OPEN} {MASK_CLOSE} carries no loss):")
-        console.print(escape(render_masked(ex, tokenizer)), markup=True, highlight=False)
+        # Plain print: the example must appear exactly, with no wrapping added by the terminal UI.
+        print(f"\nexample {first.source}:{first.line} as the model sees it "
+              f"(text inside {MASK_OPEN} {MASK_CLOSE} carries no loss):")
+        print(render_masked(ex, tokenizer))
     return {"rows": len(loaded.records), "fingerprint": fingerprint, "duplicates": len(duplicates),
             "stats": stats.as_dict(), "files": loaded.files}

@@ -45,6 +45,7 @@ class MlflowRun:
             return self
         # MLflow's alembic migrations log at INFO on every new sqlite store.
         logging.getLogger("alembic").setLevel(logging.WARNING)
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         import mlflow
 
