@@ -1,0 +1,214 @@
+"""Lineage: the chain from source data to served requests, for one version or run.
+
+source files → prepared data → run → artifact → registered versions and aliases → requests
+served. And the reverse: every run and version trained on a given dataset fingerprint.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import AffinaError
+from .manifest import MANIFEST_NAME, read_manifest
+from .registry import (TAG_HASHES, _client, hash_run_files, lookup, parse_ref, show_model)
+
+__all__ = ["lineage", "format_lineage", "draw_lineage", "runs_for_dataset"]
+
+
+def lineage(ref: str, *, uri: str | None = None) -> dict:
+    """Everything known about how a version (NAME@VERSION|ALIAS) or a run directory came to be."""
+    versions: list[dict] = []
+    expected: dict[str, str] | None = None
+    if parse_ref(ref) and not Path(ref).exists():
+        version = lookup(parse_ref(ref), uri)
+        run_dir = version.run_dir
+        expected = json.loads(version.tags.get(TAG_HASHES, "{}"))
+    else:
+        run_dir = Path(ref)
+        if not (run_dir / MANIFEST_NAME).is_file():
+            raise AffinaError(f"{ref} is neither a registered NAME@VERSION nor a run directory")
+    run_dir = run_dir.resolve()
+    manifest = read_manifest(run_dir)
+    config = _config(run_dir)
+    current = hash_run_files(run_dir)
+    versions = _versions_of_run(run_dir, uri)
+    data = manifest.get("data", {})
+    return {
+        "ref": ref,
+        "sources": data.get("files", []),
+        "prepared": {
+            "formats": sorted({f.get("format") for f in data.get("files", [])}),
+            "chat_template": data.get("chat_template"),
+            "max_length": config.get("data", {}).get("max_length"),
+            "packing": data.get("packing"),
+            "train_on_prompt": config.get("data", {}).get("train_on_prompt"),
+            "train": _subset(data.get("train", {})),
+            "validation": _subset(data.get("validation", {})),
+        },
+        "run": {
+            "dir": str(run_dir), "mlflow_run_id": manifest.get("mlflow_run_id"),
+            "created": manifest.get("created"), "seed": manifest.get("seed"),
+            "git_commit": manifest.get("git_commit"), "versions": manifest.get("versions"),
+            "base_model": manifest.get("base_model"), "method": manifest.get("method"),
+            "train": manifest.get("train"), "metrics": manifest.get("metrics"),
+            "config": config,
+            "eval_reports": sorted(str(p) for p in (run_dir / "eval").glob("*.json")),
+        },
+        "artifact": {
+            "dir": str(run_dir / manifest.get("artifact", "adapter")), "kind": manifest.get("kind"),
+            "files": current,
+            "verified": None if expected is None else expected == current,
+        },
+        "registry": versions,
+        "served": _served([f"{v['name']}@{v['version']}" for v in versions]
+                          + [f"{v['name']}@{a}" for v in versions for a in v["aliases"]]
+                          + [run_dir.name]),
+    }
+
+
+def _subset(d: dict) -> dict:
+    return {k: d.get(k) for k in ("rows", "fingerprint", "tokens", "loss_tokens", "truncated") if k in d}
+
+
+def _config(run_dir: Path) -> dict:
+    import yaml
+
+    path = run_dir / "config.yaml"
+    return yaml.safe_load(path.read_text()) if path.is_file() else {}
+
+
+def _versions_of_run(run_dir: Path, uri: str | None) -> list[dict]:
+    out = []
+    client = _client(uri)
+    for rm in client.search_registered_models():
+        info = show_model(rm.name, uri)
+        for v in info["versions"]:
+            if Path(v["run_dir"]).resolve() == run_dir:
+                out.append({"name": rm.name, **v})
+    return out
+
+
+def _served(model_names: list[str]) -> dict | None:
+    """Counts and time range of logged requests that used these names (needs the request log)."""
+    try:
+        from ..serve.requestlog import usage_summary
+    except ImportError:
+        return None
+    return usage_summary(model_names)
+
+
+def format_lineage(info: dict) -> str:
+    lines = [f"lineage of {info['ref']}", "", "source data"]
+    for f in info["sources"]:
+        lines.append(f"  {f.get('role', '?'):<10} {f['path']}  ({f.get('format')}, {f.get('rows')} rows, "
+                     f"sha256 {str(f.get('sha256', ''))[:16]}…)")
+    p = info["prepared"]
+    lines += ["prepared data",
+              f"  formats {', '.join(p['formats'])}; template {p['chat_template']}; max_length "
+              f"{p['max_length']}; packing {p['packing'] or 'off'}; train_on_prompt {p['train_on_prompt']}",
+              f"  train      {p['train'].get('rows')} rows  {p['train'].get('fingerprint')}",
+              f"  validation {p['validation'].get('rows')} rows  {p['validation'].get('fingerprint')}"]
+    r = info["run"]
+    base = r["base_model"] or {}
+    method = r["method"] or {}
+    lines += ["run", f"  {r['dir']}  (created {r['created']}, mlflow {r['mlflow_run_id']})",
+              f"  base {base.get('spec')}  {base.get('fingerprint')}",
+              f"  method {method.get('name')}: {method.get('trainable_params')} trainable of "
+              f"{method.get('total_params')}; seed {r['seed']}; git {r['git_commit']}",
+              "  versions " + ", ".join(f"{k} {v}" for k, v in (r["versions"] or {}).items()),
+              f"  metrics {json.dumps(r['metrics'])}"]
+    for report in r["eval_reports"]:
+        lines.append(f"  eval report {report}")
+    a = info["artifact"]
+    state = {None: "not registered", True: "verified against registered hashes",
+             False: "MODIFIED since registration"}[a["verified"]]
+    lines += ["artifact", f"  {a['dir']} ({a['kind']}, {len(a['files'])} files, {state})"]
+    lines.append("registry")
+    if not info["registry"]:
+        lines.append("  (not registered)")
+    for v in info["registry"]:
+        aliases = f"  aliases: {', '.join(v['aliases'])}" if v["aliases"] else ""
+        lines.append(f"  {v['name']}@{v['version']}{aliases}")
+        for alias, decision in v.get("promotions", {}).items():
+            lines.append(f"    promotion to {alias}: {decision.get('decision')} ({decision.get('metric')}, "
+                         f"margin {decision.get('margin')}, {decision.get('time')})")
+    lines.append("served")
+    s = info["served"]
+    if s is None:
+        lines.append("  (no request log available)")
+    else:
+        lines.append(f"  {s.get('requests', 0)} requests" + (f", {s['first']} → {s['last']}"
+                                                             if s.get("requests") else ""))
+    return "\n".join(lines)
+
+
+def draw_lineage(info: dict, path: Path) -> Path:
+    """A left-to-right chain of boxes: data → prepared → run → artifact → versions → served."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    p, r, a = info["prepared"], info["run"], info["artifact"]
+    boxes = [
+        ("source data", "\n".join(f"{Path(f['path']).name} ({f.get('rows')} rows)" for f in info["sources"][:4])),
+        ("prepared data", f"train {p['train'].get('rows')} rows\n{str(p['train'].get('fingerprint'))[:19]}…\n"
+                          f"max_length {p['max_length']}"),
+        ("run", f"{Path(r['dir']).name}\n{(r['method'] or {}).get('name')} on {Path(str((r['base_model'] or {}).get('spec'))).name}\n"
+                f"seed {r['seed']}"),
+        ("artifact", f"{Path(a['dir']).name}/ ({len(a['files'])} files)\n"
+                     + {None: "unregistered", True: "hashes verified", False: "MODIFIED"}[a["verified"]]),
+        ("registry", "\n".join(f"{v['name']}@{v['version']}" + (f" [{', '.join(v['aliases'])}]" if v["aliases"] else "")
+                               for v in info["registry"]) or "not registered"),
+        ("served", "no request log" if info["served"] is None else f"{info['served'].get('requests', 0)} requests"),
+    ]
+    fig, ax = plt.subplots(figsize=(2.6 * len(boxes), 2.6), dpi=120)
+    ax.set_xlim(0, len(boxes))
+    ax.set_ylim(0, 1)
+    ax.axis("off")
+    for i, (title, body) in enumerate(boxes):
+        ax.text(i + 0.5, 0.78, title, ha="center", va="center", fontsize=10, weight="bold")
+        ax.text(i + 0.5, 0.45, body, ha="center", va="center", fontsize=8,
+                bbox=dict(boxstyle="round,pad=0.5", fc="#eef3fb", ec="#4a6fa5"))
+        if i < len(boxes) - 1:
+            ax.annotate("", xy=(i + 1.08, 0.45), xytext=(i + 0.92, 0.45),
+                        arrowprops=dict(arrowstyle="->", color="#4a6fa5"))
+    ax.set_title(f"lineage of {info['ref']}", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def runs_for_dataset(fingerprint: str, *, runs_dirs: list[Path] | None = None,
+                     uri: str | None = None) -> list[dict]:
+    """Every run (tracked in MLflow or found under `runs_dirs`) and registered version whose
+    training or validation data has this fingerprint."""
+    if not fingerprint.startswith("sha256:"):
+        fingerprint = "sha256:" + fingerprint
+    found: dict[str, dict] = {}
+    client = _client(uri)
+    for exp in client.search_experiments():
+        for key in ("affina.data.train_fingerprint", "affina.data.validation_fingerprint"):
+            for run in client.search_runs([exp.experiment_id], f"tags.`{key}` = '{fingerprint}'"):
+                run_dir = run.data.tags.get("affina.run_dir", "")
+                entry = found.setdefault(run_dir or run.info.run_id, {
+                    "run_dir": run_dir, "mlflow_run_id": run.info.run_id, "roles": set(), "versions": []})
+                entry["roles"].add(key.split(".")[2].replace("_fingerprint", ""))
+    for root in runs_dirs or []:
+        for manifest_path in Path(root).glob(f"*/{MANIFEST_NAME}"):
+            m = json.loads(manifest_path.read_text())
+            for role in ("train", "validation"):
+                if (m.get("data", {}).get(role) or {}).get("fingerprint") == fingerprint:
+                    run_dir = str(manifest_path.parent.resolve())
+                    entry = found.setdefault(run_dir, {"run_dir": run_dir,
+                                                       "mlflow_run_id": m.get("mlflow_run_id"),
+                                                       "roles": set(), "versions": []})
+                    entry["roles"].add(role)
+    for rm in client.search_registered_models():
+        for v in show_model(rm.name, uri)["versions"]:
+            key = str(Path(v["run_dir"]).resolve())
+            if key in found:
+                found[key]["versions"].append(f"{rm.name}@{v['version']}")
+    return [dict(e, roles=sorted(e["roles"])) for e in found.values()]

@@ -1,0 +1,168 @@
+"""Eval-gated promotion: move an alias to a version only when it is not worse.
+
+The candidate, the version currently holding the alias, and the base model are evaluated on the
+evaluation set registered with the model name. Each gate looks at those results and passes or
+refuses; the alias moves only when every gate passes (or `force`, recorded as forced). Gates
+are pluggable: `register_gate` adds one (bias deltas, regression on earlier tasks, ...).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from ..errors import AffinaError
+from ..paths import affina_home
+from .registry import (TAG_EVAL_DATA, TAG_METRIC, RegisteredVersion, _client, lookup, parse_ref,
+                       resolve_ref)
+
+__all__ = ["Gate", "GateResult", "PromotionContext", "MetricGate", "register_gate", "GATES",
+           "promote", "LOWER_IS_BETTER"]
+
+LOWER_IS_BETTER = {"loss", "perplexity"}
+
+
+@dataclass
+class GateResult:
+    gate: str
+    passed: bool
+    detail: str
+
+
+@dataclass
+class PromotionContext:
+    candidate: RegisteredVersion
+    incumbent: RegisteredVersion | None
+    alias: str
+    metric: str
+    margin: float
+    results: dict[str, dict] = field(default_factory=dict)  # "candidate" / "incumbent" / "base"
+
+    def score(self, who: str) -> float | None:
+        r = self.results.get(who)
+        if not r:
+            return None
+        return r.get(self.metric, r.get("metrics", {}).get(self.metric))
+
+
+class Gate(Protocol):
+    name: str
+
+    def check(self, ctx: PromotionContext) -> GateResult: ...
+
+
+class MetricGate:
+    """The candidate may trail the incumbent on the primary metric by at most `margin`."""
+
+    name = "metric"
+
+    def check(self, ctx: PromotionContext) -> GateResult:
+        cand = ctx.score("candidate")
+        if cand is None:
+            return GateResult(self.name, False, f"the candidate has no '{ctx.metric}' score")
+        other_name = "incumbent" if ctx.incumbent is not None else "base"
+        other = ctx.score(other_name)
+        if other is None:
+            return GateResult(self.name, True, f"nothing to compare against; {ctx.metric}={cand:.4f}")
+        lower = ctx.metric in LOWER_IS_BETTER
+        worse_by = (cand - other) if lower else (other - cand)
+        passed = worse_by <= ctx.margin
+        direction = "lower" if lower else "higher"
+        return GateResult(self.name, passed,
+                          f"{ctx.metric} ({direction} is better): candidate {cand:.4f} vs {other_name} "
+                          f"{other:.4f}; worse by {max(worse_by, 0):.4f}, margin {ctx.margin:.4f}")
+
+
+GATES: dict[str, Gate] = {}
+
+
+def register_gate(gate: Gate) -> Gate:
+    GATES[gate.name] = gate
+    return gate
+
+
+register_gate(MetricGate())
+
+
+def _evaluate(ref_or_spec: str, records, max_length: int, metrics: list[str]) -> dict:
+    from ..evaluate.report import evaluate_records
+    from ..runs import open_model
+
+    opened = open_model(ref_or_spec)
+    result = evaluate_records(opened.model, opened.tokenizer, records, metrics=metrics,
+                              max_length=max_length, max_new_tokens=128, batch_size=16,
+                              label=ref_or_spec)
+    flat = {k: result[k] for k in ("loss", "perplexity") if k in result}
+    flat.update(result.get("metrics", {}))
+    return flat
+
+
+def promote(ref_text: str, alias: str = "champion", *, data: list[str] | None = None,
+            margin: float = 0.0, metric: str | None = None, force: bool = False,
+            gates: list[str] | None = None, uri: str | None = None) -> dict:
+    """Evaluate and decide; move the alias when allowed. Returns the decision record."""
+    from ..data.loading import load_records
+    from ..evaluate.metrics import METRICS
+
+    ref = parse_ref(ref_text)
+    if ref is None or not ref.is_version:
+        raise AffinaError(f"{ref_text!r}: promote an exact version, e.g. NAME@3")
+    candidate = resolve_ref(ref_text, uri)  # verifies the candidate's files
+    client = _client(uri)
+    model_tags = client.get_registered_model(ref.name).tags
+    data = data or json.loads(model_tags.get(TAG_EVAL_DATA, "[]"))
+    if not data:
+        raise AffinaError(f"no evaluation set for {ref.name}: pass --data FILE or register with --eval-data")
+    metric = metric or model_tags.get(TAG_METRIC) or "loss"
+    if metric not in METRICS and metric not in LOWER_IS_BETTER:
+        raise AffinaError(f"unknown metric {metric!r}; choose loss, perplexity or one of: {', '.join(METRICS)}")
+    try:
+        incumbent = lookup(parse_ref(f"{ref.name}@{alias}"), uri)
+    except AffinaError:
+        incumbent = None
+    if incumbent is not None and incumbent.version == candidate.version:
+        raise AffinaError(f"{candidate.ref} already holds {ref.name}@{alias}")
+    if incumbent is not None:
+        resolve_ref(incumbent.ref, uri)  # a tampered incumbent is no yardstick
+
+    records = load_records(data).records
+    generation_metrics = [m for m in [metric] if m in METRICS]
+    from ..track.manifest import read_manifest
+
+    manifest = read_manifest(candidate.run_dir)
+    max_length = 512
+    ctx = PromotionContext(candidate, incumbent, alias, metric, margin)
+    ctx.results["candidate"] = _evaluate(str(candidate.run_dir), records, max_length, generation_metrics)
+    if incumbent is not None:
+        ctx.results["incumbent"] = _evaluate(str(incumbent.run_dir), records, max_length, generation_metrics)
+    ctx.results["base"] = _evaluate(manifest["base_model"]["spec"], records, max_length, generation_metrics)
+
+    names = gates or list(GATES)
+    unknown = [g for g in names if g not in GATES]
+    if unknown:
+        raise AffinaError(f"unknown gate(s): {', '.join(unknown)}; available: {', '.join(GATES)}")
+    checks = [GATES[g].check(ctx) for g in names]
+    passed = all(c.passed for c in checks)
+    moved = passed or force
+    decision = {
+        "candidate": candidate.ref, "alias": alias,
+        "incumbent": incumbent.ref if incumbent else None,
+        "decision": "promoted" if passed else ("forced" if force else "refused"),
+        "forced": bool(force and not passed), "metric": metric, "margin": margin,
+        "data": [str(Path(p).resolve()) for p in data], "results": ctx.results,
+        "gates": [c.__dict__ for c in checks], "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    report_dir = affina_home() / "registry" / "reports"
+    report_dir.mkdir(parents=True, exist_ok=True)
+    report = report_dir / f"{ref.name}-v{candidate.version}-{alias}-{int(time.time())}.json"
+    report.write_text(json.dumps(decision, indent=1))
+    decision["report"] = str(report)
+    client.set_model_version_tag(ref.name, str(candidate.version), f"affina.promotion.{alias}",
+                                 json.dumps({k: decision[k] for k in ("decision", "forced", "metric",
+                                             "margin", "incumbent", "time", "report")}))
+    if moved:
+        client.set_registered_model_alias(ref.name, alias, str(candidate.version))
+    return decision

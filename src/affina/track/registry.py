@@ -1,0 +1,260 @@
+"""The model registry: `NAME@version` and `NAME@alias` over MLflow's model registry.
+
+A version points at a run directory. Its files (the artifact, the manifest, the resolved
+config) are hashed at registration and verified every time the version is resolved, so a file
+changed after registration is refused instead of served.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import AffinaError
+from .manifest import MANIFEST_NAME, read_manifest
+from .mlflow_log import default_tracking_uri
+
+__all__ = ["ModelRef", "RegisteredVersion", "registry_uri", "parse_ref", "register_run",
+           "resolve_ref", "set_alias", "list_models", "show_model", "hash_run_files",
+           "verify_hashes", "TAG_HASHES", "TAG_EVAL_DATA", "TAG_METRIC"]
+
+TAG_HASHES = "affina.hashes"
+TAG_EVAL_DATA = "affina.eval_data"
+TAG_METRIC = "affina.primary_metric"
+TAG_RUN_DIR = "affina.run_dir"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_REF = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]{0,99})@(?P<sel>[A-Za-z0-9._-]+)$")
+
+
+def registry_uri() -> str:
+    """`$AFFINA_TRACKING_URI`, else the same sqlite store runs are tracked in."""
+    return os.environ.get("AFFINA_TRACKING_URI") or default_tracking_uri()
+
+
+def _client(uri: str | None = None):
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    import mlflow
+
+    uri = uri or registry_uri()
+    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    name: str
+    selector: str  # a version number or an alias
+
+    @property
+    def is_version(self) -> bool:
+        return self.selector.isdigit()
+
+    def __str__(self) -> str:
+        return f"{self.name}@{self.selector}"
+
+
+@dataclass
+class RegisteredVersion:
+    name: str
+    version: int
+    run_dir: Path
+    aliases: list[str]
+    tags: dict
+    run_id: str | None = None
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
+
+
+def parse_ref(text: str) -> ModelRef | None:
+    """`name@version` or `name@alias`; None when the text is not of that shape."""
+    m = _REF.match(text)
+    return ModelRef(m["name"], m["sel"]) if m else None
+
+
+# -- hashing --------------------------------------------------------------------------------
+
+
+def _artifact_files(run_dir: Path) -> list[Path]:
+    manifest = read_manifest(run_dir)
+    artifact = run_dir / manifest.get("artifact", "adapter")
+    files = [run_dir / MANIFEST_NAME]
+    if (run_dir / "config.yaml").is_file():
+        files.append(run_dir / "config.yaml")
+    if artifact.is_dir():
+        files += sorted(p for p in artifact.rglob("*") if p.is_file())
+    elif artifact.is_file():
+        files.append(artifact)
+    return files
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def hash_run_files(run_dir: Path) -> dict[str, str]:
+    """sha256 of every file a version is made of, by path relative to the run directory."""
+    return {str(p.relative_to(run_dir)): _sha256(p) for p in _artifact_files(run_dir)}
+
+
+def verify_hashes(run_dir: Path, expected: dict[str, str], ref: str) -> None:
+    for rel, digest in expected.items():
+        path = run_dir / rel
+        if not path.is_file():
+            raise AffinaError(f"{ref}: registered file {path} is missing; the version cannot be loaded")
+        if _sha256(path) != digest:
+            raise AffinaError(f"{ref}: {path} was modified after registration (sha256 mismatch); "
+                              "refusing to load it — register the changed run as a new version")
+    current = set(hash_run_files(run_dir))
+    extra = sorted(current - set(expected))
+    if extra:
+        raise AffinaError(f"{ref}: {run_dir / extra[0]} was added after registration; refusing to load")
+
+
+# -- registry operations ----------------------------------------------------------------------
+
+
+def register_run(run_dir: Path, name: str, *, eval_data: list[str] | None = None,
+                 metric: str | None = None, uri: str | None = None) -> RegisteredVersion:
+    """Create `name@<next version>` for a run directory, hashing its files."""
+    run_dir = Path(run_dir).resolve()
+    if not _NAME.match(name):
+        raise AffinaError(f"invalid model name {name!r}: use letters, digits, '.', '_' or '-' "
+                          "(at most 100 characters, starting with a letter or digit)")
+    manifest = read_manifest(run_dir)
+    hashes = hash_run_files(run_dir)
+    client = _client(uri)
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name, description=f"registered by affina from {run_dir}")
+    model_tags = client.get_registered_model(name).tags
+    # The evaluation set and primary metric belong to the name: promotion compares versions on it.
+    if eval_data or TAG_EVAL_DATA not in model_tags:
+        data = [str(Path(p).resolve()) for p in (eval_data or _run_eval_data(run_dir))]
+        if data:
+            client.set_registered_model_tag(name, TAG_EVAL_DATA, json.dumps(data))
+    if metric or TAG_METRIC not in model_tags:
+        chosen = metric or _run_primary_metric(run_dir)
+        if chosen:
+            client.set_registered_model_tag(name, TAG_METRIC, chosen)
+    tags = {TAG_HASHES: json.dumps(hashes), TAG_RUN_DIR: str(run_dir),
+            "affina.base_fingerprint": manifest.get("base_model", {}).get("fingerprint", ""),
+            "affina.train_fingerprint": manifest.get("data", {}).get("train", {}).get("fingerprint", "")}
+    version = client.create_model_version(name, source=str(run_dir),
+                                          run_id=manifest.get("mlflow_run_id") or None, tags=tags)
+    return _version(client, name, int(version.version))
+
+
+def _run_config(run_dir: Path) -> dict:
+    import yaml
+
+    path = run_dir / "config.yaml"
+    return yaml.safe_load(path.read_text()) if path.is_file() else {}
+
+
+def _run_eval_data(run_dir: Path) -> list[str]:
+    return list(_run_config(run_dir).get("eval", {}).get("data") or [])
+
+
+def _run_primary_metric(run_dir: Path) -> str | None:
+    metrics = _run_config(run_dir).get("eval", {}).get("metrics") or []
+    return metrics[0] if metrics else "loss"
+
+
+def _version(client, name: str, version: int) -> RegisteredVersion:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mv = client.get_model_version(name, str(version))
+    except MlflowException:
+        raise AffinaError(f"{name}@{version} is not registered; see `affina registry show {name}`") from None
+    aliases = [a for a, v in client.get_registered_model(name).aliases.items() if int(v) == version]
+    return RegisteredVersion(name, version, Path(mv.tags.get(TAG_RUN_DIR, mv.source)), sorted(aliases),
+                             dict(mv.tags), mv.run_id)
+
+
+def lookup(ref: ModelRef, uri: str | None = None) -> RegisteredVersion:
+    """The version a ref names, without touching its files."""
+    client = _client(uri)
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(ref.name)
+    except MlflowException:
+        raise AffinaError(f"no registered model named {ref.name!r}; "
+                          "register one with `affina registry register RUN --name NAME`") from None
+    if ref.is_version:
+        return _version(client, ref.name, int(ref.selector))
+    try:
+        mv = client.get_model_version_by_alias(ref.name, ref.selector)
+    except MlflowException:
+        aliases = ", ".join(sorted(client.get_registered_model(ref.name).aliases)) or "none"
+        raise AffinaError(f"{ref}: no such alias (aliases of {ref.name}: {aliases})") from None
+    return _version(client, ref.name, int(mv.version))
+
+
+def resolve_ref(text: str, uri: str | None = None) -> RegisteredVersion:
+    """Resolve `name@version|alias` and verify the version's files against their hashes."""
+    ref = parse_ref(text)
+    if ref is None:
+        raise AffinaError(f"{text!r} is not a model reference; use NAME@VERSION or NAME@ALIAS")
+    version = lookup(ref, uri)
+    expected = json.loads(version.tags.get(TAG_HASHES, "{}"))
+    verify_hashes(version.run_dir, expected, str(ref))
+    return version
+
+
+def set_alias(text: str, alias: str, uri: str | None = None) -> RegisteredVersion:
+    ref = parse_ref(text)
+    if ref is None or not ref.is_version:
+        raise AffinaError(f"{text!r}: give an exact version, e.g. {text.split('@')[0]}@3")
+    if alias.isdigit() or not _NAME.match(alias):
+        raise AffinaError(f"invalid alias {alias!r}: use letters, digits, '.', '_' or '-', not only digits")
+    version = lookup(ref, uri)
+    _client(uri).set_registered_model_alias(ref.name, alias, str(version.version))
+    return lookup(ref, uri)
+
+
+def list_models(uri: str | None = None) -> list[dict]:
+    client = _client(uri)
+    out = []
+    for rm in client.search_registered_models():
+        versions = client.search_model_versions(f"name='{rm.name}'")
+        out.append({"name": rm.name, "versions": len(versions),
+                    "latest": max((int(v.version) for v in versions), default=None),
+                    "aliases": {a: int(v) for a, v in rm.aliases.items()}})
+    return sorted(out, key=lambda r: r["name"])
+
+
+def show_model(name: str, uri: str | None = None) -> dict:
+    client = _client(uri)
+    from mlflow.exceptions import MlflowException
+
+    try:
+        rm = client.get_registered_model(name)
+    except MlflowException:
+        raise AffinaError(f"no registered model named {name!r}") from None
+    versions = []
+    for mv in sorted(client.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version)):
+        versions.append({
+            "version": int(mv.version), "run_dir": mv.tags.get(TAG_RUN_DIR, mv.source),
+            "created": mv.creation_timestamp, "run_id": mv.run_id,
+            "aliases": sorted(a for a, v in rm.aliases.items() if int(v) == int(mv.version)),
+            "promotions": {k.split(".", 2)[2]: json.loads(v) for k, v in mv.tags.items()
+                           if k.startswith("affina.promotion.")},
+        })
+    return {"name": name, "tags": dict(rm.tags), "aliases": {a: int(v) for a, v in rm.aliases.items()},
+            "versions": versions}
