@@ -2,6 +2,7 @@
 
 Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models" (arXiv:2106.09685).
 The artifact is a plain PEFT directory (adapter_config.json + adapter_model.safetensors).
+Trainable parameters: r·(d_in + d_out) per adapted linear layer.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError
+from ._peft import apply_peft, load_peft, merge_peft, save_peft, target_list
 from .base import register
 
 __all__ = ["LoraMethodConfig", "LoraMethod"]
@@ -35,6 +37,15 @@ class LoraMethodConfig:
             raise ConfigError(f"method.bias must be none, all or lora_only, got {self.bias!r}")
 
 
+def lora_config(cfg: LoraMethodConfig, **variant):
+    """The PEFT LoraConfig for `cfg`; `variant` switches on DoRA or rsLoRA."""
+    from peft import LoraConfig, TaskType
+
+    return LoraConfig(task_type=TaskType.CAUSAL_LM, r=cfg.r, lora_alpha=cfg.alpha,
+                      lora_dropout=cfg.dropout, target_modules=target_list(cfg.target_modules),
+                      bias=cfg.bias, **variant)
+
+
 class LoraMethod:
     name = "lora"
     description = "Low-rank adapters on linear layers (Hu et al. 2021), via PEFT."
@@ -42,31 +53,19 @@ class LoraMethod:
     artifact_kind = "adapter"
 
     def peft_config(self, cfg: LoraMethodConfig):
-        from peft import LoraConfig, TaskType
-
-        targets = cfg.target_modules
-        target = "all-linear" if targets == ["all-linear"] else list(targets)
-        return LoraConfig(task_type=TaskType.CAUSAL_LM, r=cfg.r, lora_alpha=cfg.alpha,
-                          lora_dropout=cfg.dropout, target_modules=target, bias=cfg.bias)
+        return lora_config(cfg)
 
     def apply(self, model, cfg: LoraMethodConfig):
-        from peft import get_peft_model
-
-        try:
-            return get_peft_model(model, self.peft_config(cfg))
-        except ValueError as e:  # e.g. target modules not found in the model
-            raise ConfigError(f"method.target_modules: {e}") from None
+        return apply_peft(model, self.peft_config(cfg))
 
     def save(self, model, directory: Path) -> None:
-        model.save_pretrained(directory)
+        save_peft(model, directory)
 
     def load(self, base, directory: Path):
-        from peft import PeftModel
-
-        return PeftModel.from_pretrained(base, directory)
+        return load_peft(base, directory)
 
     def merge(self, model):
-        return model.merge_and_unload()
+        return merge_peft(model)
 
 
 register(LoraMethod())

@@ -1,0 +1,38 @@
+"""What every PEFT-backed method shares: wrap, save, load and merge through `peft` itself, so the
+artifact is a plain PEFT directory (adapter_config.json + adapter_model.safetensors)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import ConfigError
+
+__all__ = ["apply_peft", "save_peft", "load_peft", "merge_peft", "target_list"]
+
+
+def target_list(targets: list[str]):
+    """`[all-linear]` → PEFT's "all-linear" shorthand; names otherwise."""
+    return "all-linear" if list(targets) == ["all-linear"] else list(targets)
+
+
+def apply_peft(model, peft_config):
+    from peft import get_peft_model
+
+    try:
+        return get_peft_model(model, peft_config)
+    except ValueError as e:  # e.g. target modules not found in the model
+        raise ConfigError(f"method.target_modules: {str(e).splitlines()[0]}") from None
+
+
+def save_peft(model, directory: Path) -> None:
+    model.save_pretrained(directory)
+
+
+def load_peft(base, directory: Path):
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(base, directory)
+
+
+def merge_peft(model):
+    return model.merge_and_unload()
