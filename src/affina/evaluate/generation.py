@@ -10,8 +10,11 @@ __all__ = ["generate_texts"]
 @torch.no_grad()
 def generate_texts(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 128,
                    batch_size: int = 16, do_sample: bool = False, temperature: float = 1.0,
-                   top_p: float = 1.0, progress: bool = False, desc: str = "generating") -> list[str]:
-    """Generate a completion for each already-templated prompt; returns the new text only."""
+                   top_p: float = 1.0, progress: bool = False, desc: str = "generating",
+                   stats: dict | None = None) -> list[str]:
+    """Generate a completion for each already-templated prompt; returns the new text only.
+    `stats`, when given, gets `new_tokens`: tokens generated, each row counted up to and
+    including its first end-of-turn token (what a throughput figure should count)."""
     from tqdm.auto import tqdm
 
     model.eval()
@@ -34,11 +37,23 @@ def generate_texts(model, tokenizer, prompts: list[str], *, max_new_tokens: int 
             else:  # keep generation_config's sampling defaults from warning under greedy decoding
                 kwargs.update(temperature=None, top_p=None, top_k=None)
             out = model.generate(**enc, **kwargs)  # (B, T_prompt + T_new)
-            new = out[:, enc["input_ids"].shape[1]:]
+            new = out[:, enc["input_ids"].shape[1]:]  # (B, T_new)
+            if stats is not None:
+                stats["new_tokens"] = stats.get("new_tokens", 0) + _count_new_tokens(new, eos)
             outputs += [tokenizer.decode(row, skip_special_tokens=True).strip() for row in new]
     finally:
         tokenizer.padding_side = old_side
     return outputs
+
+
+def _count_new_tokens(new: torch.Tensor, eos: list[int]) -> int:
+    if not eos or new.numel() == 0:
+        return new.numel()
+    is_end = torch.isin(new, torch.tensor(eos, device=new.device))  # (B, T_new)
+    # Rows that ended early are padded after their end token; count through the first end.
+    through_end = is_end.int().argmax(-1) + 1  # (B,)
+    lengths = torch.where(is_end.any(-1), through_end, torch.full_like(through_end, new.shape[1]))
+    return int(lengths.sum())
 
 
 def _im_end_id(tokenizer) -> int | None:

@@ -16,6 +16,8 @@ def per_token_loss_sums(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]
     batch = {k: v.to(device) for k, v in batch.items()}
     labels = batch.pop("labels")
     logits = model(**batch, use_cache=False).logits.float()  # (B, T, V)
+    # Prompt tuning prepends virtual tokens to the logits: keep the positions of the real ones.
+    logits = logits[:, -labels.shape[1]:]
     shift_logits, shift_labels = logits[:, :-1], labels[:, 1:]
     loss = torch.nn.functional.cross_entropy(
         shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1),
