@@ -1,0 +1,161 @@
+"""`affina serve` throughput: requests/s and generated tokens/s at 1, 4 and 16 concurrent clients.
+
+    python benchmarks/serve.py                  # CPU, the embedded default model (SmolLM2-135M)
+    python benchmarks/serve.py --model tiny     # the 2-layer test model, for a quick look
+    python benchmarks/serve.py --device cuda
+
+A real server on loopback (uvicorn in a thread of this process) over the base and two LoRA
+adapters (r=8 on q/k/v/o, random weights, so their answers differ from the base's). Clients are
+threads using the official openai client, each sending greedy chat requests back to back. "one
+adapter" sends every request to the same adapter, so the server can batch them; "mixed" cycles
+through base, alpha and beta, so consecutive requests need different weights. Prints a markdown
+table; docs/benchmarks.md keeps the measured figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT))
+
+from affina.models import model_fingerprint, resolve_model_path  # noqa: E402
+from affina.serve.app import Limits, create_app  # noqa: E402
+from affina.serve.auth import KeyStore  # noqa: E402
+from affina.serve.requestlog import RequestLog  # noqa: E402
+from affina.serve.server import ServeOptions, build_engine  # noqa: E402
+from affina.track import write_manifest  # noqa: E402
+
+PROMPTS = ["Write a product title for a red ceramic mug.", "What is the capital of France?",
+           "Give me three words that rhyme with cat.", "Summarise: the meeting moved to Friday.",
+           "Translate 'good morning' into Spanish.", "Name a prime number bigger than ten.",
+           "Suggest a name for a grey kitten.", "What colour is the sky on a clear day?"]
+
+
+def make_store(root: Path, base_spec: str) -> Path:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base_dir = resolve_model_path(base_spec)
+    store = root / "runs"
+    for seed, name in ((1, "alpha"), (2, "beta")):
+        model = AutoModelForCausalLM.from_pretrained(base_dir)
+        torch.manual_seed(seed)
+        config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+                            init_lora_weights=False)
+        get_peft_model(model, config).save_pretrained(store / name / "adapter")
+        write_manifest(store / name, {"kind": "adapter", "artifact": "adapter", "run_name": name,
+                                      "base_model": {"spec": base_spec,
+                                                     "fingerprint": model_fingerprint(base_dir)},
+                                      "method": {"name": "lora", "r": 8}})
+    return store
+
+
+def run_case(url: str, models: list[str], clients: int, requests: int, max_tokens: int) -> dict:
+    import openai
+
+    client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=600)
+    latencies: list[float] = []
+    tokens = [0]
+    lock = threading.Lock()
+
+    def one(i: int) -> None:
+        started = time.perf_counter()
+        r = client.chat.completions.create(model=models[i % len(models)], temperature=0,
+                                           max_tokens=max_tokens,
+                                           messages=[{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}])
+        with lock:
+            latencies.append(time.perf_counter() - started)
+            tokens[0] += r.usage.completion_tokens
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(one, range(requests)))
+    wall = time.perf_counter() - started
+    latencies.sort()
+    return {"wall": wall, "rps": requests / wall, "tps": tokens[0] / wall,
+            "p50": statistics.median(latencies), "p95": latencies[int(0.95 * (len(latencies) - 1))]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=["default", "tiny"], default="default")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--clients", default="1,4,16")
+    parser.add_argument("--requests", type=int, default=32, help="requests per case")
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--max-batch", type=int, default=8)
+    parser.add_argument("--threads", type=int, help="torch threads for generation (serve --threads)")
+    args = parser.parse_args()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+    import uvicorn
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    tmp = Path(tempfile.mkdtemp(prefix="affina-serve-bench-"))
+    if args.model == "tiny":
+        from tests.helpers import make_tiny_model
+
+        base_spec = str(make_tiny_model(tmp / "tiny-base", seed=3, initializer_range=0.3))
+    else:
+        base_spec = "default"
+    store = make_store(tmp, base_spec)
+    options = ServeOptions(store=store, base=base_spec, device=args.device, max_batch=args.max_batch,
+                           max_queue=256, threads=args.threads, limits=Limits(max_tokens=args.max_tokens))
+    engine = build_engine(options).start()
+    app = create_app(engine, KeyStore(tmp / "keys.db"), RequestLog(f"sqlite:///{tmp / 'requests.db'}"),
+                     options.limits)
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    threading.Thread(target=server.run, daemon=True).start()
+    while not server.started:
+        time.sleep(0.05)
+    url = f"http://127.0.0.1:{port}"
+    run_case(url, ["base", "alpha", "beta"], 3, 6, args.max_tokens)  # warm-up: adapters loaded
+
+    cases = {"one adapter": ["alpha"], "mixed (base, alpha, beta)": ["base", "alpha", "beta"]}
+    rows = []
+    for label, models in cases.items():
+        for clients in [int(c) for c in args.clients.split(",")]:
+            engine.batch_sizes.clear()
+            r = run_case(url, models, clients, args.requests, args.max_tokens)
+            batches = sum(engine.batch_sizes.values())
+            mean_batch = sum(k * v for k, v in engine.batch_sizes.items()) / max(batches, 1)
+            rows.append([label, clients, args.requests, f"{r['wall']:.1f}", f"{r['rps']:.2f}",
+                         f"{r['tps']:.1f}", f"{r['p50']:.2f}", f"{r['p95']:.2f}", f"{mean_batch:.1f}"])
+            print(f"  {label}, {clients} clients: {r['rps']:.2f} req/s", file=sys.stderr)
+    server.should_exit = True
+    engine.stop()
+
+    name = "SmolLM2-135M-Instruct (default)" if args.model == "default" else "tiny 2-layer test model"
+    threads = args.threads or torch.get_num_threads()
+    print(f"\nModel: {name}, device {args.device}, torch threads {threads}, "
+          f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}); greedy, "
+          f"max_tokens {args.max_tokens}, max batch {args.max_batch}\n")
+    header = ["requests to", "clients", "requests", "wall s", "req/s", "gen tok/s", "p50 s", "p95 s",
+              "mean batch"]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "|".join("---" for _ in header) + "|")
+    for row in rows:
+        print("| " + " | ".join(str(c) for c in row) + " |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,267 @@
+"""The HTTP API: OpenAI's /v1 endpoints over the engine, with keys, limits, the log and metrics.
+
+Every /v1 request ends in exactly one request-log row, committed before the response (or, for a
+stream, before its final `data: [DONE]`) leaves the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from dataclasses import dataclass
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..errors import AffinaError
+from .auth import ApiKey, KeyStore
+from .engine import BadPrompt, Engine, GenerationParams, Overloaded
+from .requestlog import LogEntry, RequestLog
+from .schemas import (ApiError, ChatRequest, CompletionRequest, chat_chunk, chat_response,
+                      completion_chunk, completion_response, error_body, parse_request, usage)
+from .store import StoreError
+
+__all__ = ["Limits", "create_app"]
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_body_bytes: int = 1_000_000
+    max_prompt_tokens: int = 2048
+    max_tokens: int = 1024  # the most a request may ask for
+    default_max_tokens: int = 256  # what a request that names none gets
+
+
+class _Metrics:
+    def __init__(self, engine: Engine):
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("affina_requests", "API requests answered", ["endpoint", "model", "status"],
+                                registry=r)
+        self.latency = Histogram("affina_request_latency_seconds", "Time to the full answer",
+                                 ["endpoint", "model"], registry=r,
+                                 buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
+        self.tokens = Counter("affina_tokens", "Tokens processed", ["model", "kind"], registry=r)
+        Gauge("affina_loaded_adapters", "Adapters held in memory", registry=r).set_function(
+            lambda: len(engine.loaded_adapters()))
+        Gauge("affina_queue_depth", "Requests waiting for the model", registry=r).set_function(
+            engine.queue_depth)
+
+    def observe(self, entry: LogEntry) -> None:
+        model = entry.model or ""
+        self.requests.labels(entry.endpoint, model, str(entry.status)).inc()
+        self.latency.labels(entry.endpoint, model).observe(entry.latency_ms / 1000)
+        if entry.prompt_tokens:
+            self.tokens.labels(model, "prompt").inc(entry.prompt_tokens)
+        if entry.completion_tokens:
+            self.tokens.labels(model, "completion").inc(entry.completion_tokens)
+
+
+def _sse(payload: dict) -> str:
+    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+
+def create_app(engine: Engine, keys: KeyStore, log: RequestLog, limits: Limits = Limits(), *,
+               require_keys: bool = False) -> FastAPI:
+    """`require_keys`: answer 401 while no key exists (set when bound beyond loopback)."""
+    app = FastAPI(title="affina", docs_url=None, redoc_url=None, openapi_url=None)
+    metrics = _Metrics(engine)
+    app.state.engine, app.state.log, app.state.metrics = engine, log, metrics
+
+    def error_response(error: ApiError) -> JSONResponse:
+        return JSONResponse(error_body(error), status_code=error.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        return error_response(ApiError(exc.status_code, str(exc.detail), "not_found"
+                                       if exc.status_code == 404 else None))
+
+    def authenticate(request: Request) -> ApiKey | None:
+        if not require_keys and not keys.has_active_keys():
+            return None  # open loopback mode, announced at start-up
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise ApiError(401, "missing API key: send the header 'Authorization: Bearer <key>'",
+                           "missing_api_key")
+        key = keys.verify(token.strip())
+        if key is None:
+            raise ApiError(401, "invalid API key (unknown or revoked)", "invalid_api_key")
+        return key
+
+    async def read_body(request: Request) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limits.max_body_bytes:
+            raise ApiError(413, f"request body of {declared} bytes is over the limit of "
+                           f"{limits.max_body_bytes} bytes", "request_too_large")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limits.max_body_bytes:
+                raise ApiError(413, f"request body is over the limit of {limits.max_body_bytes} bytes",
+                               "request_too_large")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def finish(entry: LogEntry, started: float) -> None:
+        entry.latency_ms = (time.perf_counter() - started) * 1000
+        await run_in_threadpool(log.write, entry)  # committed before the client hears back
+        metrics.observe(entry)
+
+    @app.get("/healthz")
+    async def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz():
+        if not engine.ready:
+            return JSONResponse({"status": "not ready"}, status_code=503)
+        return {"status": "ready", "base": engine.base_name, "loaded_adapters": engine.loaded_adapters()}
+
+    @app.get("/metrics")
+    async def prometheus():
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models")
+    async def list_models(request: Request):
+        try:
+            key = authenticate(request)
+        except ApiError as e:
+            return error_response(e)
+        runs = await run_in_threadpool(engine.served_runs)
+        names = [(engine.base_name, 0)] + [(r.name, int(r.run_dir.stat().st_mtime)) for r in runs]
+        data = [{"id": name, "object": "model", "created": created, "owned_by": "affina"}
+                for name, created in names if key is None or key.allows(name)]
+        return {"object": "list", "data": data}
+
+    async def generate(request: Request, chat: bool):
+        started = time.perf_counter()
+        endpoint = "chat.completions" if chat else "completions"
+        entry = LogEntry(request_id=("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex,
+                         endpoint=endpoint, status=200, latency_ms=0.0)
+        try:
+            body = await read_body(request)
+            key = authenticate(request)
+            entry.key_id = key.key_id if key else None
+            try:
+                payload = json.loads(body)
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise ApiError(400, f"the request body is not valid JSON ({e})", "invalid_json") from None
+            req = parse_request(ChatRequest if chat else CompletionRequest, payload)
+            entry.model, entry.stream = req.model, req.stream
+            entry.prompt = req.as_messages() if chat else req.prompt
+            max_tokens = req.requested_max_tokens() or limits.default_max_tokens
+            params = GenerationParams(max_tokens=max_tokens, temperature=1.0 if req.temperature is None
+                                      else req.temperature, top_p=req.top_p or 1.0,
+                                      stop=tuple(req.stop or ()), seed=req.seed)
+            entry.params = {k: v for k, v in params.__dict__.items()}
+            if key is not None and not key.allows(req.model):
+                raise ApiError(403, f"this API key may not use model {req.model!r}", "model_not_allowed",
+                               "model")
+            try:
+                target = engine.resolve(req.model)
+            except StoreError as e:
+                raise ApiError(e.status, str(e), e.code, "model") from None
+            if max_tokens > limits.max_tokens:
+                raise ApiError(400, f"max_tokens is {max_tokens}, over this server's limit of "
+                               f"{limits.max_tokens}", "max_tokens_too_large", "max_tokens")
+            try:
+                # Off the event loop: a long prompt takes a while to render and tokenise.
+                prompt_ids = await (run_in_threadpool(engine.chat_prompt_ids, entry.prompt) if chat
+                                    else run_in_threadpool(engine.text_prompt_ids, req.prompt))
+            except BadPrompt as e:
+                raise ApiError(400, str(e), "invalid_messages", "messages") from None
+            entry.prompt_tokens = len(prompt_ids)
+            if len(prompt_ids) > limits.max_prompt_tokens:
+                raise ApiError(400, f"the prompt is {len(prompt_ids)} tokens, over this server's "
+                               f"limit of {limits.max_prompt_tokens}", "context_length_exceeded",
+                               "messages" if chat else "prompt")
+            if req.stream:
+                return await stream(entry, started, target, prompt_ids, params, req.include_usage, chat)
+            try:
+                job = engine.submit(target, prompt_ids, params)
+                result = await asyncio.wrap_future(job.future)
+            except Overloaded as e:  # queue full, or shutting down before its turn
+                raise ApiError(503, str(e), "server_overloaded") from None
+        except ApiError as e:
+            entry.status, entry.error_code = e.status, e.code
+            await finish(entry, started)
+            return error_response(e)
+        except AffinaError as e:  # e.g. an adapter that fails to load
+            entry.status, entry.error_code = 400, "model_not_servable"
+            await finish(entry, started)
+            return error_response(ApiError(400, str(e), "model_not_servable", "model"))
+        except Exception:  # a bug: still one log row, then the traceback
+            entry.status, entry.error_code = 500, "internal_error"
+            await finish(entry, started)
+            raise
+        entry.response, entry.completion_tokens = result.text, result.completion_tokens
+        entry.finish_reason, entry.adapter_version = result.finish_reason, result.adapter_version
+        await finish(entry, started)
+        build = chat_response if chat else completion_response
+        return JSONResponse(build(entry.request_id, entry.model, result.text, result.finish_reason,
+                                  usage(result.prompt_tokens, result.completion_tokens)))
+
+    async def stream(entry, started, target, prompt_ids, params, include_usage: bool, chat: bool):
+        loop = asyncio.get_running_loop()
+        pieces: asyncio.Queue = asyncio.Queue()
+        done = object()
+        try:
+            job = engine.submit(target, prompt_ids, params,
+                                on_text=lambda text: loop.call_soon_threadsafe(pieces.put_nowait, text))
+        except Overloaded as e:
+            raise ApiError(503, str(e), "server_overloaded") from None
+        job.future.add_done_callback(lambda _: loop.call_soon_threadsafe(pieces.put_nowait, done))
+        created, rid, model = int(time.time()), entry.request_id, entry.model
+
+        def chunk(text=None, finish_reason=None, usage_=None, first=False):
+            if chat:
+                delta = None if text is None and usage_ is not None else (
+                    {"role": "assistant", "content": ""} if first else
+                    ({"content": text} if text is not None else {}))
+                return _sse(chat_chunk(rid, model, created, delta, finish_reason, usage_))
+            return _sse(completion_chunk(rid, model, created, text, finish_reason, usage_))
+
+        async def events():
+            try:
+                if chat:
+                    yield chunk(first=True)
+                while (piece := await pieces.get()) is not done:
+                    yield chunk(piece)
+                try:
+                    result = job.future.result()
+                except Exception as e:  # the headers are gone: report in the stream, as OpenAI does
+                    entry.status, entry.error_code = 500, "generation_failed"
+                    await finish(entry, started)
+                    yield _sse(error_body(ApiError(500, f"generation failed: {e}", "generation_failed")))
+                    return
+                entry.response, entry.completion_tokens = result.text, result.completion_tokens
+                entry.finish_reason, entry.adapter_version = result.finish_reason, result.adapter_version
+                yield chunk("" if not chat else None, result.finish_reason)
+                if include_usage:
+                    yield chunk(usage_=usage(result.prompt_tokens, result.completion_tokens))
+                await finish(entry, started)
+                yield "data: [DONE]\n\n"
+            except asyncio.CancelledError:
+                job.cancelled.set()  # the client went away: stop generating for it
+                entry.status, entry.error_code = 499, "client_closed_request"
+                await asyncio.shield(finish(entry, started))
+                raise
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        return await generate(request, chat=True)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        return await generate(request, chat=False)
+
+    return app

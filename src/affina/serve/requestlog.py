@@ -1,0 +1,211 @@
+"""The request log: one row per API request, committed before its response is sent.
+
+SQLite in WAL mode with `synchronous=FULL` by default (`$AFFINA_HOME/serve/requests.db`), or any
+SQLAlchemy database URL (`postgresql+psycopg://...`). The schema is documented in docs/serving.md;
+drift detection reads it, so change it only by adding nullable columns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+from sqlalchemy import (JSON, Boolean, Column, DateTime, Float, Integer, MetaData, String, Table,
+                        Text, create_engine, event, select)
+from sqlalchemy.exc import ArgumentError, OperationalError
+
+from ..errors import AffinaError
+from ..paths import affina_home
+
+__all__ = ["RequestLog", "LogEntry", "default_log_url", "requests_table", "SCHEMA_VERSION",
+           "usage_summary"]
+
+SCHEMA_VERSION = 1
+metadata = MetaData()
+
+requests_table = Table(
+    "requests", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("request_id", String(64), nullable=False, index=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, index=True),
+    Column("endpoint", String(64), nullable=False),
+    Column("key_id", String(32), index=True),
+    Column("model", String(200), index=True),
+    Column("adapter_version", String(64)),
+    Column("status", Integer, nullable=False, index=True),
+    Column("error_code", String(64)),
+    Column("stream", Boolean, nullable=False, default=False),
+    Column("params", JSON),
+    Column("prompt", JSON),
+    Column("response", Text),
+    Column("prompt_sha256", String(64)),
+    Column("response_sha256", String(64)),
+    Column("prompt_tokens", Integer),
+    Column("completion_tokens", Integer),
+    Column("finish_reason", String(16)),
+    Column("latency_ms", Float, nullable=False),
+    Column("schema_version", Integer, nullable=False, default=SCHEMA_VERSION),
+)
+
+
+def default_log_url() -> str:
+    directory = affina_home() / "serve"
+    directory.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{directory / 'requests.db'}"
+
+
+def _sha256(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@dataclass
+class LogEntry:
+    """What the API knows about one request once it has its answer (or its error)."""
+
+    request_id: str
+    endpoint: str
+    status: int
+    latency_ms: float
+    created_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    key_id: str | None = None
+    model: str | None = None
+    adapter_version: str | None = None
+    error_code: str | None = None
+    stream: bool = False
+    params: dict | None = None
+    prompt: Any = None  # chat: the messages list; completions: the prompt string
+    response: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    finish_reason: str | None = None
+
+
+class RequestLog:
+    """Append and query the request log. `redact` keeps hashes of prompts/responses, not the text."""
+
+    def __init__(self, url: str | None = None, *, redact: bool = False):
+        self.url = url or default_log_url()
+        self.redact = redact
+        try:
+            self.engine = create_engine(self.url)
+        except (ArgumentError, ImportError) as e:
+            raise AffinaError(f"request log URL {self.url!r} is not usable ({e}); pass e.g. "
+                              "sqlite:///path/requests.db or postgresql+psycopg://user@host/db") from None
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+            database = self.engine.url.database
+            if database and database != ":memory:":
+                Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        try:
+            metadata.create_all(self.engine)
+        except OperationalError as e:
+            raise AffinaError(f"request log {self.display_url}: cannot open ({e.orig})") from None
+
+    @property
+    def display_url(self) -> str:
+        """The URL with any password masked, for messages."""
+        return self.engine.url.render_as_string(hide_password=True)
+
+    def write(self, entry: LogEntry) -> None:
+        """Insert one row and commit it: when this returns, the row survives a crash."""
+        row = {k: v for k, v in entry.__dict__.items()}
+        row["prompt_sha256"] = _sha256(entry.prompt)
+        row["response_sha256"] = _sha256(entry.response)
+        row["schema_version"] = SCHEMA_VERSION
+        if self.redact:
+            row["prompt"] = row["response"] = None
+        with self.engine.begin() as conn:
+            conn.execute(requests_table.insert().values(**row))
+
+    def query(self, *, model: str | None = None, since: datetime | None = None,
+              until: datetime | None = None, status: str | None = None,
+              limit: int | None = None, newest_first: bool = False) -> Iterator[dict]:
+        """Rows as dicts, oldest first. `status` is a code (`200`) or a class (`4xx`)."""
+        t = requests_table
+        stmt = select(t)
+        if model:
+            stmt = stmt.where(t.c.model == model)
+        if since:
+            stmt = stmt.where(t.c.created_at >= _utc(since))
+        if until:
+            stmt = stmt.where(t.c.created_at < _utc(until))
+        if status:
+            stmt = stmt.where(_status_clause(status))
+        stmt = stmt.order_by(t.c.id.desc() if newest_first else t.c.id)
+        if limit:
+            stmt = stmt.limit(limit)
+        with self.engine.connect() as conn:
+            for row in conn.execute(stmt):
+                out = dict(row._mapping)
+                created = out["created_at"]
+                if created is not None and created.tzinfo is None:  # sqlite drops the zone
+                    out["created_at"] = created.replace(tzinfo=timezone.utc)
+                yield out
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _utc(moment: datetime) -> datetime:
+    """Naive times are taken as UTC, the zone every row is written in."""
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+
+
+def _status_clause(status: str):
+    t = requests_table
+    text = str(status).strip().lower()
+    if len(text) == 3 and text[0].isdigit() and text[1:] == "xx":
+        low = int(text[0]) * 100
+        return (t.c.status >= low) & (t.c.status < low + 100)
+    if text.isdigit():
+        return t.c.status == int(text)
+    raise AffinaError(f"--status {status!r}: pass a status code (200) or a class (2xx, 4xx, 5xx)")
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL lets `affina logs` read while the server writes; FULL syncs the WAL on every commit,
+    # so an acknowledged request survives a crash of the process and of the machine.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+def usage_summary(models: list[str], adapter_version: str | None = None,
+                  url: str | None = None) -> dict | None:
+    """How many logged requests were answered by these model names or by this exact adapter
+    (its weights' hash), and when: the last link of a version's lineage. None without a log."""
+    from sqlalchemy import func, or_
+
+    if url is None:
+        path = affina_home() / "serve" / "requests.db"
+        if not path.is_file():
+            return None
+        url = f"sqlite:///{path}"
+    engine = create_engine(url)
+    t = requests_table
+    clauses = [t.c.model.in_(models)] if models else []
+    if adapter_version:
+        clauses.append(t.c.adapter_version == adapter_version)
+    if not clauses:
+        return {"requests": 0}
+    stmt = select(func.count(), func.min(t.c.created_at), func.max(t.c.created_at),
+                  func.sum(t.c.prompt_tokens), func.sum(t.c.completion_tokens)).where(or_(*clauses))
+    try:
+        with engine.connect() as conn:
+            count, first, last, prompt_tokens, completion_tokens = conn.execute(stmt).one()
+    except OperationalError:  # a database without the requests table yet
+        return {"requests": 0}
+    finally:
+        engine.dispose()
+    return {"requests": int(count), "first": str(first) if first else None,
+            "last": str(last) if last else None, "prompt_tokens": int(prompt_tokens or 0),
+            "completion_tokens": int(completion_tokens or 0)}

@@ -1,0 +1,150 @@
+"""The model store: served model names → run directories, and nothing outside the store.
+
+A served name is either the base model's name or the name of a run directory directly inside the
+store. Names come from the network, so they are checked before they touch the file system: one
+path component of safe characters, and the resolved directory (symlinks followed) must still lie
+inside the store.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import AffinaError
+from ..track.manifest import MANIFEST_NAME, read_manifest
+
+__all__ = ["ServedRun", "ModelStore", "StoreError", "InvalidModelName", "UnknownModel",
+           "UnservableModel", "check_model_name"]
+
+# One path component: no separators, no leading dot (so no "." / ".." / hidden entries).
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,199}$")
+
+
+class StoreError(AffinaError):
+    """A model name that the store refuses; `status` is the HTTP status the API answers with."""
+
+    status = 400
+    code = "invalid_model"
+
+
+class InvalidModelName(StoreError):
+    status, code = 400, "invalid_model_name"
+
+
+class UnknownModel(StoreError):
+    status, code = 404, "model_not_found"
+
+
+class UnservableModel(StoreError):
+    """A run that exists but cannot be served by this server (other base, other method)."""
+
+    status, code = 400, "model_not_servable"
+
+
+@dataclass(frozen=True)
+class ServedRun:
+    name: str
+    run_dir: Path
+    adapter_dir: Path
+    manifest: dict
+
+    @property
+    def base_spec(self) -> str:
+        return str(self.manifest.get("base_model", {}).get("spec", ""))
+
+    @property
+    def base_fingerprint(self) -> str | None:
+        return self.manifest.get("base_model", {}).get("fingerprint")
+
+
+def check_model_name(name: str) -> str:
+    """`name` itself if it is a safe single path component, else InvalidModelName."""
+    if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
+        raise InvalidModelName(f"model {name!r} is not a valid model name: use the name of a run "
+                               "directory in the model store (letters, digits, '.', '_', '+', '-')")
+    return name
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+class ModelStore:
+    """Run directories under `root` (default `./runs`), looked up by name on every request, so a
+    run added while the server runs is served without a restart."""
+
+    def __init__(self, root: Path | str):
+        self.root = Path(root).expanduser()
+        if not self.root.is_dir():
+            raise AffinaError(f"model store {self.root} is not a directory: pass --store DIR, the "
+                              "directory that holds your run directories (train.output_dir)")
+        self._real_root = self.root.resolve()
+
+    def resolve(self, name: str) -> ServedRun:
+        """The run called `name`, checked to be a LoRA adapter run inside the store; or a
+        registered `NAME@VERSION` / `NAME@ALIAS`, resolved on every request (so moving an alias
+        rolls out or back without a restart) with its files verified against their hashes."""
+        from ..track.registry import parse_ref
+
+        if isinstance(name, str) and parse_ref(name) is not None:
+            return self._resolve_registered(name)
+        check_model_name(name)
+        run_dir = self.root / name
+        if not run_dir.exists():
+            raise UnknownModel(f"model {name!r} does not exist: GET /v1/models lists the models served")
+        real = run_dir.resolve()
+        # A symlink inside the store must not lead out of it.
+        if not _inside(real, self._real_root) or real == self._real_root:
+            raise InvalidModelName(f"model {name!r} points outside the model store; refused")
+        if not (real / MANIFEST_NAME).is_file():
+            raise UnknownModel(f"model {name!r} is not a run (no {MANIFEST_NAME} in it)")
+        return self._served_run(name, real)
+
+    def _resolve_registered(self, ref: str) -> ServedRun:
+        from ..track.registry import lookup, parse_ref, resolve_ref
+
+        try:
+            lookup(parse_ref(ref))
+        except AffinaError as e:  # unknown name, version or alias
+            raise UnknownModel(str(e)) from None
+        try:
+            version = resolve_ref(ref)
+        except AffinaError as e:  # registered files changed or missing: never serve them
+            raise UnservableModel(str(e)) from None
+        # Named by the exact version, so the adapter cache never serves an alias's old target.
+        return self._served_run(version.ref, version.run_dir.resolve())
+
+    def _served_run(self, name: str, real: Path) -> ServedRun:
+        manifest = read_manifest(real)
+        artifact = str(manifest.get("artifact") or "adapter")
+        adapter_dir = (real / artifact).resolve()
+        if not _inside(adapter_dir, real) or adapter_dir == real:
+            raise InvalidModelName(f"model {name!r}: its artifact {artifact!r} points outside the run; refused")
+        method = manifest.get("method", {}).get("name")
+        config = adapter_dir / "adapter_config.json"
+        if not config.is_file():
+            raise UnservableModel(f"model {name!r} ({method} run) has no PEFT adapter in "
+                                  f"{artifact}/; only adapter runs are served")
+        peft_type = json.loads(config.read_text(encoding="utf-8")).get("peft_type")
+        if peft_type != "LORA":
+            raise UnservableModel(f"model {name!r} is a {peft_type} adapter ({method} run); this "
+                                  "server applies LoRA adapters only")
+        return ServedRun(name=name, run_dir=real, adapter_dir=adapter_dir, manifest=manifest)
+
+    def run_names(self) -> list[str]:
+        """Names of the entries in the store that look like runs (not yet checked further)."""
+        return sorted(p.name for p in self.root.iterdir()
+                      if _NAME.match(p.name) and (p / MANIFEST_NAME).is_file())
+
+    def runs(self) -> list[ServedRun]:
+        """Every run in the store that passes `resolve`; the others are skipped silently."""
+        out = []
+        for name in self.run_names():
+            try:
+                out.append(self.resolve(name))
+            except AffinaError:
+                continue
+        return out
