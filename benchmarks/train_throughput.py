@@ -12,8 +12,10 @@ Prints a markdown table; docs/benchmarks.md keeps the measured figures.
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import resource
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -100,36 +102,47 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--seq-lens", type=int, nargs="+", default=[256, 512])
     ap.add_argument("--data", default=str(ROOT / "examples" / "product_json" / "train.jsonl"))
+    ap.add_argument("--only", help=argparse.SUPPRESS)  # SEQ:on|off, one case in this process
     args = ap.parse_args()
+    if args.only is None:
+        return run_all_cases(args)
 
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else ("cpu" if args.device == "auto" else args.device))
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     records = load_records([args.data]).records
-    rows = []
-    cases = [(seq_len, packing) for seq_len in args.seq_lens for packing in (False, True)]
-    if device.type == "cuda":  # the first case on a fresh GPU pays for kernel selection: discard it
-        cases.insert(0, cases[0])
-    for n, (seq_len, packing) in enumerate(cases):
-        model, tokenizer = load(args.model, device, dtype)
-        lora = get_method("lora")
-        model = lora.apply(model, build_method_config(lora, {"r": 16, "alpha": 32}))
-        examples, stats = tokenize_records(records, tokenizer, seq_len)
-        batches = make_batches(examples, tokenizer, seq_len, args.batch_size, packing)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        tps, sec = run_case(model, batches, device, args.steps, args.warmup)
-        del model
-        if device.type == "cuda" and n == 0:
-            continue
-        rows.append([seq_len, "on" if packing else "off",
-                     f"{sum(stats.lengths) / len(stats.lengths):.0f}",
-                     f"{tps:,.0f}", f"{sec:.2f}", f"{peak_memory_mb(device):,.0f}"])
-        print(f"  seq {seq_len} packing {'on' if packing else 'off'}: {tps:,.0f} tokens/s",
-              file=sys.stderr)
+    seq_len, packing = int(args.only.split(":")[0]), args.only.endswith(":on")
+    model, tokenizer = load(args.model, device, dtype)
+    lora = get_method("lora")
+    model = lora.apply(model, build_method_config(lora, {"r": 16, "alpha": 32}))
+    examples, stats = tokenize_records(records, tokenizer, seq_len)
+    batches = make_batches(examples, tokenizer, seq_len, args.batch_size, packing)
+    if device.type == "cuda":
+        run_case(model, batches, device, 1, args.warmup)  # kernel selection on a fresh GPU
+        torch.cuda.reset_peak_memory_stats(device)
+    tps, sec = run_case(model, batches, device, args.steps, args.warmup)
+    print(json.dumps({"row": [seq_len, "on" if packing else "off",
+                              f"{sum(stats.lengths) / len(stats.lengths):.0f}", f"{tps:,.0f}",
+                              f"{sec:.2f}", f"{peak_memory_mb(device):,.0f}"],
+                      "dtype": str(dtype).split(".")[-1], "device": device.type}))
+
+
+def run_all_cases(args) -> None:
+    """Each case in its own process, so peak memory is that case's alone."""
+    rows, info = [], {}
+    for seq_len in args.seq_lens:
+        for packing in ("off", "on"):
+            cmd = [sys.executable, __file__, "--only", f"{seq_len}:{packing}", "--model", args.model,
+                   "--device", args.device, "--steps", str(args.steps), "--warmup", str(args.warmup),
+                   "--batch-size", str(args.batch_size), "--data", args.data]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+            info = json.loads(out.strip().splitlines()[-1])
+            rows.append(info["row"])
+            print(f"  seq {seq_len} packing {packing}: {info['row'][3]} tokens/s", file=sys.stderr)
+    device = torch.device(info["device"])
     where = (torch.cuda.get_device_name(device) if device.type == "cuda"
              else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
-    print(f"\nLoRA r=16 all-linear, {args.model} model (SmolLM2-135M shape), {str(dtype).split('.')[-1]}, "
+    print(f"\nLoRA r=16 all-linear, {args.model} model (SmolLM2-135M shape), {info['dtype']}, "
           f"batch {args.batch_size}, {args.steps} timed steps after {args.warmup} warm-up; {where}\n")
     print("| seq len | packing | mean example tokens | tokens/s | s/step | peak memory (MB) |")
     print("|---|---|---|---|---|---|")

@@ -45,3 +45,18 @@ def test_demo_path_on_default_model(tmp_path, capsys):
     assert main(["generate", str(run), "--prompt", "Extract the product as JSON with keys brand, "
                  "product, category, color, price.\n\nAcme kettle, red, $20.", "--max-new-tokens", "30"]) == 0
     assert capsys.readouterr().out.strip()
+
+
+@pytest.mark.slow
+def test_transfer_learning_head_on_default_model(tmp_path, capsys):
+    code = main(["train", "-c", str(ROOT / "examples/product_category/run.yaml"),
+                 f"train.output_dir={tmp_path}", "train.run_name=head", "train.max_steps=3",
+                 "train.eval_steps=3", "train.save_steps=3", "data.val_fraction=0.02",
+                 "eval.limit=16", "track.mlflow=false"])
+    assert code == 0
+    manifest = json.loads((tmp_path / "head" / "affina.json").read_text())
+    assert manifest["method"]["name"] == "head" and manifest["method"]["trainable_params"] < 10_000
+    assert set(manifest["metrics"]["eval_after"]) == {"accuracy", "macro_f1"}
+    assert main(["generate", str(tmp_path / "head"), "--prompt", "Acme kettle, red, $20."]) == 0
+    label = capsys.readouterr().out.strip().splitlines()[-1]
+    assert label in {"electronics", "clothing", "kitchen", "sports", "home", "toys", "office", "garden"}

@@ -9,7 +9,17 @@ from pathlib import Path
 
 from .errors import AffinaError
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "COMMAND_MODULES"]
+
+# Command groups that live beside their own code: each module has `register(subparsers)` and
+# sets `func` on its parsers. Adding a command group is one module and one line here.
+COMMAND_MODULES: tuple[str, ...] = (
+    "affina.evaluate.commands",
+    "affina.tune.commands",
+    "affina.serve.commands",
+    "affina.export_commands",
+    "affina.track.commands",
+)
 
 
 def _cmd_train(args) -> int:
@@ -75,11 +85,24 @@ def _cmd_chat(args) -> int:
 
 
 def _cmd_methods(args) -> int:
-    from .methods import get_method, method_names
+    from .methods import get_method, method_names, trainable_footprint
     from .ui import print_table
 
-    rows = [[name, get_method(name).description] for name in method_names()]
-    print_table("methods", ["name", "description"], rows)
+    if args.describe:
+        method = get_method(args.describe)
+        from .methods import describe_fields
+
+        print_table(f"method {method.name}: {method.description}", ["key", "default", "meaning"],
+                    [list(r) for r in describe_fields(method)])
+        return 0
+    if not args.model:
+        rows = [[name, get_method(name).description] for name in method_names()]
+        print_table("methods", ["name", "description"], rows)
+        return 0
+    rows = [[r["name"], f"{r['trainable']:,}", f"{r['percent']:.3f}%", r["memory"]]
+            for r in trainable_footprint(args.model)]
+    print_table(f"methods on {args.model} (default settings; state = weights+grads+AdamW)",
+                ["name", "trainable params", "% of total", "trainable state"], rows)
     return 0
 
 
@@ -125,9 +148,17 @@ def build_parser() -> argparse.ArgumentParser:
         g.set_defaults(func=func)
 
     m = sub.add_parser("methods", help="list adaptation methods")
+    m.add_argument("--model", metavar="SPEC", help="also show trainable parameters, %% of total and "
+                   "the memory of trainable state (weights+grads+AdamW) for this model")
+    m.add_argument("--describe", metavar="METHOD", help="list one method's config keys")
     m.set_defaults(func=_cmd_methods)
     c = sub.add_parser("config", help="list every run config key with its default and meaning")
     c.set_defaults(func=_cmd_config)
+
+    import importlib
+
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
     return p
 
 
@@ -136,6 +167,11 @@ def _quiet_libraries() -> None:
     import warnings
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import logging
+
+    # bitsandbytes warns on import that an optional hub-hosted CPU kernel is absent; it falls back
+    # to its built-in kernels, and nothing can be fetched from a hub here anyway.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     # Deprecation notices raised inside upstream libraries, about their own internals.
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft)\.")
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
@@ -146,8 +182,8 @@ def _quiet_libraries() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     _quiet_libraries()
+    args = build_parser().parse_args(argv)
     try:
         return args.func(args) or 0
     except AffinaError as e:

@@ -73,12 +73,17 @@ class TrainConfig:
     save_total_limit: int = _f(2, "Keep at most this many checkpoints.")
     logging_steps: int = _f(5, "Log training loss every this many steps.")
     gradient_checkpointing: bool = _f(False, "Trade compute for memory by recomputing activations.")
+    early_stopping_patience: int = _f(0, "Stop after this many validations in a row without improvement of `metric_for_best` (0: never stop early). Needs validation data and save_steps a multiple of eval_steps.")
+    early_stopping_threshold: float = _f(0.0, "Minimum improvement of `metric_for_best` that counts as an improvement for early stopping.")
+    metric_for_best: str = _f("eval_loss", "Validation measure that picks the best checkpoint and drives early stopping (`eval_loss`, or another `eval_*` key the trainer reports).")
+    greater_is_better: bool = _f(False, "Whether a higher `metric_for_best` is better (false for losses).")
+    load_best: bool = _f(True, "With early stopping on, restore the best checkpoint's weights at the end (recorded in the manifest as best_checkpoint).")
 
 
 @dataclass
 class EvalConfig:
     data: list[str] = _f([], "Held-out files evaluated before and after training (loss + generation metrics); empty: skip.")
-    metrics: list[str] = _f(["exact_match", "json_fields"], "Generation metrics: exact_match, token_f1, json_valid, json_fields.")
+    metrics: list[str] = _f(["exact_match", "json_fields"], "Generation metrics: exact_match, token_f1, rouge_l, chrf, bleu, json_valid, json_fields, accuracy, macro_f1, or your own as package.module:function.")
     max_new_tokens: int = _f(128, "Generation budget per example.")
     batch_size: int = _f(16, "Examples generated at once.")
     limit: int | None = _f(None, "Evaluate only the first N examples.")

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import re
 import sys
 
 from rich.console import Console
 from rich.table import Table
 
 __all__ = ["console", "info", "warn", "print_table"]
+
+# Numbers, percentages, sizes and "-" for missing values line up on the right.
+_NUMBER = re.compile(r"^\s*(-|[-+]?[\d,]*\.?\d+(e[-+]?\d+)?\s*(%|s|ms|MB|GB|B|x)?(\s*\(.*\))?)\s*$")
 
 console = Console(stderr=False, highlight=False)
 _err = Console(stderr=True, highlight=False)
@@ -24,8 +28,10 @@ def warn(message: str) -> None:
 def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
     table = Table(title=title, title_justify="left")
     for i, h in enumerate(header):
+        cells = [str(row[i]) for row in rows if i < len(row)]
+        numeric = i > 0 and cells and all(_NUMBER.match(c) for c in cells)
         # Fold rather than truncate: fingerprints and paths must stay whole and copyable.
-        table.add_column(h, justify="left" if i == 0 else "right", overflow="fold")
+        table.add_column(h, justify="right" if numeric else "left", overflow="fold")
     for row in rows:
         table.add_row(*[str(c) for c in row])
     console.print(table)

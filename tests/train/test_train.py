@@ -139,3 +139,20 @@ def test_existing_run_name_is_refused(tmp_path, tiny_model_dir):
 
     with pytest.raises(ConfigError, match="already exists"):
         train(_config(tmp_path, tiny_model_dir, "same", **{"train.max_steps": 1}))
+
+
+def test_head_run_reports_classification_scores_on_eval_data(tmp_path, tiny_model_dir):
+    """A classification run's held-out evaluation uses its labels, not generation."""
+    rows = [{"text": f"item {i} {'good' if i % 2 else 'bad'}", "label": "pos" if i % 2 else "neg"}
+            for i in range(16)]
+    data = tmp_path / "labels.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = load_config(None, [f"model.spec={tiny_model_dir}", f"data.train={data}", "method.name=head",
+                             f"train.output_dir={tmp_path}", "train.run_name=head", "train.max_steps=4",
+                             "train.batch_size=4", "track.mlflow=false", f"eval.data={data}"])
+    result = train(cfg)
+    scores = result.manifest["metrics"]["eval_after"]
+    assert set(scores) == {"accuracy", "macro_f1"} and 0 <= scores["accuracy"] <= 1
+    assert result.manifest["metrics"]["eval_before"] is None
+    after = json.loads((result.run_dir / "eval" / "after.json").read_text())
+    assert {p["prediction"] for p in after["predictions"]} <= {"pos", "neg"}

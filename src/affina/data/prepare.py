@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..config import DataConfig
 from ..errors import DataError
@@ -42,17 +43,22 @@ class PreparedData:
         }
 
 
+def _absolute(file_info: dict, role: str) -> dict:
+    """Lineage needs paths that still mean something from another working directory."""
+    return dict(file_info, path=str(Path(file_info["path"]).resolve()), role=role)
+
+
 def prepare_data(cfg: DataConfig, tokenizer, seed: int, progress: bool = True) -> PreparedData:
     if not cfg.train:
         raise DataError("no training data: set data.train (e.g. data.train=examples/product_json/train.jsonl)")
     loaded = load_records(cfg.train, format=cfg.format, dedupe=cfg.dedupe)
     warnings = list(loaded.warnings)
-    files = [dict(f, role="train") for f in loaded.files]
+    files = [_absolute(f, "train") for f in loaded.files]
     if cfg.validation:
         val_loaded = load_records(cfg.validation, format=cfg.format, dedupe=cfg.dedupe)
         train_records, val_records = loaded.records, val_loaded.records
         warnings += val_loaded.warnings
-        files += [dict(f, role="validation") for f in val_loaded.files]
+        files += [_absolute(f, "validation") for f in val_loaded.files]
     else:
         train_records, val_records = split_records(loaded.records, cfg.val_fraction, seed)
 

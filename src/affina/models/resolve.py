@@ -70,12 +70,14 @@ def resolve_model_path(spec: str) -> Path:
 
 
 def load_model(spec: str, *, device: "torch.device | str | None" = None,
-               dtype: "torch.dtype | str | None" = None, for_training: bool = False) -> LoadedModel:
+               dtype: "torch.dtype | str | None" = None, for_training: bool = False,
+               quantization_config: Any = None) -> LoadedModel:
     """Resolve `spec`, then load its model and tokenizer onto `device` in `dtype`.
 
     `device`/`dtype` default to `pick_device()` / `pick_dtype(device)`. The model comes back in
     eval mode; `for_training` turns off the KV cache, which training does not use and which
-    conflicts with gradient checkpointing.
+    conflicts with gradient checkpointing. `quantization_config` (a transformers
+    `BitsAndBytesConfig`) quantises the weights while loading, placed directly on `device`.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -87,7 +89,9 @@ def load_model(spec: str, *, device: "torch.device | str | None" = None,
     dtype = _as_dtype(dtype) if dtype is not None else pick_dtype(device)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        quantized = {} if quantization_config is None else {
+            "quantization_config": quantization_config, "device_map": str(device)}
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **quantized)
     except (OSError, ValueError, KeyError) as e:
         raise ModelError(f"{spec}: cannot load the model in {path} ({_first_line(e)})") from e
     if tokenizer.pad_token is None:
@@ -95,7 +99,8 @@ def load_model(spec: str, *, device: "torch.device | str | None" = None,
         tokenizer.pad_token = tokenizer.eos_token
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.to(device)
+    if quantization_config is None:  # quantised weights were placed while loading
+        model.to(device)
     model.eval()
     if for_training:
         model.config.use_cache = False

@@ -61,9 +61,8 @@ def lineage(ref: str, *, uri: str | None = None) -> dict:
             "verified": None if expected is None else expected == current,
         },
         "registry": versions,
-        "served": _served([f"{v['name']}@{v['version']}" for v in versions]
-                          + [f"{v['name']}@{a}" for v in versions for a in v["aliases"]]
-                          + [run_dir.name]),
+        "served": _served([f"{v['name']}@{v['version']}" for v in versions] + [run_dir.name],
+                          run_dir / manifest.get("artifact", "adapter")),
     }
 
 
@@ -89,13 +88,14 @@ def _versions_of_run(run_dir: Path, uri: str | None) -> list[dict]:
     return out
 
 
-def _served(model_names: list[str]) -> dict | None:
-    """Counts and time range of logged requests that used these names (needs the request log)."""
-    try:
-        from ..serve.requestlog import usage_summary
-    except ImportError:
-        return None
-    return usage_summary(model_names)
+def _served(model_names: list[str], artifact_dir: Path) -> dict | None:
+    """Counts and time range of logged requests answered by this artifact: by the exact adapter
+    weights' hash (whatever name or alias the request used), or by run/version name."""
+    from ..serve.engine import adapter_version
+    from ..serve.requestlog import usage_summary
+
+    version = adapter_version(artifact_dir) if artifact_dir.is_dir() else None
+    return usage_summary(model_names, version)
 
 
 def format_lineage(info: dict) -> str:

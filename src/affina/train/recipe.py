@@ -7,6 +7,7 @@ validation and checkpoints → save the artifact → evaluate the result → man
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -16,12 +17,13 @@ import yaml
 
 from ..config import RunConfig, config_from_dict, config_to_dict
 from ..data.loading import load_records
-from ..data.packing import BatchCollator
-from ..data.prepare import PreparedData, prepare_data
+from ..data.prepare import PreparedData
 from ..errors import AffinaError, ConfigError
-from ..evaluate.metrics import METRICS
-from ..evaluate.report import compare_rows, evaluate_records
-from ..methods import build_method_config, get_method, trainable_report
+from ..evaluate.metrics import check_metric_names
+from ..evaluate.report import classify_records, compare_rows, evaluate_records
+from ..methods import (attach_data, build_method_config, data_collator, get_method, load_options,
+                       method_report, method_task, method_trains, metrics_function, prepare_method_data,
+                       trainable_report)
 from ..models import load_model
 from ..track import library_versions, write_manifest
 from ..track.manifest import git_commit
@@ -56,8 +58,9 @@ def train(cfg: RunConfig, *, resume: Path | None = None, callbacks: tuple = ()) 
     from transformers import set_seed
 
     set_seed(cfg.train.seed)
-    loaded = load_model(cfg.model.spec, device=_device(cfg), dtype=_dtype(cfg), for_training=True)
-    data = prepare_data(cfg.data, loaded.tokenizer, cfg.train.seed)
+    loaded = load_model(cfg.model.spec, device=_device(cfg), dtype=_dtype(cfg), for_training=True,
+                        **load_options(method, method_cfg))
+    data = prepare_method_data(method, method_cfg, cfg.data, loaded.tokenizer, cfg.train.seed)
     for message in data.warnings:
         warn(message)
     eval_records = load_records(cfg.eval.data).records[: cfg.eval.limit] if cfg.eval.data else []
@@ -65,21 +68,31 @@ def train(cfg: RunConfig, *, resume: Path | None = None, callbacks: tuple = ()) 
     with MlflowRun(cfg.track.mlflow, cfg.track.uri, cfg.track.experiment, run_dir.name) as tracker:
         tracker.log_params(config_to_dict(cfg))
         _log_datasets(tracker, data)
+        summary = data.summary()  # tags make runs findable by data fingerprint (lineage)
+        tracker.set_tags({"affina.run_dir": str(run_dir.resolve()), "affina.method": method.name,
+                          "affina.data.train_fingerprint": summary["train"]["fingerprint"],
+                          "affina.data.validation_fingerprint": summary["validation"]["fingerprint"]})
 
+        task = method_task(method)
         before = None
-        if eval_records and cfg.eval.compare_base:
+        # A new classification head has no "before": the base cannot classify yet.
+        if eval_records and cfg.eval.compare_base and task != "classify":
             before = _cached_eval(run_dir / "eval" / "before.json", lambda: _evaluate(
                 loaded.model, loaded.tokenizer, eval_records, cfg, "before"))
 
         set_seed(cfg.train.seed)
         model = method.apply(loaded.model, method_cfg)
+        model = attach_data(method, model, method_cfg, data, loaded.tokenizer)
         params = trainable_report(model)
         info(f"method {method.name}: {params.trainable:,} trainable of {params.total:,} "
              f"parameters ({params.percent:.3f}%)")
 
         trainer = _build_trainer(model, loaded.tokenizer, data, cfg, run_dir,
-                                 [HistoryCallback(tracker), *callbacks])
-        trainer.train(resume_from_checkpoint=True if resume is not None else None)
+                                 [HistoryCallback(tracker), *callbacks],
+                                 data_collator(method, method_cfg, loaded.tokenizer),
+                                 metrics_function(method, method_cfg))
+        if method_trains(method):  # fewshot: nothing to optimise, the run is its prompt recipe
+            trainer.train(resume_from_checkpoint=True if resume is not None else None)
         val_metrics = trainer.evaluate() if data.val else {}
 
         artifact_dir = run_dir / "adapter"
@@ -87,10 +100,14 @@ def train(cfg: RunConfig, *, resume: Path | None = None, callbacks: tuple = ()) 
         loaded.tokenizer.save_pretrained(artifact_dir)
         history = trainer.state.log_history
         (run_dir / "history.json").write_text(json.dumps(history, indent=1))
+        stopping = _stopping_record(trainer, run_dir)
         plot_learning_curve(history, run_dir / "learning_curve.png",
-                            f"{method.name} on {Path(cfg.model.spec).name}")
+                            f"{method.name} on {Path(cfg.model.spec).name}",
+                            best_step=stopping["best_step"],
+                            stop_step=stopping["stop_step"] if stopping["stopped_early"] else None)
 
-        after = _evaluate(model, loaded.tokenizer, eval_records, cfg, "after") if eval_records else None
+        after = (_evaluate(model, loaded.tokenizer, eval_records, cfg, "after", task)
+                 if eval_records else None)
         if after is not None:
             _write_json(run_dir / "eval" / "after.json", after)
 
@@ -100,10 +117,10 @@ def train(cfg: RunConfig, *, resume: Path | None = None, callbacks: tuple = ()) 
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "base_model": {"spec": cfg.model.spec, "path": str(loaded.path),
                            "fingerprint": loaded.fingerprint,
-                           "class": type(loaded.model).__name__ if not hasattr(model, "base_model")
-                           else type(model.get_base_model()).__name__},
+                           "class": type(loaded.model).__name__},
             "data": data.summary(),
-            "method": {"name": method.name, **_asdict(method_cfg), **params.as_dict()},
+            "method": {"name": method.name, **_asdict(method_cfg), **params.as_dict(),
+                       **method_report(method, model, method_cfg)},
             "seed": cfg.train.seed,
             "device": str(loaded.device),
             "versions": library_versions(),
@@ -112,7 +129,7 @@ def train(cfg: RunConfig, *, resume: Path | None = None, callbacks: tuple = ()) 
             "train": {"global_step": trainer.state.global_step,
                       "epochs": round(trainer.state.epoch or 0.0, 4),
                       "train_loss": _last(history, "loss"),
-                      "seconds": round(time.time() - started, 1)},
+                      "seconds": round(time.time() - started, 1), **stopping},
             "metrics": {"validation_loss": val_metrics.get("eval_loss"),
                         "eval_before": _scores(before), "eval_after": _scores(after)},
         }
@@ -138,10 +155,10 @@ def _config_of_run(run_dir: Path) -> RunConfig:
 
 
 def _check_eval_config(cfg: RunConfig) -> None:
-    unknown = [m for m in cfg.eval.metrics if m not in METRICS]
-    if unknown:
-        raise ConfigError(f"unknown metric(s) in eval.metrics: {', '.join(unknown)}; "
-                          f"choose from: {', '.join(METRICS)}")
+    try:
+        check_metric_names(cfg.eval.metrics)
+    except ConfigError as e:
+        raise ConfigError(f"eval.metrics: {e}") from None
 
 
 def _make_run_dir(cfg: RunConfig, resume: Path | None) -> Path:
@@ -176,9 +193,10 @@ def _dtype(cfg: RunConfig):
     return getattr(torch, cfg.model.dtype)
 
 
-def _build_trainer(model, tokenizer, data: PreparedData, cfg: RunConfig, run_dir: Path, callbacks):
+def _build_trainer(model, tokenizer, data: PreparedData, cfg: RunConfig, run_dir: Path, callbacks,
+                   collator, compute_metrics=None):
     import torch
-    from transformers import Trainer, TrainingArguments
+    from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
 
     t = cfg.train
     device = next(model.parameters()).device
@@ -200,10 +218,45 @@ def _build_trainer(model, tokenizer, data: PreparedData, cfg: RunConfig, run_dir
         use_cpu=device.type == "cpu", bf16=bf16,
         report_to="none", remove_unused_columns=False, dataloader_num_workers=0,
         dataloader_pin_memory=device.type == "cuda", disable_tqdm=False,
+        **_best_checkpoint_args(t, has_val),
     )
+    callbacks = list(callbacks)
+    if t.early_stopping_patience > 0:
+        callbacks.append(EarlyStoppingCallback(t.early_stopping_patience, t.early_stopping_threshold))
     return Trainer(model=model, args=args, train_dataset=data.train,
-                   eval_dataset=data.val or None, data_collator=BatchCollator(tokenizer.pad_token_id),
-                   callbacks=list(callbacks))
+                   eval_dataset=data.val or None, data_collator=collator,
+                   compute_metrics=compute_metrics,
+                   callbacks=callbacks)
+
+
+def _best_checkpoint_args(t, has_val: bool) -> dict:
+    """TrainingArguments for early stopping: the trainer can only restore a checkpoint it wrote
+    at a validation step, so checkpoints must fall on validation steps."""
+    if t.early_stopping_patience < 0:
+        raise ConfigError("train.early_stopping_patience must be >= 0 (0 turns early stopping off)")
+    if t.early_stopping_patience == 0:
+        return {}
+    if not has_val or t.eval_steps <= 0:
+        raise ConfigError("train.early_stopping_patience needs validation: set train.eval_steps > 0 "
+                          "and data.val_fraction > 0 or data.validation")
+    if t.save_steps <= 0 or t.save_steps % t.eval_steps:
+        raise ConfigError(f"train.early_stopping_patience needs train.save_steps a multiple of "
+                          f"train.eval_steps (got save_steps={t.save_steps}, eval_steps={t.eval_steps}); "
+                          f"set train.save_steps={t.eval_steps}")
+    metric = t.metric_for_best if t.metric_for_best.startswith("eval_") else f"eval_{t.metric_for_best}"
+    return {"load_best_model_at_end": t.load_best, "metric_for_best_model": metric,
+            "greater_is_better": t.greater_is_better}
+
+
+def _stopping_record(trainer, run_dir: Path) -> dict:
+    """Where training stopped and which checkpoint was best, for the manifest and the plot."""
+    state = trainer.state
+    best = state.best_model_checkpoint
+    best_step = int(best.rsplit("-", 1)[-1]) if best else None
+    return {"best_checkpoint": Path(os.path.relpath(best, run_dir)).as_posix() if best else None,
+            "best_metric": state.best_metric, "best_step": best_step,
+            "stopped_early": bool(state.max_steps and state.global_step < state.max_steps),
+            "stop_step": state.global_step}
 
 
 def _log_datasets(tracker: MlflowRun, data: PreparedData) -> None:
@@ -219,8 +272,14 @@ def _log_datasets(tracker: MlflowRun, data: PreparedData) -> None:
 # -- evaluation ----------------------------------------------------------------------------
 
 
-def _evaluate(model, tokenizer, records, cfg: RunConfig, label: str) -> dict:
+def _evaluate(model, tokenizer, records, cfg: RunConfig, label: str, task: str = "generate") -> dict:
     info(f"evaluating {label} on {len(records)} held-out examples")
+    if task == "classify":
+        from ..runs import OpenedModel
+
+        opened = OpenedModel(model, tokenizer, label, None, task)
+        return classify_records(opened, records, metrics=["accuracy", "macro_f1"],
+                                batch_size=cfg.eval.batch_size, label=label)
     return evaluate_records(model, tokenizer, records, metrics=cfg.eval.metrics,
                             max_length=cfg.data.max_length, max_new_tokens=cfg.eval.max_new_tokens,
                             batch_size=cfg.eval.batch_size, train_on_prompt=cfg.data.train_on_prompt,
