@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 
-__all__ = ["apply_peft", "save_peft", "load_peft", "merge_peft", "target_list"]
+__all__ = ["PeftArtifact", "apply_peft", "save_peft", "load_peft", "merge_peft", "target_list"]
 
 
 def target_list(targets: list[str]):
@@ -36,3 +36,19 @@ def load_peft(base, directory: Path):
 
 def merge_peft(model):
     return model.merge_and_unload()
+
+
+class PeftArtifact:
+    """Save, load and merge for a PEFT-backed method (the artifact is a plain PEFT directory);
+    the method class adds its name, config and `apply`."""
+
+    artifact_kind = "adapter"
+
+    def save(self, model, directory: Path) -> None:
+        save_peft(model, directory)
+
+    def load(self, base, directory: Path):
+        return load_peft(base, directory)
+
+    def merge(self, model):
+        return merge_peft(model)

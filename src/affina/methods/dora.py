@@ -8,9 +8,8 @@ magnitude trains directly. Trainable: r·(d_in + d_out) + d_out per adapted line
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
-from ._peft import apply_peft, load_peft, merge_peft, save_peft
+from ._peft import PeftArtifact, apply_peft
 from .base import register
 from .lora import LoraMethodConfig, lora_config
 
@@ -22,23 +21,13 @@ class DoraMethodConfig(LoraMethodConfig):
     """The LoRA fields; the magnitude vectors are added per adapted layer (Liu et al. 2024, sec. 4)."""
 
 
-class DoraMethod:
+class DoraMethod(PeftArtifact):
     name = "dora"
     description = "Weight-decomposed LoRA: magnitude + low-rank direction (Liu et al. 2024), via PEFT."
     config_class = DoraMethodConfig
-    artifact_kind = "adapter"
 
     def apply(self, model, cfg: DoraMethodConfig):
         return apply_peft(model, lora_config(cfg, use_dora=True))
-
-    def save(self, model, directory: Path) -> None:
-        save_peft(model, directory)
-
-    def load(self, base, directory: Path):
-        return load_peft(base, directory)
-
-    def merge(self, model):
-        return merge_peft(model)
 
 
 register(DoraMethod())

@@ -8,10 +8,9 @@ its input size for feed-forward layers, whose input is rescaled). Merges exactly
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from ..errors import ConfigError
-from ._peft import apply_peft, load_peft, merge_peft, save_peft
+from ._peft import PeftArtifact, apply_peft
 from .base import register
 
 __all__ = ["Ia3MethodConfig", "Ia3Method"]
@@ -35,11 +34,10 @@ class Ia3MethodConfig:
                               f"not targeted: {', '.join(extra)}")
 
 
-class Ia3Method:
+class Ia3Method(PeftArtifact):
     name = "ia3"
     description = "(IA)^3: learned rescaling of keys, values and FFN activations (Liu et al. 2022), via PEFT."
     config_class = Ia3MethodConfig
-    artifact_kind = "adapter"
 
     def apply(self, model, cfg: Ia3MethodConfig):
         from peft import IA3Config, TaskType
@@ -47,15 +45,6 @@ class Ia3Method:
         return apply_peft(model, IA3Config(task_type=TaskType.CAUSAL_LM,
                                            target_modules=list(cfg.target_modules),
                                            feedforward_modules=list(cfg.feedforward_modules)))
-
-    def save(self, model, directory: Path) -> None:
-        save_peft(model, directory)
-
-    def load(self, base, directory: Path):
-        return load_peft(base, directory)
-
-    def merge(self, model):
-        return merge_peft(model)
 
 
 register(Ia3Method())

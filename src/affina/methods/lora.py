@@ -8,10 +8,9 @@ Trainable parameters: r·(d_in + d_out) per adapted linear layer.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from ..errors import ConfigError
-from ._peft import apply_peft, load_peft, merge_peft, save_peft, target_list
+from ._peft import PeftArtifact, apply_peft, target_list
 from .base import register
 
 __all__ = ["LoraMethodConfig", "LoraMethod"]
@@ -46,26 +45,16 @@ def lora_config(cfg: LoraMethodConfig, **variant):
                       bias=cfg.bias, **variant)
 
 
-class LoraMethod:
+class LoraMethod(PeftArtifact):
     name = "lora"
     description = "Low-rank adapters on linear layers (Hu et al. 2021), via PEFT."
     config_class = LoraMethodConfig
-    artifact_kind = "adapter"
 
     def peft_config(self, cfg: LoraMethodConfig):
         return lora_config(cfg)
 
     def apply(self, model, cfg: LoraMethodConfig):
         return apply_peft(model, self.peft_config(cfg))
-
-    def save(self, model, directory: Path) -> None:
-        save_peft(model, directory)
-
-    def load(self, base, directory: Path):
-        return load_peft(base, directory)
-
-    def merge(self, model):
-        return merge_peft(model)
 
 
 register(LoraMethod())

@@ -10,11 +10,10 @@ precision. The artifact is a plain PEFT LoRA directory that also loads onto the 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from ..errors import ConfigError
 from ..ui import info
-from ._peft import apply_peft, load_peft, merge_peft, save_peft
+from ._peft import PeftArtifact, apply_peft
 from .base import register
 from .lora import LoraMethodConfig, lora_config
 
@@ -65,11 +64,10 @@ def unquantized_bytes(model, dtype_bytes: int = 4) -> int:
     return total
 
 
-class QloraMethod:
+class QloraMethod(PeftArtifact):
     name = "qlora"
     description = "LoRA on a 4-bit NF4 (double-quantised) or 8-bit base via bitsandbytes (Dettmers et al. 2023)."
     config_class = QloraMethodConfig
-    artifact_kind = "adapter"
 
     def load_options(self, cfg: QloraMethodConfig) -> dict:
         try:
@@ -104,15 +102,6 @@ class QloraMethod:
         adapters = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
         return {"base_bytes_unquantized": unquantized_bytes(base) - adapters,
                 "base_bytes_quantized": base.get_memory_footprint() - adapters}
-
-    def save(self, model, directory: Path) -> None:
-        save_peft(model, directory)
-
-    def load(self, base, directory: Path):
-        return load_peft(base, directory)
-
-    def merge(self, model):
-        return merge_peft(model)
 
 
 register(QloraMethod())

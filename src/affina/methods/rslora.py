@@ -8,9 +8,8 @@ better than low ones; alpha/sqrt(r) keeps them learning. Same parameter count as
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
-from ._peft import apply_peft, load_peft, merge_peft, save_peft
+from ._peft import PeftArtifact, apply_peft
 from .base import register
 from .lora import LoraMethodConfig, lora_config
 
@@ -22,23 +21,13 @@ class RsloraMethodConfig(LoraMethodConfig):
     """The LoRA fields; `alpha` is divided by sqrt(r) (Kalajdzievski 2023, eq. 5)."""
 
 
-class RsloraMethod:
+class RsloraMethod(PeftArtifact):
     name = "rslora"
     description = "LoRA with rank-stabilised scaling alpha/sqrt(r) (Kalajdzievski 2023), via PEFT."
     config_class = RsloraMethodConfig
-    artifact_kind = "adapter"
 
     def apply(self, model, cfg: RsloraMethodConfig):
         return apply_peft(model, lora_config(cfg, use_rslora=True))
-
-    def save(self, model, directory: Path) -> None:
-        save_peft(model, directory)
-
-    def load(self, base, directory: Path):
-        return load_peft(base, directory)
-
-    def merge(self, model):
-        return merge_peft(model)
 
 
 register(RsloraMethod())
