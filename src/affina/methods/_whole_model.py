@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["save_whole_model", "load_whole_model", "transformer_blocks"]
+__all__ = ["WholeModelArtifact", "optimizer_state_bytes", "save_whole_model", "load_whole_model", "transformer_blocks"]
 
 
 def save_whole_model(model, directory: Path) -> None:
@@ -19,6 +19,30 @@ def load_whole_model(base, directory: Path):
     model = AutoModelForCausalLM.from_pretrained(directory, dtype=base.dtype)
     model.generation_config = base.generation_config
     return model.to(base.device)
+
+
+def optimizer_state_bytes(model) -> int:
+    """Weights + gradients + AdamW's two moments for the trainable parameters."""
+    return 4 * sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+
+
+class WholeModelArtifact:
+    """Report, save, load and merge for a method whose artifact is the whole model; the method
+    class adds its name, config and `apply`."""
+
+    artifact_kind = "model"
+
+    def report(self, model, cfg) -> dict:
+        return {"training_state_bytes": optimizer_state_bytes(model)}
+
+    def save(self, model, directory: Path) -> None:
+        save_whole_model(model, directory)
+
+    def load(self, base, directory: Path):
+        return load_whole_model(base, directory)
+
+    def merge(self, model):
+        return model  # already a plain model
 
 
 def transformer_blocks(model):

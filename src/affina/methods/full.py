@@ -9,9 +9,8 @@ activation memory on top. The artifact is a plain HF model directory.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from ._whole_model import load_whole_model, save_whole_model
+from ._whole_model import WholeModelArtifact, optimizer_state_bytes  # noqa: F401 (re-export)
 from .base import register
 
 __all__ = ["FullMethodConfig", "FullMethod", "optimizer_state_bytes"]
@@ -24,16 +23,10 @@ class FullMethodConfig:
                 "2016): roughly O(sqrt(layers)) activation memory for ~30% more compute."})
 
 
-def optimizer_state_bytes(model) -> int:
-    """Weights + gradients + AdamW's two moments for the trainable parameters."""
-    return 4 * sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
-
-
-class FullMethod:
+class FullMethod(WholeModelArtifact):
     name = "full"
     description = "Full fine-tuning: every weight trains; the artifact is a whole HF model."
     config_class = FullMethodConfig
-    artifact_kind = "model"
 
     def apply(self, model, cfg: FullMethodConfig):
         for p in model.parameters():
@@ -44,18 +37,6 @@ class FullMethod:
             else:
                 model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         return model
-
-    def report(self, model, cfg: FullMethodConfig) -> dict:
-        return {"training_state_bytes": optimizer_state_bytes(model)}
-
-    def save(self, model, directory: Path) -> None:
-        save_whole_model(model, directory)
-
-    def load(self, base, directory: Path):
-        return load_whole_model(base, directory)
-
-    def merge(self, model):
-        return model  # already a plain model
 
 
 register(FullMethod())

@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from ..errors import ConfigError
 from ..ui import warn
-from ._whole_model import load_whole_model, save_whole_model, transformer_blocks
+from ._whole_model import WholeModelArtifact, transformer_blocks
 from .base import register
-from .full import optimizer_state_bytes
 
 __all__ = ["PartialMethodConfig", "PartialMethod", "selected_parameters"]
 
@@ -102,11 +100,10 @@ def _names_of(model, tensor) -> set[str]:
         {n for n, _ in model.named_parameters()}
 
 
-class PartialMethod:
+class PartialMethod(WholeModelArtifact):
     name = "partial"
     description = "Train a chosen subset (last N blocks, name patterns, embeddings/head, bitfit, norm)."
     config_class = PartialMethodConfig
-    artifact_kind = "model"
 
     def apply(self, model, cfg: PartialMethodConfig):
         chosen = selected_parameters(model, cfg)
@@ -116,18 +113,6 @@ class PartialMethod:
         for name, p in model.named_parameters():
             p.requires_grad_(name in chosen)
         return model
-
-    def report(self, model, cfg: PartialMethodConfig) -> dict:
-        return {"training_state_bytes": optimizer_state_bytes(model)}
-
-    def save(self, model, directory: Path) -> None:
-        save_whole_model(model, directory)
-
-    def load(self, base, directory: Path):
-        return load_whole_model(base, directory)
-
-    def merge(self, model):
-        return model  # already a plain model
 
 
 register(PartialMethod())
