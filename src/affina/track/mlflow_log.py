@@ -11,7 +11,14 @@ from pathlib import Path
 
 from ..paths import affina_home
 
-__all__ = ["MlflowRun", "default_tracking_uri"]
+__all__ = ["MlflowRun", "default_tracking_uri", "quiet_mlflow"]
+
+
+def quiet_mlflow() -> None:
+    """MLflow configures its own INFO logger on import, and alembic logs every migration of a new
+    sqlite store: keep both to warnings. Call after `import mlflow`."""
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
 
 
 def default_tracking_uri() -> str:
@@ -44,10 +51,10 @@ class MlflowRun:
         if not self.enabled:
             return self
         # MLflow's alembic migrations log at INFO on every new sqlite store.
-        logging.getLogger("alembic").setLevel(logging.WARNING)
-        logging.getLogger("mlflow").setLevel(logging.WARNING)
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         import mlflow
+
+        quiet_mlflow()
 
         self._mlflow = mlflow
         mlflow.set_tracking_uri(self.uri)

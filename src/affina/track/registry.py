@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import re
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from pathlib import Path
 
 from ..errors import AffinaError
 from .manifest import MANIFEST_NAME, read_manifest
-from .mlflow_log import default_tracking_uri
+from .mlflow_log import default_tracking_uri, quiet_mlflow
 
 __all__ = ["ModelRef", "RegisteredVersion", "registry_uri", "parse_ref", "register_run",
            "resolve_ref", "set_alias", "list_models", "show_model", "hash_run_files",
@@ -37,9 +36,9 @@ def registry_uri() -> str:
 
 
 def _client(uri: str | None = None):
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
     import mlflow
+
+    quiet_mlflow()
 
     uri = uri or registry_uri()
     return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
