@@ -19,7 +19,7 @@ from .errors import ConfigError
 
 __all__ = [
     "DataConfig", "ModelConfig", "MethodConfig", "TrainConfig", "EvalConfig", "TrackConfig",
-    "RunConfig", "load_config", "apply_overrides", "config_to_dict", "describe_keys",
+    "RunConfig", "load_config", "read_yaml_mapping", "apply_overrides", "config_to_dict", "describe_keys",
 ]
 
 
@@ -201,22 +201,28 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
     return cfg
 
 
+def read_yaml_mapping(path: Path, kind: str, shape: str) -> dict:
+    """A YAML file that must hold a mapping, with one-line errors naming the file (and line)."""
+    if not path.is_file():
+        raise ConfigError(f"{kind} not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{where}: invalid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: {shape}")
+    return raw
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Defaults ← YAML file ← dotted overrides. Relative data paths in the YAML resolve against the
     YAML file's directory when they exist there, so a config can travel with its data."""
     cfg = RunConfig()
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f":{mark.line + 1}" if mark else ""
-            raise ConfigError(f"{path}{where}: invalid YAML ({getattr(e, 'problem', e)})") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: the config must be a mapping of sections")
+        raw = read_yaml_mapping(path, "config file", "the config must be a mapping of sections")
         for section, body in raw.items():
             _set_key(cfg, str(section), body)
         _resolve_relative_paths(cfg, path.parent)

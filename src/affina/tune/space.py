@@ -21,9 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from ..config import RunConfig, config_from_dict
+from ..config import RunConfig, config_from_dict, read_yaml_mapping
 from ..errors import ConfigError
 
 __all__ = ["ParamSpec", "SearchSpace", "load_space", "suggest_params", "apply_params"]
@@ -80,13 +78,8 @@ class SearchSpace:
 
 def load_space(path: str | Path) -> SearchSpace:
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"search space file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise ConfigError(f"{path}{f':{mark.line + 1}' if mark else ''}: invalid YAML") from None
+    raw = read_yaml_mapping(path, "search space file",
+                            "a search space must be a mapping with objective, pruner, seed, params")
     unknown = set(raw) - {"objective", "pruner", "seed", "params"}
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}; "
