@@ -34,9 +34,9 @@ sys.path.insert(0, str(ROOT))
 from affina.models import model_fingerprint, resolve_model_path  # noqa: E402
 from affina.serve.app import Limits, create_app  # noqa: E402
 from affina.serve.auth import KeyStore  # noqa: E402
-from affina.serve.requestlog import RequestLog  # noqa: E402
+from affina.record.requestlog import RequestLog  # noqa: E402
 from affina.serve.server import ServeOptions, build_engine  # noqa: E402
-from affina.track import write_manifest  # noqa: E402
+from affina.record import BaseModelInfo, MethodInfo, RunRecord, write_record  # noqa: E402
 
 PROMPTS = ["Write a product title for a red ceramic mug.", "What is the capital of France?",
            "Give me three words that rhyme with cat.", "Summarise: the meeting moved to Friday.",
@@ -56,10 +56,9 @@ def make_store(root: Path, base_spec: str) -> Path:
         config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
                             init_lora_weights=False)
         get_peft_model(model, config).save_pretrained(store / name / "adapter")
-        write_manifest(store / name, {"kind": "adapter", "artifact": "adapter", "run_name": name,
-                                      "base_model": {"spec": base_spec,
-                                                     "fingerprint": model_fingerprint(base_dir)},
-                                      "method": {"name": "lora", "r": 8}})
+        write_record(store / name, RunRecord(kind="adapter", artifact="adapter",
+                                             base_model=BaseModelInfo(base_spec, fingerprint=model_fingerprint(base_dir)),
+                                             method=MethodInfo("lora", {"r": 8})))
     return store
 
 

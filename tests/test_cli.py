@@ -62,9 +62,9 @@ def test_generate_from_a_run_and_from_a_model(tiny_run, tiny_model_dir, capsys):
         expected, opened = _expected_reply(str(ref), "q1")
         assert capsys.readouterr().out == expected + "\n"
     # A run opens as its adapter applied to the base named in its manifest.
-    assert opened.manifest is None
+    assert opened.record is None
     _, from_run = _expected_reply(str(tiny_run), "q1")
-    assert from_run.manifest["base_model"]["spec"] == str(tiny_model_dir)
+    assert from_run.record.base_model.spec == str(tiny_model_dir)
     assert type(from_run.model).__name__ == "PeftModelForCausalLM"
 
 

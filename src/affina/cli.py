@@ -18,21 +18,24 @@ COMMAND_MODULES: tuple[str, ...] = (
     "affina.tune.commands",
     "affina.serve.commands",
     "affina.export_commands",
-    "affina.track.commands",
+    "affina.govern.commands",
 )
 
 
 def _cmd_train(args) -> int:
     from .config import load_config
     from .train import train
+    from .ui import set_output
 
+    display = "quiet" if args.quiet else args.log_format
+    set_output({"bar": "normal", "jsonl": "jsonl", "quiet": "quiet"}[display])
     if args.resume:
         if args.config or args.overrides:
             raise AffinaError("--resume continues a run with the config saved in it; "
                               "drop -c and key=value overrides")
-        train(load_config(), resume=Path(args.resume))
+        train(load_config(), resume=Path(args.resume), display=display)
         return 0
-    train(load_config(args.config, args.overrides))
+    train(load_config(args.config, args.overrides), display=display)
     return 0
 
 
@@ -44,25 +47,33 @@ def _cmd_data_inspect(args) -> int:
     return 0
 
 
-def _cmd_generate(args) -> int:
-    from .evaluate.generation import generate_texts
+def _open(ref: str):
+    from .govern.registry import resolve_model_ref
     from .runs import open_model
 
-    opened = open_model(args.ref)
+    return open_model(resolve_model_ref(ref))
+
+
+def _reply(opened, messages: list[dict], args) -> str:
+    """One reply by the shared generation routine and stop rule (what the server does too)."""
+    from .evaluate.generation import generate_texts
+
+    prompt = opened.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return generate_texts(opened.model, opened.tokenizer, [prompt], max_new_tokens=args.max_new_tokens,
+                          do_sample=args.temperature > 0, temperature=args.temperature or 1.0,
+                          top_p=args.top_p, seed=args.seed, stop_ids=opened.stop_ids)[0]
+
+
+def _cmd_generate(args) -> int:
+    opened = _open(args.ref)
     messages = ([{"role": "system", "content": args.system}] if args.system else [])
     messages.append({"role": "user", "content": args.prompt})
-    prompt = opened.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    out = generate_texts(opened.model, opened.tokenizer, [prompt], max_new_tokens=args.max_new_tokens,
-                         do_sample=args.temperature > 0, temperature=args.temperature or 1.0)
-    print(out[0])
+    print(_reply(opened, messages, args))
     return 0
 
 
 def _cmd_chat(args) -> int:
-    from .evaluate.generation import generate_texts
-    from .runs import open_model
-
-    opened = open_model(args.ref)
+    opened = _open(args.ref)
     messages = ([{"role": "system", "content": args.system}] if args.system else [])
     print(f"chatting with {args.ref} — empty line or Ctrl-D to quit, /reset to start over")
     while True:
@@ -77,9 +88,7 @@ def _cmd_chat(args) -> int:
             messages = messages[:1] if args.system else []
             continue
         messages.append({"role": "user", "content": line})
-        prompt = opened.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        reply = generate_texts(opened.model, opened.tokenizer, [prompt], max_new_tokens=args.max_new_tokens,
-                               do_sample=args.temperature > 0, temperature=args.temperature or 1.0)[0]
+        reply = _reply(opened, messages, args)
         messages.append({"role": "assistant", "content": reply})
         print(f"model> {reply}")
 
@@ -124,6 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("-c", "--config", help="YAML run config")
     t.add_argument("overrides", nargs="*", metavar="section.key=value", help="override config keys")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    t.add_argument("--log-format", choices=("bar", "jsonl"), default="bar",
+                   help="bar: one progress bar (loss, validation loss, tokens/s, ETA); jsonl: one "
+                        "JSON object per training event on stdout, for scripts (default: bar)")
+    t.add_argument("-q", "--quiet", action="store_true", help="no progress output; only warnings and "
+                   "the final summary")
     t.set_defaults(func=_cmd_train)
 
     d = sub.add_parser("data", help="inspect and check data files")
@@ -139,12 +153,15 @@ def build_parser() -> argparse.ArgumentParser:
     for name, helptext, func in (("generate", "generate one reply from a model or run", _cmd_generate),
                                  ("chat", "chat interactively with a model or run", _cmd_chat)):
         g = sub.add_parser(name, help=helptext)
-        g.add_argument("ref", metavar="MODEL_OR_RUN", help="run directory, or a model spec (default, dir, .gguf)")
+        g.add_argument("ref", metavar="MODEL_OR_RUN", help="run directory, NAME@VERSION|ALIAS, or a model spec (default, dir, .gguf)")
         if name == "generate":
             g.add_argument("--prompt", required=True)
         g.add_argument("--system", help="system message")
         g.add_argument("--max-new-tokens", type=int, default=256)
         g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (deterministic)")
+        g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (with --temperature > 0)")
+        g.add_argument("--seed", type=int, help="seed for sampling: the same seed gives the same reply, "
+                       "here and from `affina serve`")
         g.set_defaults(func=func)
 
     m = sub.add_parser("methods", help="list adaptation methods")

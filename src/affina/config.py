@@ -9,6 +9,7 @@ by the chosen method's own config class (see `affina.methods`).
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
@@ -21,6 +22,11 @@ __all__ = [
     "DataConfig", "ModelConfig", "MethodConfig", "TrainConfig", "EvalConfig", "TrackConfig",
     "RunConfig", "load_config", "read_yaml_mapping", "apply_overrides", "config_to_dict", "describe_keys",
 ]
+
+
+_DTYPES = ("auto", "float32", "bfloat16", "float16")
+_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
+               "constant_with_warmup", "inverse_sqrt", "cosine_with_min_lr", "warmup_stable_decay")
 
 
 def _f(default: Any, help: str, **kw):
@@ -40,12 +46,21 @@ class DataConfig:
     train_on_prompt: bool = _f(False, "Compute loss on prompt tokens too (default: only on assistant replies; raw text always trains on every token).")
     dedupe: bool = _f(False, "Drop exact duplicate examples (they are always counted and reported).")
 
+    def validate(self) -> None:
+        _check(0 <= self.val_fraction < 1, "data.val_fraction", self.val_fraction, "in [0, 1)")
+        _check(self.max_length >= 2, "data.max_length", self.max_length, ">= 2")
+
 
 @dataclass
 class ModelConfig:
     spec: str = _f("default", "Base model: `default` (SmolLM2-135M-Instruct, embedded), a local HF directory, a .gguf file or a hub id.")
     device: str = _f("auto", "`auto` (CUDA when available, else CPU), `cpu` or `cuda[:N]`.")
     dtype: str = _f("auto", "`auto` (bf16 on CUDA where supported, float32 on CPU), `float32`, `bfloat16` or `float16`.")
+
+    def validate(self) -> None:
+        _check(self.device in ("auto", "cpu", "cuda", "mps") or re.fullmatch(r"cuda:\d+", self.device),
+               "model.device", self.device, "auto, cpu, cuda, cuda:N or mps")
+        _check(self.dtype in _DTYPES, "model.dtype", self.dtype, ", ".join(_DTYPES))
 
 
 @dataclass
@@ -77,17 +92,43 @@ class TrainConfig:
     early_stopping_threshold: float = _f(0.0, "Minimum improvement of `metric_for_best` that counts as an improvement for early stopping.")
     metric_for_best: str = _f("eval_loss", "Validation measure that picks the best checkpoint and drives early stopping (`eval_loss`, or another `eval_*` key the trainer reports).")
     greater_is_better: bool = _f(False, "Whether a higher `metric_for_best` is better (false for losses).")
-    load_best: bool = _f(True, "With early stopping on, restore the best checkpoint's weights at the end (recorded in the manifest as best_checkpoint).")
+    load_best: bool = _f(True, "With early stopping on, restore the best checkpoint's weights at the end (recorded in the run record as best_checkpoint).")
+
+    def validate(self) -> None:
+        _check(self.max_steps == -1 or self.max_steps >= 1, "train.max_steps", self.max_steps, "-1 or >= 1")
+        _check(self.max_steps >= 1 or self.epochs > 0, "train.epochs", self.epochs, "> 0")
+        for key in ("batch_size", "grad_accum", "save_steps", "save_total_limit", "logging_steps"):
+            _check(getattr(self, key) >= 1, f"train.{key}", getattr(self, key), ">= 1")
+        _check(self.lr > 0, "train.lr", self.lr, "> 0")
+        _check(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, ">= 0")
+        _check(0 <= self.warmup_ratio < 1, "train.warmup_ratio", self.warmup_ratio, "in [0, 1)")
+        _check(self.max_grad_norm >= 0, "train.max_grad_norm", self.max_grad_norm, ">= 0 (0: no clipping)")
+        _check(self.eval_steps >= 0, "train.eval_steps", self.eval_steps, ">= 0")
+        _check(self.scheduler in _SCHEDULERS, "train.scheduler", self.scheduler, ", ".join(_SCHEDULERS))
+        _check(self.early_stopping_patience >= 0, "train.early_stopping_patience",
+               self.early_stopping_patience, ">= 0 (0 turns early stopping off)")
+        if self.run_name is not None:
+            _check(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,199}", self.run_name) is not None,
+                   "train.run_name", self.run_name, "one path component of letters, digits, '.', '_', '+', '-'")
+        if self.early_stopping_patience and self.eval_steps and self.save_steps % self.eval_steps:
+            raise ConfigError(f"train.early_stopping_patience needs train.save_steps a multiple of "
+                              f"train.eval_steps (got save_steps={self.save_steps}, eval_steps="
+                              f"{self.eval_steps}); set train.save_steps={self.eval_steps}")
 
 
 @dataclass
 class EvalConfig:
     data: list[str] = _f([], "Held-out files evaluated before and after training (loss + generation metrics); empty: skip.")
-    metrics: list[str] = _f(["exact_match", "json_fields"], "Generation metrics: exact_match, token_f1, rouge_l, chrf, bleu, json_valid, json_fields, accuracy, macro_f1, or your own as package.module:function.")
+    metrics: list[str] = _f([], "Generation metrics: exact_match, token_f1, rouge_l, chrf, bleu, json_valid, json_fields, accuracy, macro_f1, or your own as package.module:function; empty: chosen from the task and the data (JSON fields for JSON replies, text overlap otherwise, accuracy/macro-F1 for labels).")
     max_new_tokens: int = _f(128, "Generation budget per example.")
     batch_size: int = _f(16, "Examples generated at once.")
     limit: int | None = _f(None, "Evaluate only the first N examples.")
     compare_base: bool = _f(True, "Also evaluate the base model before training, for a before/after table.")
+
+    def validate(self) -> None:
+        _check(self.max_new_tokens >= 1, "eval.max_new_tokens", self.max_new_tokens, ">= 1")
+        _check(self.batch_size >= 1, "eval.batch_size", self.batch_size, ">= 1")
+        _check(self.limit is None or self.limit >= 1, "eval.limit", self.limit, ">= 1 (or unset)")
 
 
 @dataclass
@@ -95,6 +136,10 @@ class TrackConfig:
     mlflow: bool = _f(True, "Log params, per-step metrics, dataset inputs and the artifact to MLflow.")
     uri: str | None = _f(None, "MLflow tracking URI; default a sqlite store under $AFFINA_HOME.")
     experiment: str = _f("affina", "MLflow experiment name.")
+    log_checkpoints: bool = _f(False, "Also upload the trainer checkpoints (optimizer state included) to MLflow; by default only the artifact, record, config, history and plots go there.")
+
+    def validate(self) -> None:
+        _check(bool(self.experiment), "track.experiment", self.experiment, "a non-empty name")
 
 
 @dataclass
@@ -106,8 +151,29 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     track: TrackConfig = field(default_factory=TrackConfig)
 
+    def validate(self) -> "RunConfig":
+        """Check every section's values (not only their types) and the settings that conflict
+        across sections; raises ConfigError naming the key. Called whenever a config is built,
+        so a bad value stops a run before anything is written or loaded."""
+        for section in (self.data, self.model, self.train, self.eval, self.track):
+            section.validate()
+        t = self.train
+        if t.early_stopping_patience and (t.eval_steps <= 0 or not (self.data.validation
+                                                                   or self.data.val_fraction > 0)):
+            raise ConfigError("train.early_stopping_patience needs validation: set train.eval_steps > 0 "
+                              "and data.val_fraction > 0 or data.validation")
+        if self.model.dtype == "float16":
+            raise ConfigError("model.dtype=float16: training float16 weights without a loss scaler "
+                              "underflows gradients; use bfloat16 (GPUs since Ampere) or float32")
+        return self
+
 
 _SECTIONS = {f.name: f.type for f in fields(RunConfig)}
+
+
+def _check(ok, key: str, value, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"config key '{key}' must be {expected}, got {value!r}")
 
 
 def _section_types() -> dict[str, type]:
@@ -227,7 +293,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             _set_key(cfg, str(section), body)
         _resolve_relative_paths(cfg, path.parent)
     apply_overrides(cfg, overrides or [])
-    return cfg
+    return cfg.validate()
 
 
 def _resolve_relative_paths(cfg: RunConfig, base: Path) -> None:
@@ -256,7 +322,7 @@ def config_from_dict(d: dict) -> RunConfig:
     cfg = RunConfig()
     for section, body in d.items():
         _set_key(cfg, section, body)
-    return cfg
+    return cfg.validate()
 
 
 def describe_keys() -> list[tuple[str, str, str]]:

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from .errors import AffinaError
-from .track.manifest import read_manifest
+from .record import read_record
 
 __all__ = ["ExportError", "export_merged", "write_gguf", "GGUF_ARCHITECTURES"]
 
@@ -26,22 +26,21 @@ class ExportError(AffinaError):
 def export_merged(run_dir: str | Path, out_dir: str | Path, *, gguf: bool = False) -> dict:
     """Write the run's merged model to `out_dir` (and `out_dir/model.gguf` with `gguf`)."""
     from .data.tokenize import ensure_chat_template
-    from .methods import get_method, merge_supported
     from .models import load_model
-    from .runs import is_run_dir
+    from .runs import is_run_dir, method_of_record
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if not is_run_dir(run_dir):
         raise ExportError(f"{run_dir} is not a run directory (no affina.json)")
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ExportError(f"{out_dir} exists and is not empty; pick a new output directory")
-    manifest = read_manifest(run_dir)
-    method = get_method(manifest["method"]["name"])
-    if not merge_supported(method):
+    record = read_record(run_dir)
+    method, _ = method_of_record(record)
+    if not method.can_merge:
         raise ExportError(f"method {method.name} has no merged form (its artifact is not a weight "
-                          f"change); use the run directory with its base model instead")
-    loaded = load_model(manifest["base_model"]["spec"], device="cpu", dtype="float32")
-    model = method.load(loaded.model, run_dir / manifest["artifact"])
+                          f"change); serve the run directory itself (affina serve) instead")
+    loaded = load_model(record.base_model.spec, device="cpu", dtype="float32")
+    model = method.load(loaded.model, record.artifact_dir(run_dir))
     merged = method.merge(model)
     out_dir.mkdir(parents=True, exist_ok=True)
     merged.save_pretrained(out_dir)

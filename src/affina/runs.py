@@ -1,15 +1,20 @@
-"""Open a model reference for inference: a run directory (its artifact applied to its base), a
-registered `NAME@VERSION` / `NAME@ALIAS`, or a plain model spec."""
+"""Open a run directory or a model spec for inference.
+
+A run directory opens as its method says: the base model loaded as the method trained on it
+(e.g. quantised for qlora), the artifact applied by `method.load`, and the tokenizer (with the
+chat template) the run was trained with. Registered `NAME@VERSION` references are resolved one
+layer up (`affina.govern.registry.open_ref`), which verifies their files first.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import AffinaError
-from .track.manifest import MANIFEST_NAME, read_manifest
+from .record import RunRecord, is_run_dir, read_record
 
-__all__ = ["OpenedModel", "open_model", "is_run_dir"]
+__all__ = ["OpenedModel", "open_model", "is_run_dir", "method_of_record"]
 
 
 @dataclass
@@ -17,55 +22,65 @@ class OpenedModel:
     model: object
     tokenizer: object
     ref: str
-    manifest: dict | None
-    task: str = "generate"  # "classify" for runs of a classification method (head)
+    record: RunRecord | None
+    method: object | None = None  # the run's Method; None for a plain model spec
+    stop_ids: list[int] = field(default_factory=list)
 
-    def classify(self, texts: list[str], batch_size: int = 16) -> list[str]:
-        """The predicted label of each text (classification runs only)."""
-        if self.task != "classify":
+    @property
+    def task(self):
+        from .methods import GENERATE
+
+        return self.method.task if self.method is not None else GENERATE
+
+    def classify(self, texts: list[str], batch_size: int = 16, max_length: int = 512) -> list[str]:
+        """The predicted label of each text (runs whose task outputs labels only)."""
+        if self.task.output != "label":
             raise AffinaError(f"{self.ref} is a generative model, not a classifier; use generate")
-        return self.model.classify(self.tokenizer, list(texts), batch_size=batch_size)
+        return self.model.classify(self.tokenizer, list(texts), batch_size=batch_size,
+                                   max_length=max_length)
 
 
-def is_run_dir(ref: str | Path) -> bool:
-    return (Path(ref) / MANIFEST_NAME).is_file()
+def method_of_record(record: RunRecord):
+    """(method, its config) of a run, rebuilt from the record."""
+    from .methods import build_method_config, get_method
+
+    method = get_method(record.method.name)
+    return method, build_method_config(method, record.method.options)
 
 
-def open_model(ref: str, *, device=None, dtype=None) -> OpenedModel:
-    from .data.tokenize import ensure_chat_template
-    from .methods import get_method, load_options, method_task
+def open_model(ref: str | Path, *, device=None, dtype=None, base=None) -> OpenedModel:
+    """`ref`: a run directory or a model spec. `base`: an already loaded base (LoadedModel) to
+    apply a run's artifact to, instead of loading one."""
+    from .data.tokenize import ensure_chat_template, stop_token_ids
     from .models import load_model
 
-    ref = _registered_run_dir(ref)
+    ref = str(ref)
     if is_run_dir(ref):
-        manifest = read_manifest(Path(ref))
-        method = get_method(manifest["method"]["name"])
-        # The base loads as the method trained on it (e.g. quantised for qlora).
-        options = load_options(method, _method_config(method, manifest))
-        loaded = load_model(manifest["base_model"]["spec"], device=device, dtype=dtype, **options)
-        model = method.load(loaded.model, Path(ref) / manifest["artifact"])
+        run_dir = Path(ref)
+        record = read_record(run_dir)
+        method, cfg = method_of_record(record)
+        loaded = base or load_model(record.base_model.spec, device=device, dtype=dtype,
+                                    **method.load_options(cfg))
+        model = method.load(loaded.model, record.artifact_dir(run_dir))
         model.eval()
-        ensure_chat_template(loaded.tokenizer)
-        return OpenedModel(model, loaded.tokenizer, ref, manifest, method_task(method))
-    loaded = load_model(ref, device=device, dtype=dtype)
+        tokenizer = _run_tokenizer(record.artifact_dir(run_dir)) or loaded.tokenizer
+        ensure_chat_template(tokenizer)
+        stops = (record.template.stop_token_ids if record.template and record.template.stop_token_ids
+                 else stop_token_ids(tokenizer, loaded.model.generation_config))
+        return OpenedModel(model, tokenizer, ref, record, method, list(stops))
+    loaded = base or load_model(ref, device=device, dtype=dtype)
     ensure_chat_template(loaded.tokenizer)
-    return OpenedModel(loaded.model, loaded.tokenizer, ref, None)
+    return OpenedModel(loaded.model, loaded.tokenizer, ref, None, None,
+                       stop_token_ids(loaded.tokenizer, loaded.model.generation_config))
 
 
-def _registered_run_dir(ref: str) -> str:
-    """`NAME@VERSION` / `NAME@ALIAS` → the registered run directory, its file hashes verified."""
-    from .track.registry import parse_ref, resolve_ref
+def _run_tokenizer(artifact_dir: Path):
+    """The tokenizer saved with the artifact: the chat template the run was trained with."""
+    if not (artifact_dir / "tokenizer_config.json").is_file():
+        return None
+    from transformers import AutoTokenizer
 
-    if Path(ref).exists() or parse_ref(ref) is None:
-        return ref
-    return str(resolve_ref(ref).run_dir)
-
-
-def _method_config(method, manifest: dict):
-    """The run's method config, rebuilt from the manifest (which records every field)."""
-    import dataclasses
-
-    from .methods import build_method_config
-
-    names = {f.name for f in dataclasses.fields(method.config_class)}
-    return build_method_config(method, {k: v for k, v in manifest["method"].items() if k in names})
+    tokenizer = AutoTokenizer.from_pretrained(artifact_dir)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer

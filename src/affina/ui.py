@@ -8,7 +8,7 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
-__all__ = ["console", "info", "warn", "print_table"]
+__all__ = ["console", "info", "warn", "print_table", "set_output"]
 
 # Numbers, percentages, sizes and "-" for missing values line up on the right.
 _NUMBER = re.compile(r"^\s*(-|[-+]?[\d,]*\.?\d+(e[-+]?\d+)?\s*(%|s|ms|MB|GB|B|x)?(\s*\(.*\))?)\s*$")
@@ -17,8 +17,20 @@ console = Console(stderr=False, highlight=False)
 _err = Console(stderr=True, highlight=False)
 
 
+_mode = "normal"  # "normal", "quiet" (no status lines) or "jsonl" (stdout is for JSON lines only)
+
+
+def set_output(mode: str) -> None:
+    """`quiet`: keep only warnings and the final tables; `jsonl`: status lines and tables go to
+    stderr, so stdout carries only machine-readable JSON lines."""
+    global _mode
+    _mode = mode
+
+
 def info(message: str) -> None:
-    console.print(f"[bold cyan]affina[/] {message}")
+    if _mode == "quiet":
+        return
+    (_err if _mode == "jsonl" else console).print(f"[bold cyan]affina[/] {message}")
 
 
 def warn(message: str) -> None:
@@ -34,5 +46,5 @@ def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
         table.add_column(h, justify="right" if numeric else "left", overflow="fold")
     for row in rows:
         table.add_row(*[str(c) for c in row])
-    console.print(table)
+    (_err if _mode == "jsonl" else console).print(table)
     sys.stdout.flush()

@@ -48,8 +48,6 @@ def _regex(pattern: str) -> Callable[[str], bool]:
 
 CASES = [
     Case("full", "full", {}, lambda n: True, lambda v: v * D + L * BLOCK + D, lr=3e-3),
-    Case("full-checkpointing", "full", {"activation_checkpointing": True}, lambda n: True,
-         lambda v: v * D + L * BLOCK + D, lr=3e-3),
     Case("partial-last-block", "partial", {"last_n_blocks": 1}, _regex(r"layers\.1\."), lambda v: BLOCK),
     Case("partial-pattern-embeddings", "partial",
          {"last_n_blocks": 0, "patterns": [r"o_proj"], "embeddings": True},

@@ -9,7 +9,7 @@ import torch
 from affina.data.packing import BatchCollator
 from affina.data.records import Record
 from affina.data.tokenize import tokenize_records
-from affina.methods import attach_data, build_method_config, get_method, load_options
+from affina.methods import build_method_config, get_method
 from affina.methods.head import ClassCollator, ClassExample
 from affina.models import load_model
 
@@ -32,18 +32,18 @@ def setup(case, model_dirs, *, quantized: bool = True):
     """(method, cfg, adapted model, tokenizer) for a case, on a fresh tiny base."""
     method = get_method(case.method)
     cfg = build_method_config(method, dict(case.options))
-    options = load_options(method, cfg) if quantized else {}
+    options = method.load_options(cfg) if quantized else {}
     loaded = load_model(str(model_dirs[case.model]), device="cpu", dtype="float32",
                         for_training=True, **options)
     torch.manual_seed(0)
     model = method.apply(loaded.model, cfg)
     data = SimpleNamespace(train_records=chat_records())
-    model = attach_data(method, model, cfg, data, loaded.tokenizer)
+    model = method.attach_data(model, cfg, data, loaded.tokenizer)
     return method, cfg, model, loaded.tokenizer
 
 
 def fresh_base(case, model_dirs, method, cfg, *, quantized: bool = True):
-    options = load_options(method, cfg) if quantized else {}
+    options = method.load_options(cfg) if quantized else {}
     return load_model(str(model_dirs[case.model]), device="cpu", dtype="float32", **options)
 
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from affina.errors import ConfigError
-from affina.methods import merge_supported, method_trains, trainable_report
+from affina.methods import trainable_report
 
 from .cases import CASES
 from .matrix import batch, fresh_base, logits, probe, setup, train_steps
@@ -33,7 +33,7 @@ def test_step_changes_exactly_what_the_method_claims(case, model_dirs):
     names = [n for n, _ in model.named_parameters()]
     claimed = {n for n in names if case.claims(n)}
     assert claimed == {n for n, p in model.named_parameters() if p.requires_grad}
-    if not method_trains(method):
+    if not method.trains:
         assert not claimed
         return
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -47,7 +47,7 @@ def test_step_changes_exactly_what_the_method_claims(case, model_dirs):
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_loss_falls_memorising_eight_examples(case, model_dirs):
     method, _, model, tokenizer = setup(case, model_dirs)
-    if not method_trains(method):
+    if not method.trains:
         pytest.skip("fewshot does not train")
     losses = train_steps(model, batch(case, tokenizer), 30, case.lr)
     assert losses[-1] < 0.7 * losses[0], losses[::5]
@@ -56,7 +56,7 @@ def test_loss_falls_memorising_eight_examples(case, model_dirs):
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_save_then_load_onto_fresh_base_gives_identical_logits(case, model_dirs, tmp_path):
     method, cfg, model, tokenizer = setup(case, model_dirs)
-    if method_trains(method):
+    if method.trains:
         train_steps(model, batch(case, tokenizer), 2, case.lr)
     method.save(model, tmp_path / "artifact")
     tokenizer.save_pretrained(tmp_path / "artifact")  # as the recipe does
@@ -69,14 +69,14 @@ def test_save_then_load_onto_fresh_base_gives_identical_logits(case, model_dirs,
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_merge_keeps_logits_and_loads_with_plain_transformers(case, model_dirs, tmp_path):
     method, cfg, model, tokenizer = setup(case, model_dirs)
-    if method_trains(method):
+    if method.trains:
         train_steps(model, batch(case, tokenizer), 3, case.lr)
     method.save(model, tmp_path / "artifact")
     tokenizer.save_pretrained(tmp_path / "artifact")
     # As `affina export` does: the artifact onto an unquantised base, then merged.
     loaded = method.load(fresh_base(case, model_dirs, method, cfg, quantized=False).model,
                          tmp_path / "artifact")
-    if not merge_supported(method):
+    if not method.can_merge:
         with pytest.raises(ConfigError, match="cannot be merged|no weights to merge"):
             method.merge(loaded)
         return

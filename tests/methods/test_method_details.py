@@ -49,14 +49,13 @@ def test_bad_method_options_are_one_line_config_errors():
 
 
 def test_qlora_quantises_the_base_and_reports_both_footprints(tiny_model_dir):
-    from affina.methods import load_options, method_report
 
     method = get_method("qlora")
     cfg = build_method_config(method, {"r": 2})
-    base = load_model(str(tiny_model_dir), device="cpu", dtype="float32", **load_options(method, cfg)).model
+    base = load_model(str(tiny_model_dir), device="cpu", dtype="float32", **method.load_options(cfg)).model
     assert type(base.model.layers[0].self_attn.q_proj.weight).__name__ == "Params4bit"
     model = method.apply(base, cfg)
-    report = method_report(method, model, cfg)
+    report = method.report(model, cfg)
     assert report["base_bytes_quantized"] < report["base_bytes_unquantized"]
 
 

@@ -10,7 +10,7 @@ import torch
 
 from affina.cli import main
 from affina.config import load_config
-from affina.methods import get_method, merge_supported, method_names
+from affina.methods import get_method, method_names
 from affina.runs import open_model
 from affina.train import train
 
@@ -64,13 +64,13 @@ def test_methods_with_model_reports_trainable_counts(tiny_model_dir, capsys):
 @pytest.mark.parametrize("method", METHODS)
 def test_recipe_trains_saves_opens_and_exports(method, tmp_path, tiny_model_dir):
     result = _train(tmp_path, tiny_model_dir, method)
-    m = result.manifest
-    assert m["method"]["name"] == method
-    assert m["train"]["global_step"] == (0 if method == "fewshot" else 2)
-    assert m["metrics"]["validation_loss"] is not None
-    assert (m["method"]["trainable_params"] == 0) == (method == "fewshot")
+    m = result.record
+    assert m.method.name == method
+    assert m.train.global_step == (0 if method == "fewshot" else 2)
+    assert m.metrics.validation_loss is not None
+    assert (m.method.trainable_params == 0) == (method == "fewshot")
     if method == "head":
-        assert m["method"]["labels"] == ["neg", "pos"]
+        assert m.method.options["labels"] == ["neg", "pos"]
 
     opened = open_model(str(result.run_dir))
     prompt = opened.tokenizer.apply_chat_template([{"role": "user", "content": "say the number 3"}],
@@ -79,13 +79,13 @@ def test_recipe_trains_saves_opens_and_exports(method, tmp_path, tiny_model_dir)
 
     reply = generate_texts(opened.model, opened.tokenizer, [prompt], max_new_tokens=4)[0]
     if method == "head":
-        assert opened.task == "classify" and reply in ("neg", "pos")
+        assert opened.task.output == "label" and reply in ("neg", "pos")
         assert set(opened.classify(["this is great", "this is awful"])) <= {"neg", "pos"}
     else:
-        assert opened.task == "generate" and isinstance(reply, str)
+        assert opened.task.output == "text" and isinstance(reply, str)
 
     out = tmp_path / "merged"
-    if not merge_supported(get_method(method)):
+    if not get_method(method).can_merge:
         assert main(["export", str(result.run_dir), "--merged", str(out)]) == 2
         return
     assert main(["export", str(result.run_dir), "--merged", str(out)]) == 0
@@ -99,7 +99,7 @@ def test_recipe_trains_saves_opens_and_exports(method, tmp_path, tiny_model_dir)
     from affina.models import load_model
 
     unmerged = get_method(method).load(load_model(str(tiny_model_dir), device="cpu", dtype="float32").model,
-                                       result.run_dir / m["artifact"])
+                                       result.run_dir / m.artifact)
     ids = torch.tensor([[5, 6, 7, 8]])
     with torch.no_grad():
         expected = unmerged(input_ids=ids, attention_mask=torch.ones_like(ids)).logits

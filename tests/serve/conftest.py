@@ -19,7 +19,7 @@ def make_lora_run(store: Path, name: str, base_dir: Path, seed: int) -> Path:
     from transformers import AutoModelForCausalLM
 
     from affina.models import model_fingerprint
-    from affina.track import write_manifest
+    from affina.record import BaseModelInfo, MethodInfo, RunRecord, write_record
 
     run = store / name
     base = AutoModelForCausalLM.from_pretrained(base_dir)
@@ -27,9 +27,9 @@ def make_lora_run(store: Path, name: str, base_dir: Path, seed: int) -> Path:
     config = LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj", "o_proj", "down_proj"],
                         init_lora_weights=False)
     get_peft_model(base, config).save_pretrained(run / "adapter")
-    write_manifest(run, {"kind": "adapter", "artifact": "adapter", "run_name": name,
-                         "base_model": {"spec": str(base_dir), "fingerprint": model_fingerprint(base_dir)},
-                         "method": {"name": "lora", "r": 4}})
+    write_record(run, RunRecord(kind="adapter", artifact="adapter",
+                                base_model=BaseModelInfo(str(base_dir), fingerprint=model_fingerprint(base_dir)),
+                                method=MethodInfo("lora", {"r": 4})))
     return run
 
 
@@ -92,7 +92,7 @@ def start_server(tmp_path: Path, base: Path, store: Path, *, keys_path: Path | N
     """(ServerThread, engine, app) serving `store` over `base`, with its own key file and log."""
     from affina.serve.app import Limits, create_app
     from affina.serve.auth import KeyStore
-    from affina.serve.requestlog import RequestLog
+    from affina.record.requestlog import RequestLog
     from affina.serve.server import ServeOptions, build_engine
 
     limits = options.pop("limits", Limits(max_body_bytes=20_000, max_prompt_tokens=300, max_tokens=64,

@@ -8,7 +8,7 @@ import httpx
 import openai
 import pytest
 
-from affina.serve.requestlog import RequestLog
+from affina.record.requestlog import RequestLog
 from tests.serve.conftest import start_server
 
 GREEDY = dict(temperature=0, max_tokens=12)

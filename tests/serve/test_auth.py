@@ -7,7 +7,7 @@ import pytest
 
 from affina.errors import AffinaError
 from affina.serve.auth import KeyStore
-from affina.serve.requestlog import RequestLog
+from affina.record.requestlog import RequestLog
 from affina.serve.server import ServeOptions, build_app, is_loopback
 from tests.serve.conftest import start_server
 

@@ -17,7 +17,7 @@ import pytest
 
 from affina.errors import AffinaError
 from affina.serve.commands import register
-from affina.serve.requestlog import RequestLog
+from affina.record.requestlog import RequestLog
 from affina.serve.store import InvalidModelName, ModelStore, UnknownModel, UnservableModel
 from tests.serve.conftest import free_port, make_lora_run
 
@@ -159,7 +159,7 @@ def test_keys_cli_and_print_vllm(serve_store, tmp_path, capsys):
 
 
 def test_redacted_log_keeps_hashes_only(tmp_path):
-    from affina.serve.requestlog import LogEntry
+    from affina.record.requestlog import LogEntry
 
     log = RequestLog(f"sqlite:///{tmp_path / 'r.db'}", redact=True)
     log.write(LogEntry(request_id="cmpl-1", endpoint="completions", status=200, latency_ms=1.0,

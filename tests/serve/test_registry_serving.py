@@ -6,9 +6,9 @@ import shutil
 import openai
 import pytest
 
-from affina.serve.engine import adapter_version
-from affina.serve.requestlog import usage_summary
-from affina.track.registry import register_run, set_alias
+from affina.record import artifact_version as adapter_version
+from affina.record.requestlog import usage_summary
+from affina.govern.registry import register_run, set_alias
 
 from tests.serve.conftest import start_server
 

@@ -40,30 +40,31 @@ def _overfit_config(tmp_path, model_dir, **extra):
 
 def test_training_stops_early_and_keeps_the_best_checkpoint(tmp_path, tiny_model_dir):
     result = train(_overfit_config(tmp_path, tiny_model_dir))
-    tr = result.manifest["train"]
-    assert tr["stopped_early"] is True
-    assert tr["stop_step"] < 200 and tr["global_step"] == tr["stop_step"]
+    tr = result.record.train
+    assert tr.stopped_early is True
+    assert tr.stop_step < 200 and tr.global_step == tr.stop_step
     history = json.loads((result.run_dir / "history.json").read_text())
     val = {h["step"]: h["eval_loss"] for h in history if "eval_loss" in h}
     best_step = min(val, key=val.get)
-    assert tr["best_checkpoint"] == f"checkpoints/checkpoint-{best_step}"
-    assert tr["best_metric"] == pytest.approx(val[best_step])
-    assert best_step < tr["stop_step"]
+    assert tr.best_checkpoint == f"checkpoints/checkpoint-{best_step}"
+    assert tr.best_metric == pytest.approx(val[best_step])
+    assert best_step < tr.stop_step
     assert (result.run_dir / "learning_curve.png").stat().st_size > 0
 
     saved = load_file(str(result.run_dir / "adapter" / "adapter_model.safetensors"))
-    best = load_file(str(result.run_dir / tr["best_checkpoint"] / "adapter_model.safetensors"))
-    last = load_file(str(result.run_dir / "checkpoints" / f"checkpoint-{tr['stop_step']}"
+    best = load_file(str(result.run_dir / tr.best_checkpoint / "adapter_model.safetensors"))
+    last = load_file(str(result.run_dir / "checkpoints" / f"checkpoint-{tr.stop_step}"
                          / "adapter_model.safetensors"))
     assert saved.keys() == best.keys()
     for key in saved:
         assert torch.equal(saved[key], best[key]), key
     assert any(not torch.equal(saved[k], last[k]) for k in saved)
     # The final validation loss is the restored checkpoint's.
-    assert result.manifest["metrics"]["validation_loss"] == pytest.approx(val[best_step], rel=1e-4)
+    assert result.record.metrics.validation_loss == pytest.approx(val[best_step], rel=1e-4)
 
 
 def test_early_stopping_needs_checkpoints_on_validation_steps(tmp_path, tiny_model_dir):
-    cfg = _overfit_config(tmp_path, tiny_model_dir, **{"train.save_steps": 3})
+    # Refused when the config is built: nothing is loaded or written.
     with pytest.raises(ConfigError, match="save_steps a multiple of"):
-        train(cfg)
+        _overfit_config(tmp_path, tiny_model_dir, **{"train.save_steps": 3})
+    assert not (tmp_path / "runs").exists()

@@ -106,7 +106,7 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path, tiny_model_dir):
 def test_packing_run_trains(tmp_path, tiny_model_dir):
     result = train(_config(tmp_path, tiny_model_dir, "packed", **{"data.packing": "true",
                                                                    "data.max_length": 256}))
-    packing = result.manifest["data"]["packing"]
+    packing = result.record.data.packing
     assert packing["rows"] < packing["examples"]
     history = json.loads((result.run_dir / "history.json").read_text())
     losses = [h["loss"] for h in history if "loss" in h]
@@ -137,7 +137,7 @@ def test_existing_run_name_is_refused(tmp_path, tiny_model_dir):
     train(_config(tmp_path, tiny_model_dir, "same", **{"train.max_steps": 1}))
     from affina.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="already exists"):
+    with pytest.raises(ConfigError, match="already holds a run"):
         train(_config(tmp_path, tiny_model_dir, "same", **{"train.max_steps": 1}))
 
 
@@ -151,8 +151,8 @@ def test_head_run_reports_classification_scores_on_eval_data(tmp_path, tiny_mode
                              f"train.output_dir={tmp_path}", "train.run_name=head", "train.max_steps=4",
                              "train.batch_size=4", "track.mlflow=false", f"eval.data={data}"])
     result = train(cfg)
-    scores = result.manifest["metrics"]["eval_after"]
+    scores = result.record.metrics.eval_after
     assert set(scores) == {"accuracy", "macro_f1"} and 0 <= scores["accuracy"] <= 1
-    assert result.manifest["metrics"]["eval_before"] is None
+    assert result.record.metrics.eval_before is None
     after = json.loads((result.run_dir / "eval" / "after.json").read_text())
     assert {p["prediction"] for p in after["predictions"]} <= {"pos", "neg"}

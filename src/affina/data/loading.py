@@ -56,7 +56,7 @@ def load_records(paths: list[str | Path], *, format: str | None = None,
         name = forced.name if forced else detect_format(rows, source)
         records += [to_record(row, name, source, line) for line, row in rows]
         files.append(FileInfo(path=source, format=name, rows=len(rows),
-                              sha256=_file_sha256(Path(path))))
+                              sha256=file_sha256(Path(path))))
     _check_one_kind(records)
 
     warnings = []
@@ -89,7 +89,7 @@ def _check_one_kind(records: list[Record]) -> None:
                         source=r2.source)
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     """sha256 of the file's bytes; for a dataset directory, of every file's path and bytes."""
     h = hashlib.sha256()
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]

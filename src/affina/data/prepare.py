@@ -27,6 +27,7 @@ class PreparedData:
     warnings: list[str] = field(default_factory=list)
     template_fallback: bool = False
     packing: dict | None = None
+    labels: list[str] | None = None  # the label set of text+label data, in output order
 
     def summary(self) -> dict:
         """What the run record keeps about its data (lineage)."""

@@ -15,7 +15,7 @@ from .records import Record
 
 __all__ = [
     "IGNORE_INDEX", "FALLBACK_CHAT_TEMPLATE", "Example", "TokenizeStats", "ensure_chat_template",
-    "render_chat", "tokenize_record", "tokenize_records", "prompt_and_reference",
+    "render_chat", "stop_token_ids", "template_sha256", "tokenize_record", "tokenize_records", "prompt_and_reference",
 ]
 
 IGNORE_INDEX = -100
@@ -71,6 +71,49 @@ def ensure_chat_template(tokenizer) -> bool:
         return False
     tokenizer.chat_template = FALLBACK_CHAT_TEMPLATE
     return True
+
+
+def template_sha256(tokenizer) -> str | None:
+    """sha256 of the chat template text: which template a model was trained and is served with."""
+    import hashlib
+
+    template = getattr(tokenizer, "chat_template", None)
+    if not isinstance(template, str) or not template:
+        return None
+    return hashlib.sha256(template.encode("utf-8")).hexdigest()
+
+
+def stop_token_ids(tokenizer, generation_config=None) -> list[int]:
+    """The one stop rule for generation everywhere (evaluation, `generate`, `chat`, the server):
+    the model's own end-of-sequence ids (generation config and tokenizer) plus the token its chat
+    template writes right after an assistant reply (its end-of-turn marker)."""
+    ids: set[int] = set()
+    eos = getattr(generation_config, "eos_token_id", None)
+    ids.update(eos if isinstance(eos, (list, tuple)) else [eos])
+    ids.add(tokenizer.eos_token_id)
+    turn_end = _turn_end_token(tokenizer)
+    if turn_end is not None:
+        ids.add(turn_end)
+    return sorted(i for i in ids if isinstance(i, int))
+
+
+def _turn_end_token(tokenizer) -> int | None:
+    """The special token that follows an assistant reply in the chat template, if there is one."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    mark = "\u2063END\u2063"
+    try:
+        text = _apply(tokenizer, [{"role": "user", "content": "a"},
+                                  {"role": "assistant", "content": mark}], False)
+    except Exception:  # a template that refuses this probe has no marker we can find
+        return None
+    after = text.split(mark, 1)[-1] if mark in text else ""
+    if not after.strip():
+        return None
+    ids = tokenizer(after.lstrip(" "), add_special_tokens=False)["input_ids"]
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    special |= set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
+    return next((i for i in ids if i in special), None)
 
 
 def _apply(tokenizer, messages: list[dict], generation_prompt: bool) -> str:

@@ -1,5 +1,5 @@
 """`affina eval` and `affina select`: argument parsing only; the work is in compare.py and
-select.py."""
+tune/select.py. Registered `NAME@VERSION` references are resolved (and verified) here."""
 
 from __future__ import annotations
 
@@ -26,9 +26,11 @@ def _add_generation_args(p: argparse.ArgumentParser, limit_default: int | None) 
 
 
 def _cmd_eval(args) -> int:
-    from .compare import compare_models
+    from ..govern.registry import resolve_model_ref
+    from .compare import compare_models, ref_label
 
-    compare_models(args.refs, args.data, metrics=args.metrics, out_dir=args.out, fewshot=args.fewshot,
+    compare_models([resolve_model_ref(r) for r in args.refs], args.data,
+                   labels=[ref_label(r) for r in args.refs], metrics=args.metrics, out_dir=args.out, fewshot=args.fewshot,
                    shots_file=args.shots, limit=args.limit, max_length=args.max_length,
                    max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                    track=not args.no_track)
@@ -36,7 +38,7 @@ def _cmd_eval(args) -> int:
 
 
 def _cmd_select(args) -> int:
-    from .select import select_base_model
+    from ..tune.select import select_base_model
 
     select_base_model(args.candidates, args.data, metrics=args.metrics, fewshot=args.fewshot,
                       limit=args.limit, max_length=args.max_length, max_new_tokens=args.max_new_tokens,

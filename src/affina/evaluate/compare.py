@@ -12,27 +12,17 @@ from datetime import datetime
 from pathlib import Path
 
 from ..data.loading import dataset_fingerprint, load_records
-from ..data.records import Record
 from ..errors import ConfigError
 from ..runs import is_run_dir, open_model
 from ..ui import info, print_table, warn
+from .evaluator import EvalSettings, default_metrics, evaluate_model, flat_scores
 from .fewshot import pick_shots
-from .metrics import check_metric_names, parse_json_object
+from .metrics import check_metric_names
 from .output import write_report
-from .report import classify_records, compare_rows, evaluate_records
+from .report import compare_rows
 from .tracking import log_eval_to_run
 
 __all__ = ["compare_models", "default_metrics", "ref_label"]
-
-
-def default_metrics(records: list[Record]) -> list[str]:
-    """Metrics that suit the data: classification, JSON extraction or free text."""
-    if any(r.kind == "label" for r in records):
-        return ["accuracy", "macro_f1"]
-    replies = [r.messages[-1]["content"] for r in records if r.messages and r.messages[-1]["role"] == "assistant"]
-    if replies and all(parse_json_object(t) is not None for t in replies[:50]):
-        return ["json_valid", "json_fields", "exact_match"]
-    return ["exact_match", "token_f1", "rouge_l", "chrf", "bleu"]
 
 
 def ref_label(ref: str) -> str:
@@ -44,8 +34,9 @@ def ref_label(ref: str) -> str:
 def compare_models(refs: list[str], data: list[str], *, metrics: list[str] | None = None,
                    out_dir: Path | None = None, fewshot: int = 0, shots_file: list[str] | None = None,
                    limit: int | None = None, max_length: int = 1024, max_new_tokens: int = 128,
-                   batch_size: int = 16, track: bool = True) -> dict:
-    """Evaluate every REF on `data`; returns {"results", "paths", "data"}."""
+                   batch_size: int = 16, track: bool = True, labels: list[str] | None = None) -> dict:
+    """Evaluate every REF (a run directory or a model spec) on `data`; returns {"results",
+    "paths", "data"}. `labels`: column names (default: from the refs)."""
     if not refs:
         raise ConfigError("give at least one model spec or run directory to evaluate")
     if fewshot < 0:
@@ -68,27 +59,22 @@ def compare_models(refs: list[str], data: list[str], *, metrics: list[str] | Non
     check_metric_names(metrics)
     out_dir = Path(out_dir or Path("reports") / f"eval-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
 
-    labels = _unique([ref_label(r) for r in refs])
+    labels = _unique(labels or [ref_label(r) for r in refs])
+    settings = EvalSettings(metrics=tuple(metrics), max_length=max_length,
+                            max_new_tokens=max_new_tokens, batch_size=batch_size)
     results, tracked = [], []
     for ref, label in zip(refs, labels):
         info(f"evaluating {ref} on {len(records)} examples")
         opened = open_model(ref)
-        if getattr(opened, "task", "generate") == "classify":
-            # A label head answers with a class, not text: no prompt, so no few-shot column.
-            result = classify_records(opened, records, metrics=metrics, batch_size=batch_size, label=label)
+        # A label head answers with a class, not text: no prompt, so no few-shot column.
+        columns = [(label, [])] + ([(f"{label} ({fewshot}-shot)", shots)]
+                                   if fewshot and opened.task.output == "text" else [])
+        for column, column_shots in columns:
+            result = evaluate_model(opened, records, settings, label=column, shots=column_shots)
             result["ref"] = ref
             results.append(result)
-            tracked.append((ref, opened.manifest, result))
-            continue
-        settings = [(label, [])] + ([(f"{label} ({fewshot}-shot)", shots)] if fewshot else [])
-        for column, column_shots in settings:
-            result = evaluate_records(opened.model, opened.tokenizer, records, metrics=metrics,
-                                      max_length=max_length, max_new_tokens=max_new_tokens,
-                                      batch_size=batch_size, label=column, shots=column_shots)
-            result["ref"] = ref
-            results.append(result)
-            if opened.manifest is not None:
-                tracked.append((ref, opened.manifest, result))
+            if opened.record is not None:
+                tracked.append((ref, opened.record, result))
         del opened
         gc.collect()
 
@@ -101,12 +87,10 @@ def compare_models(refs: list[str], data: list[str], *, metrics: list[str] | Non
     paths = write_report(results, out_dir, data=data_info, settings=settings_info)
     if track:
         name = Path(data[0]).stem
-        for ref, manifest, result in tracked:
+        for ref, record, result in tracked:
             suffix = f"_{result['shots']}shot" if result["shots"] else ""
-            scores = {k: result[k] for k in ("loss", "perplexity") if k in result}
-            scores.update(result.get("metrics", {}))
             if is_run_dir(ref):
-                log_eval_to_run(Path(ref), manifest, scores, out_dir, name + suffix)
+                log_eval_to_run(Path(ref), record, flat_scores(result), out_dir, name + suffix)
 
     header, rows = compare_rows(results)
     print_table(f"evaluation on {len(records)} examples of {', '.join(map(str, data))}", header, rows)

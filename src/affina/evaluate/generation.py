@@ -10,11 +10,16 @@ __all__ = ["generate_texts"]
 @torch.no_grad()
 def generate_texts(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 128,
                    batch_size: int = 16, do_sample: bool = False, temperature: float = 1.0,
-                   top_p: float = 1.0, progress: bool = False, desc: str = "generating",
+                   top_p: float = 1.0, seed: int | None = None, stop_ids: list[int] | None = None,
+                   progress: bool = False, desc: str = "generating",
                    stats: dict | None = None) -> list[str]:
     """Generate a completion for each already-templated prompt; returns the new text only.
+    `stop_ids`: the tokens that end a reply (`data.tokenize.stop_token_ids`, the same rule the
+    server uses); default: that rule applied to this model and tokenizer. `seed` seeds sampling.
     `stats`, when given, gets `new_tokens`: tokens generated, each row counted up to and
     including its first end-of-turn token (what a throughput figure should count)."""
+    from ..data.tokenize import stop_token_ids
+
     from tqdm.auto import tqdm
 
     model.eval()
@@ -24,7 +29,7 @@ def generate_texts(model, tokenizer, prompts: list[str], *, max_new_tokens: int 
     old_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     outputs: list[str] = []
-    eos = [t for t in {tokenizer.eos_token_id, _im_end_id(tokenizer)} if t is not None]
+    eos = list(stop_ids) if stop_ids else stop_token_ids(tokenizer, getattr(model, "generation_config", None))
     try:
         for start in tqdm(range(0, len(prompts), batch_size), desc=desc, disable=not progress,
                           leave=False):
@@ -33,7 +38,9 @@ def generate_texts(model, tokenizer, prompts: list[str], *, max_new_tokens: int 
             kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample,
                           pad_token_id=tokenizer.pad_token_id, eos_token_id=eos or None)
             if do_sample:
-                kwargs.update(temperature=temperature, top_p=top_p)
+                kwargs.update(temperature=temperature, top_p=top_p, top_k=None)
+                if seed is not None:
+                    torch.manual_seed(seed)
             else:  # keep generation_config's sampling defaults from warning under greedy decoding
                 kwargs.update(temperature=None, top_p=None, top_k=None)
             out = model.generate(**enc, **kwargs)  # (B, T_prompt + T_new)
@@ -54,8 +61,3 @@ def _count_new_tokens(new: torch.Tensor, eos: list[int]) -> int:
     through_end = is_end.int().argmax(-1) + 1  # (B,)
     lengths = torch.where(is_end.any(-1), through_end, torch.full_like(through_end, new.shape[1]))
     return int(lengths.sum())
-
-
-def _im_end_id(tokenizer) -> int | None:
-    tid = tokenizer.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tokenizer.get_vocab() else None
-    return tid if isinstance(tid, int) else None

@@ -18,7 +18,7 @@ __all__ = ["evaluate_records", "classify_records", "compare_rows"]
 def evaluate_records(model, tokenizer, records: list[Record], *, metrics: list[str],
                      max_length: int, max_new_tokens: int, batch_size: int,
                      train_on_prompt: bool = False, label: str = "model",
-                     shots: list[Record] | None = None) -> dict:
+                     shots: list[Record] | None = None, stop_ids: list[int] | None = None) -> dict:
     """Validation loss/perplexity on the loss tokens, plus generation metrics where the records
     have a reference reply. With `shots`, those solved examples precede every prompt (few-shot)
     and loss is taken on the final reply only. Returns scores and the per-example predictions."""
@@ -45,8 +45,8 @@ def evaluate_records(model, tokenizer, records: list[Record], *, metrics: list[s
             references.append(ref)
         started, stats = time.perf_counter(), {}
         predictions = generate_texts(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
-                                     batch_size=batch_size, progress=True, desc=f"generating ({label})",
-                                     stats=stats)
+                                     batch_size=batch_size, stop_ids=stop_ids, progress=True,
+                                     desc=f"generating ({label})", stats=stats)
         seconds = time.perf_counter() - started
         new_tokens = stats.get("new_tokens", 0)
         result["generation"] = {"seconds": round(seconds, 3), "new_tokens": new_tokens,
@@ -61,10 +61,10 @@ def evaluate_records(model, tokenizer, records: list[Record], *, metrics: list[s
 
 
 def classify_records(opened, records: list[Record], *, metrics: list[str], batch_size: int,
-                     label: str = "model") -> dict:
+                     max_length: int = 512, label: str = "model") -> dict:
     """Scores of a classification run (a label head, no generation) on text+label records."""
     scored = [r for r in records if r.kind == "label"]
-    predictions = opened.classify([r.text for r in scored], batch_size=batch_size)
+    predictions = opened.classify([r.text for r in scored], batch_size=batch_size, max_length=max_length)
     references = [r.label for r in scored]
     per_example = score_examples(predictions, references, metrics)
     return {"label": label, "examples": len(records), "shots": 0,

@@ -1,5 +1,5 @@
 """Log an evaluation to the tracking record of each evaluated run: the run's own MLflow run (its
-manifest's `mlflow_run_id`, in the store its config names) gets the scores and the report files."""
+record's `mlflow_run_id`, in the store its config names) gets the scores and the report files."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ __all__ = ["log_eval_to_run", "tracking_uri_of_run"]
 
 
 def tracking_uri_of_run(run_dir: Path) -> str:
-    from ..track.mlflow_log import default_tracking_uri
+    from ..record import default_tracking_uri
 
     config = Path(run_dir) / "config.yaml"
     if config.is_file():
@@ -26,11 +26,11 @@ def tracking_uri_of_run(run_dir: Path) -> str:
     return default_tracking_uri()
 
 
-def log_eval_to_run(run_dir: Path, manifest: dict, scores: dict[str, float], report_dir: Path,
+def log_eval_to_run(run_dir: Path, record, scores: dict[str, float], report_dir: Path,
                     name: str) -> str | None:
     """Add `eval_<name>_<measure>` metrics and the report files (under `eval/<name>/`) to the
     run's MLflow run. Returns the run id, or None when the run was not tracked."""
-    run_id = manifest.get("mlflow_run_id")
+    run_id = record.mlflow_run_id
     if not run_id:
         return None
     logging.getLogger("alembic").setLevel(logging.WARNING)

@@ -7,13 +7,11 @@ import logging
 # without it, so the warning would only be noise on every command.
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
-from .base import (Method, TrainableReport, attach_data, build_method_config, data_collator,
-                   describe_fields, get_method, load_options, merge_supported, method_names,
-                   method_report, method_task, method_trains, metrics_function, prepare_method_data,
-                   register, trainable_report)
-from .footprint import trainable_footprint
+from .base import (CLASSIFY, GENERATE, Method, Sharing, Task, TrainableReport,  # noqa: E402
+                   build_method_config, describe_fields, get_method, method_config_dict,
+                   method_names, register, trainable_report)
+from .footprint import trainable_footprint  # noqa: E402
 
-__all__ = ["Method", "TrainableReport", "attach_data", "build_method_config", "data_collator",
-           "describe_fields", "get_method", "load_options", "merge_supported", "method_names",
-           "method_report", "method_task", "method_trains", "metrics_function",
-           "prepare_method_data", "register", "trainable_footprint", "trainable_report"]
+__all__ = ["CLASSIFY", "GENERATE", "Method", "Sharing", "Task", "TrainableReport",
+           "build_method_config", "describe_fields", "get_method", "method_config_dict",
+           "method_names", "register", "trainable_footprint", "trainable_report"]

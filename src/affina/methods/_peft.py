@@ -6,8 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ConfigError
+from .base import Method, Sharing
 
-__all__ = ["PeftArtifact", "apply_peft", "save_peft", "load_peft", "merge_peft", "target_list"]
+__all__ = ["PeftArtifact", "LoraFamilyArtifact", "apply_peft", "save_peft", "load_peft", "merge_peft", "target_list"]
 
 
 def target_list(targets: list[str]):
@@ -38,7 +39,7 @@ def merge_peft(model):
     return model.merge_and_unload()
 
 
-class PeftArtifact:
+class PeftArtifact(Method):
     """Save, load and merge for a PEFT-backed method (the artifact is a plain PEFT directory);
     the method class adds its name, config and `apply`."""
 
@@ -52,3 +53,10 @@ class PeftArtifact:
 
     def merge(self, model):
         return merge_peft(model)
+
+
+class LoraFamilyArtifact(PeftArtifact):
+    """LoRA, DoRA, rsLoRA: adapters a server's one PeftModel holds many of, one per request."""
+
+    def sharing(self, cfg) -> Sharing:
+        return Sharing.PEFT_ADAPTER

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .base import Method
+
 __all__ = ["WholeModelArtifact", "optimizer_state_bytes", "save_whole_model", "load_whole_model", "transformer_blocks"]
 
 
@@ -26,7 +28,7 @@ def optimizer_state_bytes(model) -> int:
     return 4 * sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
 
 
-class WholeModelArtifact:
+class WholeModelArtifact(Method):
     """Report, save, load and merge for a method whose artifact is the whole model; the method
     class adds its name, config and `apply`."""
 

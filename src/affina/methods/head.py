@@ -20,7 +20,7 @@ from pathlib import Path
 from ..errors import ConfigError, DataError
 from ._chat_text import ChatLayout
 from ._peft import target_list
-from .base import register
+from .base import CLASSIFY, Method, Sharing, register
 
 __all__ = ["HeadMethodConfig", "HeadMethod", "ClassExample", "ClassCollator"]
 
@@ -96,12 +96,12 @@ def _tokenize(records, labels: list[str], tokenizer, max_length: int):
     return out, stats
 
 
-class HeadMethod:
+class HeadMethod(Method):
     name = "head"
     description = "Frozen backbone + new classification head on text+label data (optionally + LoRA)."
     config_class = HeadMethodConfig
     artifact_kind = "adapter"
-    task = "classify"
+    task = CLASSIFY
 
     def prepare_data(self, cfg: HeadMethodConfig, data_cfg, tokenizer, seed: int):
         from ..data.loading import load_records, split_records
@@ -119,14 +119,24 @@ class HeadMethod:
             files += [dict(f, role="validation") for f in val_loaded.files]
         else:
             train_records, val_records = split_records(records, data_cfg.val_fraction, seed)
-        if not cfg.labels:
-            cfg.labels = sorted({r.label for r in train_records})
-        if len(cfg.labels) < 2:
-            raise DataError(f"a classifier needs at least two labels, found {cfg.labels}",
+        labels = list(cfg.labels) or sorted({r.label for r in train_records})
+        if len(labels) < 2:
+            raise DataError(f"a classifier needs at least two labels, found {labels}",
                             source=data_cfg.train[0])
-        train, train_stats = _tokenize(train_records, cfg.labels, tokenizer, data_cfg.max_length)
-        val, val_stats = _tokenize(val_records, cfg.labels, tokenizer, data_cfg.max_length)
-        return PreparedData(train_records, val_records, train, val, train_stats, val_stats, files, warnings)
+        train, train_stats = _tokenize(train_records, labels, tokenizer, data_cfg.max_length)
+        val, val_stats = _tokenize(val_records, labels, tokenizer, data_cfg.max_length)
+        return PreparedData(train_records, val_records, train, val, train_stats, val_stats, files,
+                            warnings, labels=labels)
+
+    def resolve_config(self, cfg: HeadMethodConfig, data) -> HeadMethodConfig:
+        """The label set the data gave, in output order (recorded with the run)."""
+        import dataclasses
+
+        return dataclasses.replace(cfg, labels=list(data.labels or cfg.labels))
+
+    def sharing(self, cfg: HeadMethodConfig) -> Sharing:
+        # A frozen backbone is read, never changed; LoRA on it would inject into the shared base.
+        return Sharing.OWN_COPY if cfg.lora else Sharing.WRAPS_BASE
 
     def collator(self, cfg: HeadMethodConfig, tokenizer):
         return ClassCollator(tokenizer.pad_token_id)

@@ -74,15 +74,14 @@ class SequenceClassifier(nn.Module):
 
 
 def classification_scores(predicted: list[int], gold: list[int], n_labels: int) -> dict[str, float]:
-    """Accuracy and macro-F1 (the unweighted mean of per-label F1 over labels present in gold or
-    predictions)."""
+    """Accuracy and macro-F1 with the definition `affina.evaluate.metrics.macro_f1` uses: the
+    unweighted mean of each reference (gold) class's F1; a prediction of a class absent from the
+    gold labels counts only as a miss of its true class."""
     accuracy = sum(p == g for p, g in zip(predicted, gold)) / max(1, len(gold))
     f1s = []
-    for c in range(n_labels):
+    for c in sorted(set(gold)):
         tp = sum(p == c and g == c for p, g in zip(predicted, gold))
         fp = sum(p == c and g != c for p, g in zip(predicted, gold))
         fn = sum(p != c and g == c for p, g in zip(predicted, gold))
-        if tp + fp + fn == 0:
-            continue
-        f1s.append(2 * tp / (2 * tp + fp + fn))
-    return {"accuracy": accuracy, "macro_f1": sum(f1s) / max(1, len(f1s))}
+        f1s.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
+    return {"accuracy": accuracy, "macro_f1": sum(f1s) / len(f1s) if f1s else 0.0}

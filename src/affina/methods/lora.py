@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..errors import ConfigError
-from ._peft import PeftArtifact, apply_peft, target_list
+from ._peft import LoraFamilyArtifact, apply_peft, target_list
 from .base import register
 
 __all__ = ["LoraMethodConfig", "LoraMethod"]
@@ -45,7 +45,7 @@ def lora_config(cfg: LoraMethodConfig, **variant):
                       bias=cfg.bias, **variant)
 
 
-class LoraMethod(PeftArtifact):
+class LoraMethod(LoraFamilyArtifact):
     name = "lora"
     description = "Low-rank adapters on linear layers (Hu et al. 2021), via PEFT."
     config_class = LoraMethodConfig

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ._peft import apply_peft, load_peft, save_peft
-from .base import register
+from .base import Method, register
 
 __all__ = ["PrefixMethodConfig", "PrefixMethod"]
 
@@ -32,7 +32,7 @@ class PrefixMethodConfig:
             raise ConfigError(f"method.num_virtual_tokens must be >= 1, got {self.num_virtual_tokens}")
 
 
-class PrefixMethod:
+class PrefixMethod(Method):
     name = "prefix"
     description = "Prefix tuning: trained key/value prefixes at every layer (Li & Liang 2021), via PEFT."
     config_class = PrefixMethodConfig

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ._peft import apply_peft, load_peft, save_peft
-from .base import register
+from .base import Method, register
 
 __all__ = ["PromptMethodConfig", "PromptMethod"]
 
@@ -34,7 +34,7 @@ class PromptMethodConfig:
             raise ConfigError("method.init=text needs method.init_text")
 
 
-class PromptMethod:
+class PromptMethod(Method):
     name = "prompt"
     description = "Prompt tuning: a trained soft prompt before the input (Lester et al. 2021), via PEFT."
     config_class = PromptMethodConfig

@@ -88,7 +88,7 @@ class QloraMethod(PeftArtifact):
 
         if not getattr(model, "is_quantized", False):
             raise ConfigError("method qlora needs a base loaded with its quantisation options "
-                              "(load_model(..., **load_options(method, cfg)))")
+                              "(load_model(..., **method.load_options(cfg)))")
         before, after = unquantized_bytes(model), model.get_memory_footprint()
         info(f"qlora: base weights {before / 2**20:.1f} MiB unquantised → {after / 2**20:.1f} MiB "
              f"in {cfg.bits}-bit")

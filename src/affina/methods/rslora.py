@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ._peft import PeftArtifact, apply_peft
+from ._peft import LoraFamilyArtifact, apply_peft
 from .base import register
 from .lora import LoraMethodConfig, lora_config
 
@@ -21,7 +21,7 @@ class RsloraMethodConfig(LoraMethodConfig):
     """The LoRA fields; `alpha` is divided by sqrt(r) (Kalajdzievski 2023, eq. 5)."""
 
 
-class RsloraMethod(PeftArtifact):
+class RsloraMethod(LoraFamilyArtifact):
     name = "rslora"
     description = "LoRA with rank-stabilised scaling alpha/sqrt(r) (Kalajdzievski 2023), via PEFT."
     config_class = RsloraMethodConfig

@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..errors import AffinaError
 from .auth import ApiKey, KeyStore
 from .engine import BadPrompt, Engine, GenerationParams, Overloaded
-from .requestlog import LogEntry, RequestLog
+from ..record.requestlog import LogEntry, RequestLog
 from .schemas import (ApiError, ChatRequest, CompletionRequest, chat_chunk, chat_response,
                       completion_chunk, completion_response, error_body, parse_request, usage)
 from .store import StoreError

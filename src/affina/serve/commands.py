@@ -72,7 +72,7 @@ def _when(text: str | None, flag: str) -> datetime | None:
 
 def _cmd_logs(args) -> int:
     from ..ui import print_table
-    from .requestlog import RequestLog
+    from ..record.requestlog import RequestLog
 
     log = RequestLog(args.db)
     rows = log.query(model=args.model, since=_when(args.since, "--since"), until=_when(args.until, "--until"),

@@ -10,7 +10,6 @@ generates them together.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections import OrderedDict, deque
 from concurrent.futures import Future
@@ -21,6 +20,7 @@ from typing import Callable
 
 from ..errors import AffinaError
 from ..models import LoadedModel
+from ..record import artifact_version as adapter_version
 from .decoding import StopWhenCancelled, StreamDecoder, TokenStreamer, finish_text
 from .store import ModelStore, ServedRun, UnservableModel
 
@@ -85,16 +85,6 @@ class _Adapter:
     internal_name: str  # PEFT module keys cannot hold '.', run names can
     version: str
     stamp: tuple[int, int]
-
-
-def adapter_version(adapter_dir: Path) -> str:
-    """`sha256:<12 hex>` of the adapter weights: which exact adapter answered, for the log."""
-    h = hashlib.sha256()
-    for path in sorted(adapter_dir.glob("adapter_model.*")):
-        with path.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    return "sha256:" + h.hexdigest()[:12]
 
 
 def _stamp(adapter_dir: Path) -> tuple[int, int]:

@@ -17,7 +17,7 @@ from ..ui import info, warn
 from .app import Limits, create_app
 from .auth import KeyStore
 from .engine import Engine
-from .requestlog import RequestLog
+from ..record.requestlog import RequestLog
 from .store import ModelStore, ServedRun
 
 __all__ = ["ServeOptions", "choose_base", "build_engine", "build_app", "serve", "vllm_command",

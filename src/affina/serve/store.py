@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import AffinaError
-from ..track.manifest import MANIFEST_NAME, read_manifest
+from ..record import MANIFEST_NAME, RunRecord, read_record
 
 __all__ = ["ServedRun", "ModelStore", "StoreError", "InvalidModelName", "UnknownModel",
            "UnservableModel", "check_model_name"]
@@ -49,15 +49,15 @@ class ServedRun:
     name: str
     run_dir: Path
     adapter_dir: Path
-    manifest: dict
+    record: RunRecord
 
     @property
     def base_spec(self) -> str:
-        return str(self.manifest.get("base_model", {}).get("spec", ""))
+        return self.record.base_model.spec
 
     @property
     def base_fingerprint(self) -> str | None:
-        return self.manifest.get("base_model", {}).get("fingerprint")
+        return self.record.base_model.fingerprint
 
 
 def check_model_name(name: str) -> str:
@@ -87,7 +87,7 @@ class ModelStore:
         """The run called `name`, checked to be a LoRA adapter run inside the store; or a
         registered `NAME@VERSION` / `NAME@ALIAS`, resolved on every request (so moving an alias
         rolls out or back without a restart) with its files verified against their hashes."""
-        from ..track.registry import parse_ref
+        from ..govern.registry import parse_ref
 
         if isinstance(name, str) and parse_ref(name) is not None:
             return self._resolve_registered(name)
@@ -104,7 +104,7 @@ class ModelStore:
         return self._served_run(name, real)
 
     def _resolve_registered(self, ref: str) -> ServedRun:
-        from ..track.registry import lookup, parse_ref, resolve_ref
+        from ..govern.registry import lookup, parse_ref, resolve_ref
 
         try:
             lookup(parse_ref(ref))
@@ -118,12 +118,12 @@ class ModelStore:
         return self._served_run(version.ref, version.run_dir.resolve())
 
     def _served_run(self, name: str, real: Path) -> ServedRun:
-        manifest = read_manifest(real)
-        artifact = str(manifest.get("artifact") or "adapter")
+        record = read_record(real)
+        artifact = record.artifact
         adapter_dir = (real / artifact).resolve()
         if not _inside(adapter_dir, real) or adapter_dir == real:
             raise InvalidModelName(f"model {name!r}: its artifact {artifact!r} points outside the run; refused")
-        method = manifest.get("method", {}).get("name")
+        method = record.method.name
         config = adapter_dir / "adapter_config.json"
         if not config.is_file():
             raise UnservableModel(f"model {name!r} ({method} run) has no PEFT adapter in "
@@ -132,7 +132,7 @@ class ModelStore:
         if peft_type != "LORA":
             raise UnservableModel(f"model {name!r} is a {peft_type} adapter ({method} run); this "
                                   "server applies LoRA adapters only")
-        return ServedRun(name=name, run_dir=real, adapter_dir=adapter_dir, manifest=manifest)
+        return ServedRun(name=name, run_dir=real, adapter_dir=adapter_dir, record=record)
 
     def run_names(self) -> list[str]:
         """Names of the entries in the store that look like runs (not yet checked further)."""

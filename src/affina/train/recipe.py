@@ -1,11 +1,14 @@
 """The SFT recipe: one path for every method and device, read top to bottom.
 
-setup (config, model, data, tracking) → evaluate the base → apply the method → train with
-validation and checkpoints → save the artifact → evaluate the result → manifest + summary.
+validate (config, method, metrics) → run directory (config + data files with their sha256) →
+load model and data → evaluate the base → apply the method → train with validation and
+checkpoints → save the artifact → template check → evaluate the result → run record + MLflow →
+summary. Nothing is written before the whole config has been checked.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -18,21 +21,23 @@ import yaml
 from ..config import RunConfig, config_from_dict, config_to_dict
 from ..data.loading import load_records
 from ..data.prepare import PreparedData
+from ..data.tokenize import stop_token_ids, template_sha256
 from ..errors import AffinaError, ConfigError
+from ..evaluate.evaluator import EvalSettings, evaluate_model, flat_scores
 from ..evaluate.metrics import check_metric_names
-from ..evaluate.report import classify_records, compare_rows, evaluate_records
-from ..methods import (attach_data, build_method_config, data_collator, get_method, load_options,
-                       method_report, method_task, method_trains, metrics_function, prepare_method_data,
-                       trainable_report)
+from ..evaluate.report import compare_rows
+from ..methods import build_method_config, get_method, trainable_report
 from ..models import load_model
-from ..track import library_versions, write_manifest
-from ..track.manifest import git_commit
-from ..track.mlflow_log import MlflowRun
+from ..record import (MANIFEST_NAME, BaseModelInfo, DataInfo, MethodInfo, MetricsInfo, MlflowRun, RunRecord, SplitInfo, TemplateInfo, TrainInfo,
+                      data_file, git_commit, library_versions, write_inputs, write_record)
+from ..record.datafiles import resolve_inputs
+from ..runs import OpenedModel
 from ..ui import info, print_table, warn
 from .callbacks import HistoryCallback
+from .display import TrainingDisplay
 from .plots import plot_learning_curve
 
-__all__ = ["train", "TrainResult", "CONFIG_NAME"]
+__all__ = ["train", "TrainResult", "CONFIG_NAME", "validate_run_config"]
 
 CONFIG_NAME = "config.yaml"
 
@@ -40,18 +45,39 @@ CONFIG_NAME = "config.yaml"
 @dataclass
 class TrainResult:
     run_dir: Path
-    manifest: dict
+    record: RunRecord
 
 
-def train(cfg: RunConfig, *, resume: Path | None = None, callbacks: tuple = ()) -> TrainResult:
-    """Run one fine-tuning job. With `resume`, continue the run in that directory from its last
-    checkpoint, using the config saved there."""
-    started = time.time()
-    if resume is not None:
-        cfg = _config_of_run(resume)
+def validate_run_config(cfg: RunConfig):
+    """Everything about a config that can be checked without loading a model: each section's
+    values, the method's own options, the metric names and the data files' existence. Returns
+    (method, method config)."""
+    cfg.validate()
     method = get_method(cfg.method.name)
     method_cfg = build_method_config(method, cfg.method.options)
-    _check_eval_config(cfg)
+    try:
+        check_metric_names(cfg.eval.metrics)
+    except ConfigError as e:
+        raise ConfigError(f"eval.metrics: {e}") from None
+    for key, paths in (("data.train", cfg.data.train), ("data.validation", cfg.data.validation),
+                       ("eval.data", cfg.eval.data)):
+        for path in paths:
+            if not Path(path).exists():
+                raise ConfigError(f"{key}: file not found: {path}")
+    if not cfg.data.train:
+        raise ConfigError("no training data: set data.train (e.g. data.train=examples/product_json/train.jsonl)")
+    return method, method_cfg
+
+
+def train(cfg: RunConfig, *, resume: Path | None = None, callbacks: tuple = (),
+          display: str = "bar") -> TrainResult:
+    """Run one fine-tuning job. With `resume`, continue the run in that directory from its last
+    checkpoint, using the config and the (verified) data files saved there. `display`: bar,
+    jsonl or quiet (see train/display.py)."""
+    started = time.time()
+    if resume is not None:
+        cfg = _config_of_run(Path(resume))
+    method, method_cfg = validate_run_config(cfg)
     run_dir = _make_run_dir(cfg, resume)
     info(f"run directory: {run_dir}")
 
@@ -59,45 +85,53 @@ def train(cfg: RunConfig, *, resume: Path | None = None, callbacks: tuple = ()) 
 
     set_seed(cfg.train.seed)
     loaded = load_model(cfg.model.spec, device=_device(cfg), dtype=_dtype(cfg), for_training=True,
-                        **load_options(method, method_cfg))
-    data = prepare_method_data(method, method_cfg, cfg.data, loaded.tokenizer, cfg.train.seed)
+                        **method.load_options(method_cfg))
+    data = method.prepare_data(method_cfg, cfg.data, loaded.tokenizer, cfg.train.seed)
+    method_cfg = method.resolve_config(method_cfg, data)
     for message in data.warnings:
         warn(message)
     eval_records = load_records(cfg.eval.data).records[: cfg.eval.limit] if cfg.eval.data else []
+    settings = EvalSettings.of_run_config(cfg)
+    # The stop rule and template the run trains with: recorded, then checked against the artifact.
+    stops = stop_token_ids(loaded.tokenizer, loaded.model.generation_config)
+    template = TemplateInfo(template_sha256(loaded.tokenizer), stops,
+                            [loaded.tokenizer.convert_ids_to_tokens(i) for i in stops])
 
-    with MlflowRun(cfg.track.mlflow, cfg.track.uri, cfg.track.experiment, run_dir.name) as tracker:
+    with MlflowRun(cfg.track.mlflow, cfg.track.uri, cfg.track.experiment, run_dir.name,
+                   run_id=_mlflow_run_of(run_dir)) as tracker:
         tracker.log_params(config_to_dict(cfg))
         _log_datasets(tracker, data)
         summary = data.summary()  # tags make runs findable by data fingerprint (lineage)
         tracker.set_tags({"affina.run_dir": str(run_dir.resolve()), "affina.method": method.name,
                           "affina.data.train_fingerprint": summary["train"]["fingerprint"],
                           "affina.data.validation_fingerprint": summary["validation"]["fingerprint"]})
+        _remember_mlflow_run(run_dir, tracker.run_id)
 
-        task = method_task(method)
         before = None
-        # A new classification head has no "before": the base cannot classify yet.
-        if eval_records and cfg.eval.compare_base and task != "classify":
+        if eval_records and cfg.eval.compare_base and method.task.compares_base:
+            base_view = OpenedModel(loaded.model, loaded.tokenizer, "base", None, None, stops)
             before = _cached_eval(run_dir / "eval" / "before.json", lambda: _evaluate(
-                loaded.model, loaded.tokenizer, eval_records, cfg, "before"))
+                base_view, eval_records, settings, "before"))
 
         set_seed(cfg.train.seed)
         model = method.apply(loaded.model, method_cfg)
-        model = attach_data(method, model, method_cfg, data, loaded.tokenizer)
+        model = method.attach_data(model, method_cfg, data, loaded.tokenizer)
         params = trainable_report(model)
         info(f"method {method.name}: {params.trainable:,} trainable of {params.total:,} "
              f"parameters ({params.percent:.3f}%)")
 
         trainer = _build_trainer(model, loaded.tokenizer, data, cfg, run_dir,
-                                 [HistoryCallback(tracker), *callbacks],
-                                 data_collator(method, method_cfg, loaded.tokenizer),
-                                 metrics_function(method, method_cfg))
-        if method_trains(method):  # fewshot: nothing to optimise, the run is its prompt recipe
-            trainer.train(resume_from_checkpoint=True if resume is not None else None)
+                                 [HistoryCallback(tracker), TrainingDisplay(display), *callbacks],
+                                 method.collator(method_cfg, loaded.tokenizer),
+                                 method.compute_metrics(method_cfg))
+        if method.trains:  # fewshot: nothing to optimise, the run is its prompt recipe
+            trainer.train(resume_from_checkpoint=_resume_checkpoint(run_dir) if resume is not None else None)
         val_metrics = trainer.evaluate() if data.val else {}
 
         artifact_dir = run_dir / "adapter"
         method.save(model, artifact_dir)
         loaded.tokenizer.save_pretrained(artifact_dir)
+        _check_saved_template(artifact_dir, template)
         history = trainer.state.log_history
         (run_dir / "history.json").write_text(json.dumps(history, indent=1))
         stopping = _stopping_record(trainer, run_dir)
@@ -106,75 +140,122 @@ def train(cfg: RunConfig, *, resume: Path | None = None, callbacks: tuple = ()) 
                             best_step=stopping["best_step"],
                             stop_step=stopping["stop_step"] if stopping["stopped_early"] else None)
 
-        after = (_evaluate(model, loaded.tokenizer, eval_records, cfg, "after", task)
-                 if eval_records else None)
-        if after is not None:
+        after = None
+        if eval_records:
+            tuned = OpenedModel(model, loaded.tokenizer, "after", None, method, stops)
+            after = _evaluate(tuned, eval_records, settings, "after")
             _write_json(run_dir / "eval" / "after.json", after)
 
-        manifest = {
-            "kind": method.artifact_kind,
-            "artifact": artifact_dir.name,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "base_model": {"spec": cfg.model.spec, "path": str(loaded.path),
-                           "fingerprint": loaded.fingerprint,
-                           "class": type(loaded.model).__name__},
-            "data": data.summary(),
-            "method": {"name": method.name, **_asdict(method_cfg), **params.as_dict(),
-                       **method_report(method, model, method_cfg)},
-            "seed": cfg.train.seed,
-            "device": str(loaded.device),
-            "versions": library_versions(),
-            "git_commit": git_commit(),
-            "mlflow_run_id": tracker.run_id,
-            "train": {"global_step": trainer.state.global_step,
-                      "epochs": round(trainer.state.epoch or 0.0, 4),
-                      "train_loss": _last(history, "loss"),
-                      "seconds": round(time.time() - started, 1), **stopping},
-            "metrics": {"validation_loss": val_metrics.get("eval_loss"),
-                        "eval_before": _scores(before), "eval_after": _scores(after)},
-        }
-        write_manifest(run_dir, manifest)
+        record = RunRecord(
+            kind=method.artifact_kind, artifact=artifact_dir.name,
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            base_model=BaseModelInfo(cfg.model.spec, str(loaded.path), loaded.fingerprint,
+                                     type(loaded.model).__name__),
+            data=_data_info(data, run_dir),
+            method=MethodInfo(method.name, dataclasses.asdict(method_cfg), params.trainable,
+                              params.total, round(params.percent, 4), params.trainable_bytes,
+                              method.report(model, method_cfg)),
+            seed=cfg.train.seed, device=str(loaded.device), versions=library_versions(),
+            git_commit=git_commit(), mlflow_run_id=tracker.run_id,
+            train=TrainInfo(global_step=trainer.state.global_step,
+                            epochs=round(trainer.state.epoch or 0.0, 4),
+                            train_loss=_last(history, "loss"),
+                            seconds=round(time.time() - started, 1), **stopping),
+            metrics=MetricsInfo(val_metrics.get("eval_loss"), flat_scores(before), flat_scores(after)),
+            template=template)
+        write_record(run_dir, record)
         tracker.log_metrics({"final_validation_loss": val_metrics.get("eval_loss", float("nan"))})
         for tag, result in (("before", before), ("after", after)):
             if result:
-                tracker.log_metrics({f"eval_{tag}_{k}": v for k, v in _scores(result).items()})
-        tracker.log_artifacts(run_dir, artifact_path="run")
+                tracker.log_metrics({f"eval_{tag}_{k}": v for k, v in flat_scores(result).items()})
+        _log_run_files(tracker, run_dir, cfg.track.log_checkpoints)
 
-    _print_summary(run_dir, data, params, manifest, before, after)
-    return TrainResult(run_dir, manifest)
+    _print_summary(run_dir, data, params, record, before, after, method.task.compares_base)
+    return TrainResult(run_dir, record)
 
 
 # -- setup ---------------------------------------------------------------------------------
 
 
 def _config_of_run(run_dir: Path) -> RunConfig:
-    path = Path(run_dir) / CONFIG_NAME
+    """The config saved in a run, its data paths re-resolved from the run directory (absolute,
+    else relative to the run) and checked against the sha256 recorded when the run started."""
+    path = run_dir / CONFIG_NAME
     if not path.is_file():
         raise AffinaError(f"cannot resume: {path} not found (is {run_dir} a run directory?)")
-    return config_from_dict(yaml.safe_load(path.read_text(encoding="utf-8")))
-
-
-def _check_eval_config(cfg: RunConfig) -> None:
-    try:
-        check_metric_names(cfg.eval.metrics)
-    except ConfigError as e:
-        raise ConfigError(f"eval.metrics: {e}") from None
+    cfg = config_from_dict(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
+    resolved = resolve_inputs(run_dir)
+    if resolved:
+        cfg.data.train = resolved.get("train", [])
+        cfg.data.validation = resolved.get("validation", [])
+        cfg.eval.data = resolved.get("eval", [])
+    return cfg
 
 
 def _make_run_dir(cfg: RunConfig, resume: Path | None) -> Path:
+    """The run directory with `config.yaml` (data paths absolute) and `inputs.json` (each data
+    file's absolute path, path relative to the run, sha256). A directory left by a run that failed
+    before its first checkpoint is reused; one with a checkpoint or a finished record is not."""
     if resume is not None:
         run_dir = Path(resume)
-        if not any((run_dir / "checkpoints").glob("checkpoint-*")):
-            raise AffinaError(f"cannot resume: {run_dir} has no checkpoint yet; start a new run")
+        if _resume_checkpoint(run_dir) is None:
+            raise AffinaError(f"cannot resume: {run_dir} has no intact checkpoint yet; start it again "
+                              f"with the same train.run_name (the directory is reused)")
         return run_dir
     name = cfg.train.run_name or f"{cfg.method.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     run_dir = Path(cfg.train.output_dir) / name
-    if (run_dir / CONFIG_NAME).exists():
-        raise ConfigError(f"run directory {run_dir} already exists; pick another train.run_name "
+    if (run_dir / MANIFEST_NAME).exists() or any((run_dir / "checkpoints").glob("checkpoint-*")):
+        raise ConfigError(f"run directory {run_dir} already holds a run; pick another train.run_name "
                           f"or continue it with --resume {run_dir}")
+    if (run_dir / CONFIG_NAME).exists():
+        info(f"reusing {run_dir}: its earlier attempt stopped before the first checkpoint")
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / CONFIG_NAME).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    files = ([data_file(p, "train", run_dir) for p in cfg.data.train]
+             + [data_file(p, "validation", run_dir) for p in cfg.data.validation]
+             + [data_file(p, "eval", run_dir) for p in cfg.eval.data])
+    saved = config_to_dict(cfg)
+    by_role = {role: [f.path for f in files if f.role == role] for role in ("train", "validation", "eval")}
+    saved["data"]["train"], saved["data"]["validation"] = by_role["train"], by_role["validation"]
+    saved["eval"]["data"] = by_role["eval"]
+    (run_dir / CONFIG_NAME).write_text(yaml.safe_dump(saved, sort_keys=False, width=1000))
+    write_inputs(run_dir, files)
     return run_dir
+
+
+def _resume_checkpoint(run_dir: Path) -> str | None:
+    """The newest checkpoint that is intact (its trainer state and weights readable); a newer,
+    truncated one (a kill while it was written) is skipped with a warning."""
+    checkpoints = sorted((Path(run_dir) / "checkpoints").glob("checkpoint-*"),
+                         key=lambda p: int(p.name.rsplit("-", 1)[-1]) if p.name.rsplit("-", 1)[-1].isdigit() else -1,
+                         reverse=True)
+    for ckpt in checkpoints:
+        try:
+            json.loads((ckpt / "trainer_state.json").read_text())
+            weights = [p for p in ckpt.iterdir() if p.suffix in (".safetensors", ".bin")]
+            if not weights or any(p.stat().st_size == 0 for p in weights):
+                raise ValueError("no weights")
+            for p in weights:
+                if p.suffix == ".safetensors":
+                    from safetensors import safe_open
+
+                    with safe_open(str(p), framework="pt"):
+                        pass
+        except Exception as e:  # noqa: BLE001 — any unreadable piece makes the checkpoint unusable
+            warn(f"skipping checkpoint {ckpt.name}: it is incomplete or corrupt ({type(e).__name__})")
+            continue
+        return str(ckpt)
+    return None
+
+
+def _mlflow_run_of(run_dir: Path) -> str | None:
+    """A resumed run continues its own MLflow run instead of opening a second one."""
+    marker = run_dir / ".mlflow_run_id"
+    return marker.read_text().strip() or None if marker.is_file() else None
+
+
+def _remember_mlflow_run(run_dir: Path, run_id: str | None) -> None:
+    if run_id:
+        (run_dir / ".mlflow_run_id").write_text(run_id)
 
 
 def _device(cfg: RunConfig):
@@ -186,11 +267,7 @@ def _device(cfg: RunConfig):
 def _dtype(cfg: RunConfig):
     import torch
 
-    if cfg.model.dtype == "auto":
-        return None
-    if cfg.model.dtype not in ("float32", "bfloat16", "float16"):
-        raise ConfigError(f"model.dtype must be auto, float32, bfloat16 or float16, got {cfg.model.dtype!r}")
-    return getattr(torch, cfg.model.dtype)
+    return None if cfg.model.dtype == "auto" else getattr(torch, cfg.model.dtype)
 
 
 def _build_trainer(model, tokenizer, data: PreparedData, cfg: RunConfig, run_dir: Path, callbacks,
@@ -217,32 +294,30 @@ def _build_trainer(model, tokenizer, data: PreparedData, cfg: RunConfig, run_dir
         **({"gradient_checkpointing": True} if t.gradient_checkpointing else {}),
         use_cpu=device.type == "cpu", bf16=bf16,
         report_to="none", remove_unused_columns=False, dataloader_num_workers=0,
-        dataloader_pin_memory=device.type == "cuda", disable_tqdm=False,
+        dataloader_pin_memory=device.type == "cuda",
+        disable_tqdm=True, include_num_input_tokens_seen="non_padding",  # TrainingDisplay shows progress
         **_best_checkpoint_args(t, has_val),
     )
     callbacks = list(callbacks)
     if t.early_stopping_patience > 0:
         callbacks.append(EarlyStoppingCallback(t.early_stopping_patience, t.early_stopping_threshold))
-    return Trainer(model=model, args=args, train_dataset=data.train,
-                   eval_dataset=data.val or None, data_collator=collator,
-                   compute_metrics=compute_metrics,
-                   callbacks=callbacks)
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer = Trainer(model=model, args=args, train_dataset=data.train,
+                      eval_dataset=data.val or None, data_collator=collator,
+                      compute_metrics=compute_metrics, callbacks=callbacks)
+    trainer.remove_callback(PrinterCallback)  # raw metric dicts; TrainingDisplay replaces them
+    return trainer
 
 
 def _best_checkpoint_args(t, has_val: bool) -> dict:
     """TrainingArguments for early stopping: the trainer can only restore a checkpoint it wrote
     at a validation step, so checkpoints must fall on validation steps."""
-    if t.early_stopping_patience < 0:
-        raise ConfigError("train.early_stopping_patience must be >= 0 (0 turns early stopping off)")
     if t.early_stopping_patience == 0:
         return {}
-    if not has_val or t.eval_steps <= 0:
-        raise ConfigError("train.early_stopping_patience needs validation: set train.eval_steps > 0 "
-                          "and data.val_fraction > 0 or data.validation")
-    if t.save_steps <= 0 or t.save_steps % t.eval_steps:
-        raise ConfigError(f"train.early_stopping_patience needs train.save_steps a multiple of "
-                          f"train.eval_steps (got save_steps={t.save_steps}, eval_steps={t.eval_steps}); "
-                          f"set train.save_steps={t.eval_steps}")
+    if not has_val:  # the config asked for validation; the data left none (e.g. too few rows)
+        raise ConfigError("train.early_stopping_patience needs validation examples, and the data "
+                          "left none; add data.validation or raise data.val_fraction")
     metric = t.metric_for_best if t.metric_for_best.startswith("eval_") else f"eval_{t.metric_for_best}"
     return {"load_best_model_at_end": t.load_best, "metric_for_best_model": metric,
             "greater_is_better": t.greater_is_better}
@@ -269,21 +344,56 @@ def _log_datasets(tracker: MlflowRun, data: PreparedData) -> None:
                             digest=summary["validation"]["fingerprint"], context="validation")
 
 
+def _data_info(data: PreparedData, run_dir: Path) -> DataInfo:
+    summary = data.summary()
+    files = [data_file(f["path"], f.get("role", "train"), run_dir, sha256=f.get("sha256"),
+                       format=f.get("format", ""), rows=f.get("rows", 0)) for f in data.files]
+
+    def split(d: dict) -> SplitInfo:
+        d = dict(d)
+        return SplitInfo(d.pop("rows", 0), d.pop("fingerprint", None), d)
+
+    return DataInfo(files=files, train=split(summary["train"]), validation=split(summary["validation"]),
+                    packing=summary["packing"], chat_template=summary["chat_template"],
+                    warnings=list(summary["warnings"]))
+
+
+def _check_saved_template(artifact_dir: Path, template: TemplateInfo) -> None:
+    """The template parity check at the end of training: the tokenizer saved with the artifact
+    (what `generate`, `eval`, export and the server load) carries the chat template and stop
+    tokens the run trained with."""
+    from transformers import AutoTokenizer
+
+    saved = AutoTokenizer.from_pretrained(artifact_dir)
+    if template_sha256(saved) != template.sha256:
+        raise AffinaError(f"{artifact_dir}: the saved tokenizer's chat template differs from the one "
+                          "used in training; this is a bug, please report it")
+    missing = set(template.stop_token_ids) - set(stop_token_ids(saved))
+    if missing - {None}:
+        warn(f"the saved tokenizer does not name stop token(s) {sorted(missing)} itself; they are "
+             "recorded in the run record, which generation and serving use")
+
+
+def _log_run_files(tracker: MlflowRun, run_dir: Path, checkpoints: bool) -> None:
+    """The artifact, record, config, history, plots and eval reports go to MLflow; trainer
+    checkpoints (optimizer state: several times the artifact) only when asked for."""
+    for path in sorted(run_dir.iterdir()):
+        if path.name == "checkpoints" and not checkpoints:
+            continue
+        if path.name.startswith("."):
+            continue
+        if path.is_dir():
+            tracker.log_artifacts(path, artifact_path=f"run/{path.name}")
+        else:
+            tracker.log_artifact(path, artifact_path="run")
+
+
 # -- evaluation ----------------------------------------------------------------------------
 
 
-def _evaluate(model, tokenizer, records, cfg: RunConfig, label: str, task: str = "generate") -> dict:
+def _evaluate(opened: OpenedModel, records, settings: EvalSettings, label: str) -> dict:
     info(f"evaluating {label} on {len(records)} held-out examples")
-    if task == "classify":
-        from ..runs import OpenedModel
-
-        opened = OpenedModel(model, tokenizer, label, None, task)
-        return classify_records(opened, records, metrics=["accuracy", "macro_f1"],
-                                batch_size=cfg.eval.batch_size, label=label)
-    return evaluate_records(model, tokenizer, records, metrics=cfg.eval.metrics,
-                            max_length=cfg.data.max_length, max_new_tokens=cfg.eval.max_new_tokens,
-                            batch_size=cfg.eval.batch_size, train_on_prompt=cfg.data.train_on_prompt,
-                            label=label)
+    return evaluate_model(opened, records, settings, label=label)
 
 
 def _cached_eval(path: Path, compute) -> dict:
@@ -300,43 +410,33 @@ def _write_json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj, indent=1, ensure_ascii=False))
 
 
-def _scores(result: dict | None) -> dict | None:
-    if not result:
-        return None
-    out = {k: result[k] for k in ("loss", "perplexity") if k in result}
-    out.update(result.get("metrics", {}))
-    return out
-
-
-def _asdict(obj) -> dict:
-    import dataclasses
-
-    return dataclasses.asdict(obj)
-
-
 def _last(history: list[dict], key: str):
     values = [h[key] for h in history if key in h]
     return values[-1] if values else None
 
 
-def _print_summary(run_dir: Path, data: PreparedData, params, manifest: dict, before, after) -> None:
-    tr = manifest["train"]
+def _print_summary(run_dir: Path, data: PreparedData, params, record: RunRecord, before, after,
+                   compares_base: bool) -> None:
+    tr = record.train
     rows = [
         ["run", str(run_dir)],
         ["training examples", f"{len(data.train_records):,}"
          + (f" packed into {data.packing['rows']} rows" if data.packing else "")],
         ["validation examples", f"{len(data.val_records):,}"],
         ["trainable parameters", f"{params.trainable:,} ({params.percent:.3f}%)"],
-        ["steps / epochs", f"{tr['global_step']} / {tr['epochs']}"],
-        ["final train loss", _fmt(tr["train_loss"])],
-        ["validation loss", _fmt(manifest["metrics"]["validation_loss"])],
-        ["wall time", f"{tr['seconds']:.0f} s"],
+        ["steps / epochs", f"{tr.global_step} / {tr.epochs}"],
+        ["final train loss", _fmt(tr.train_loss)],
+        ["validation loss", _fmt(record.metrics.validation_loss)],
+        ["wall time", f"{tr.seconds:.0f} s"],
     ]
     print_table("training summary", ["", "value"], rows)
     results = [r for r in (before, after) if r]
     if results:
         header, table = compare_rows(results)
-        print_table("held-out evaluation (before vs after)", header, table)
+        title = ("held-out evaluation (before vs after)" if len(results) == 2 else
+                 "held-out evaluation (after; a new head has no before)" if not compares_base else
+                 "held-out evaluation")
+        print_table(title, header, table)
 
 
 def _fmt(x) -> str:

@@ -72,7 +72,7 @@ def run_sweep(space_path: str | Path, *, config: str | Path | None = None, overr
 
         result = train(cfg, callbacks=(pruning,))
         trial.set_user_attr("run_dir", str(result.run_dir))
-        value = _objective_value(result.manifest, space.objective)
+        value = _objective_value(result.record, space.objective)
         _record_trial(result, cfg, study_name, trial.number, values, pruning.pruned_at, value)
         if pruning.pruned:
             info(f"trial {trial.number} pruned at step {pruning.pruned_at}")
@@ -105,32 +105,30 @@ def _check_pruning_possible(base: RunConfig, space: SearchSpace) -> None:
              "data; trials will not be pruned")
 
 
-def _objective_value(manifest: dict, objective: str) -> float | None:
-    metrics = manifest.get("metrics") or {}
+def _objective_value(record, objective: str) -> float | None:
     if objective == "validation_loss":
-        return metrics.get("validation_loss")
-    return (metrics.get("eval_after") or {}).get(objective.split(".", 1)[1])
+        return record.metrics.validation_loss
+    return (record.metrics.eval_after or {}).get(objective.split(".", 1)[1])
 
 
 def _record_trial(result, cfg: RunConfig, study: str, number: int, values: dict,
                   pruned_at: int | None, value) -> None:
-    """The trial's place in the study goes into its manifest and its MLflow run's tags."""
-    from ..track import read_manifest, write_manifest
+    """The trial's place in the study goes into its run record and its MLflow run's tags."""
+    from ..record import read_record, write_record
 
-    manifest = read_manifest(result.run_dir)
-    manifest["sweep"] = {"study": study, "trial": number, "params": values,
-                         "state": "pruned" if pruned_at is not None else "complete",
-                         "pruned_at_step": pruned_at, "objective_value": value}
-    manifest.pop("schema_version", None)
-    write_manifest(result.run_dir, manifest)
-    run_id = manifest.get("mlflow_run_id")
+    record = read_record(result.run_dir)
+    record.sweep = {"study": study, "trial": number, "params": values,
+                    "state": "pruned" if pruned_at is not None else "complete",
+                    "pruned_at_step": pruned_at, "objective_value": value}
+    write_record(result.run_dir, record)
+    run_id = record.mlflow_run_id
     if run_id:
         from mlflow import MlflowClient
 
-        from ..track.mlflow_log import default_tracking_uri
+        from ..record import default_tracking_uri
 
         client = MlflowClient(tracking_uri=cfg.track.uri or default_tracking_uri())
-        for key, tag in (("study", study), ("trial", number), ("state", manifest["sweep"]["state"])):
+        for key, tag in (("study", study), ("trial", number), ("state", record.sweep["state"])):
             client.set_tag(run_id, f"affina.sweep.{key}", str(tag))
 
 

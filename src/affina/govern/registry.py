@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import AffinaError
-from .manifest import MANIFEST_NAME, read_manifest
-from .mlflow_log import default_tracking_uri, quiet_mlflow
+from ..record import MANIFEST_NAME, default_tracking_uri, file_sha256, quiet_mlflow, read_record
+from ..record.datafiles import resolve_inputs
 
 __all__ = ["ModelRef", "RegisteredVersion", "registry_uri", "parse_ref", "register_run",
            "resolve_ref", "set_alias", "list_models", "show_model", "hash_run_files",
-           "verify_hashes", "TAG_HASHES", "TAG_EVAL_DATA", "TAG_METRIC"]
+           "verify_hashes", "resolve_model_ref", "eval_data_of", "TAG_HASHES", "TAG_EVAL_DATA",
+           "TAG_METRIC"]
 
 TAG_HASHES = "affina.hashes"
 TAG_EVAL_DATA = "affina.eval_data"
@@ -81,8 +82,7 @@ def parse_ref(text: str) -> ModelRef | None:
 
 
 def _artifact_files(run_dir: Path) -> list[Path]:
-    manifest = read_manifest(run_dir)
-    artifact = run_dir / manifest.get("artifact", "adapter")
+    artifact = read_record(run_dir).artifact_dir(run_dir)
     files = [run_dir / MANIFEST_NAME]
     if (run_dir / "config.yaml").is_file():
         files.append(run_dir / "config.yaml")
@@ -130,7 +130,7 @@ def register_run(run_dir: Path, name: str, *, eval_data: list[str] | None = None
     if not _NAME.match(name):
         raise AffinaError(f"invalid model name {name!r}: use letters, digits, '.', '_' or '-' "
                           "(at most 100 characters, starting with a letter or digit)")
-    manifest = read_manifest(run_dir)
+    record = read_record(run_dir)
     hashes = hash_run_files(run_dir)
     client = _client(uri)
     from mlflow.exceptions import MlflowException
@@ -142,7 +142,7 @@ def register_run(run_dir: Path, name: str, *, eval_data: list[str] | None = None
     model_tags = client.get_registered_model(name).tags
     # The evaluation set and primary metric belong to the name: promotion compares versions on it.
     if eval_data or TAG_EVAL_DATA not in model_tags:
-        data = [str(Path(p).resolve()) for p in (eval_data or _run_eval_data(run_dir))]
+        data = [_eval_file(p) for p in (eval_data or _run_eval_data(run_dir))]
         if data:
             client.set_registered_model_tag(name, TAG_EVAL_DATA, json.dumps(data))
     if metric or TAG_METRIC not in model_tags:
@@ -150,10 +150,10 @@ def register_run(run_dir: Path, name: str, *, eval_data: list[str] | None = None
         if chosen:
             client.set_registered_model_tag(name, TAG_METRIC, chosen)
     tags = {TAG_HASHES: json.dumps(hashes), TAG_RUN_DIR: str(run_dir),
-            "affina.base_fingerprint": manifest.get("base_model", {}).get("fingerprint", ""),
-            "affina.train_fingerprint": manifest.get("data", {}).get("train", {}).get("fingerprint", "")}
+            "affina.base_fingerprint": record.base_model.fingerprint or "",
+            "affina.train_fingerprint": record.data.train.fingerprint or ""}
     version = client.create_model_version(name, source=str(run_dir),
-                                          run_id=manifest.get("mlflow_run_id") or None, tags=tags)
+                                          run_id=record.mlflow_run_id or None, tags=tags)
     return _version(client, name, int(version.version))
 
 
@@ -165,7 +165,33 @@ def _run_config(run_dir: Path) -> dict:
 
 
 def _run_eval_data(run_dir: Path) -> list[str]:
+    """The run's own evaluation files, found (and verified) from its run directory."""
+    resolved = resolve_inputs(run_dir).get("eval")
+    if resolved is not None:
+        return resolved
     return list(_run_config(run_dir).get("eval", {}).get("data") or [])
+
+
+def _eval_file(path: str) -> dict:
+    p = Path(path).expanduser().resolve()
+    if not p.exists():
+        raise AffinaError(f"evaluation data {path} not found")
+    return {"path": str(p), "sha256": file_sha256(p)}
+
+
+def eval_data_of(model_tags: dict) -> list[str]:
+    """The evaluation set registered with a model name, each file checked against its sha256."""
+    out = []
+    for item in json.loads(model_tags.get(TAG_EVAL_DATA, "[]")):
+        entry = item if isinstance(item, dict) else {"path": item, "sha256": None}
+        path = Path(entry["path"])
+        if not path.exists():
+            raise AffinaError(f"the registered evaluation set {path} is gone; restore it or pass --data")
+        if entry.get("sha256") and file_sha256(path) != entry["sha256"]:
+            raise AffinaError(f"the registered evaluation set {path} changed since it was registered "
+                              "(sha256 mismatch); restore it, or pass --data to evaluate on other data")
+        out.append(str(path))
+    return out
 
 
 def _run_primary_metric(run_dir: Path) -> str | None:
@@ -214,6 +240,37 @@ def resolve_ref(text: str, uri: str | None = None) -> RegisteredVersion:
     expected = json.loads(version.tags.get(TAG_HASHES, "{}"))
     verify_hashes(version.run_dir, expected, str(ref))
     return version
+
+
+def resolve_model_ref(ref: str, uri: str | None = None) -> str:
+    """What a user-given model reference names, as a path or spec `affina.runs.open_model`
+    opens: a registered NAME@VERSION|ALIAS (preferred over a same-named directory, and verified
+    against its hashes) → its run directory; anything else unchanged."""
+    parsed = parse_ref(ref)
+    if parsed is not None and (not Path(ref).exists() or _is_registered(parsed.name, uri)):
+        return str(resolve_ref(ref, uri).run_dir)
+    if not Path(ref).exists() and _looks_like_path(ref):
+        raise AffinaError(f"{ref}: no such file or directory (a run directory, a model directory, "
+                          "a .gguf file, `default` or NAME@VERSION)")
+    return ref
+
+
+def _looks_like_path(ref: str) -> bool:
+    """A local path rather than a hub id (`org/name`): absolute, ./ ../ ~, a .gguf file, more
+    than one separator, or a first component that is a directory here (`runs/lora-...`)."""
+    first = ref.split("/", 1)[0]
+    return (ref.startswith(("/", "./", "../", "~")) or ref.endswith(".gguf") or ref.count("/") > 1
+            or ("/" in ref and Path(first).is_dir()))
+
+
+def _is_registered(name: str, uri: str | None) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        _client(uri).get_registered_model(name)
+        return True
+    except MlflowException:
+        return False
 
 
 def set_alias(text: str, alias: str, uri: str | None = None) -> RegisteredVersion:

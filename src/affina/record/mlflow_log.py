@@ -39,12 +39,14 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, str]:
 class MlflowRun:
     """A thin context around one MLflow run; every call is a no-op when tracking is off."""
 
-    def __init__(self, enabled: bool, uri: str | None, experiment: str, run_name: str):
+    def __init__(self, enabled: bool, uri: str | None, experiment: str, run_name: str,
+                 run_id: str | None = None):
+        """`run_id`: continue that MLflow run (a resumed training run) instead of a new one."""
         self.enabled = enabled
         self.uri = uri or default_tracking_uri()
         self.experiment = experiment
         self.run_name = run_name
-        self.run_id: str | None = None
+        self.run_id: str | None = run_id
         self._mlflow = None
 
     def __enter__(self) -> "MlflowRun":
@@ -63,6 +65,12 @@ class MlflowRun:
             mlflow.create_experiment(self.experiment,
                                      artifact_location=(affina_home() / "mlartifacts").as_uri())
         mlflow.set_experiment(self.experiment)
+        if self.run_id:
+            try:
+                self.run_id = mlflow.start_run(run_id=self.run_id).info.run_id
+                return self
+            except Exception:  # noqa: BLE001 — the old run was deleted or lives elsewhere
+                self.run_id = None
         self.run_id = mlflow.start_run(run_name=self.run_name).info.run_id
         return self
 
@@ -102,6 +110,10 @@ class MlflowRun:
     def log_artifacts(self, directory: Path, artifact_path: str | None = None) -> None:
         if self._mlflow:
             self._mlflow.log_artifacts(str(directory), artifact_path=artifact_path)
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        if self._mlflow:
+            self._mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
     def set_tags(self, tags: dict) -> None:
         if self._mlflow:

@@ -46,7 +46,8 @@ def _cmd_show(args) -> int:
     print_table(f"{m['name']}", ["version", "created (UTC)", "aliases", "promotions", "run"], rows)
     tags = m["tags"]
     if tags:
-        print("evaluation set: " + ", ".join(json.loads(tags.get("affina.eval_data", "[]"))) +
+        files = [e["path"] if isinstance(e, dict) else e for e in json.loads(tags.get("affina.eval_data", "[]"))]
+        print("evaluation set: " + ", ".join(files) +
               f"; primary metric: {tags.get('affina.primary_metric', '-')}")
     return 0
 

@@ -17,10 +17,10 @@ from pathlib import Path
 from ..data.loading import load_records
 from ..errors import ConfigError
 from ..ui import info, print_table, warn
-from .compare import default_metrics, ref_label
-from .fewshot import pick_shots
-from .metrics import check_metric_names
-from .report import evaluate_records
+from ..evaluate.compare import ref_label
+from ..evaluate.evaluator import EvalSettings, default_metrics, evaluate_model
+from ..evaluate.fewshot import pick_shots
+from ..evaluate.metrics import check_metric_names
 
 __all__ = ["select_base_model", "profile_candidate", "memory_estimates", "rank_candidates"]
 
@@ -64,15 +64,15 @@ def _rss() -> int:
 def profile_candidate(spec: str, records, shots, *, metrics: list[str], max_length: int,
                       max_new_tokens: int, batch_size: int, probe: dict | None = None) -> dict:
     """Everything `affina select` reports about one candidate."""
-    from ..data.tokenize import ensure_chat_template
     from ..models import load_model
+    from ..runs import open_model
 
     gc.collect()
     rss_before, started = _rss(), time.perf_counter()
     loaded = load_model(spec)
     load_seconds = time.perf_counter() - started
     rss_delta = max(0, _rss() - rss_before)
-    ensure_chat_template(loaded.tokenizer)
+    opened = open_model(spec, base=loaded)
     model, tokenizer = loaded.model, loaded.tokenizer
     profile = {"spec": spec, "label": ref_label(spec), "path": str(loaded.path),
                "architecture": (getattr(model.config, "architectures", None) or [type(model).__name__])[0],
@@ -82,14 +82,15 @@ def profile_candidate(spec: str, records, shots, *, metrics: list[str], max_leng
                "load_rss_bytes": rss_delta, "load_seconds": round(load_seconds, 2),
                "fingerprint": loaded.fingerprint}
     settings = {"zero_shot": []} | ({"few_shot": shots} if shots else {})
+    eval_settings = EvalSettings(metrics=tuple(metrics), max_length=max_length,
+                                 max_new_tokens=max_new_tokens, batch_size=batch_size)
     for name, setting_shots in settings.items():
-        result = evaluate_records(model, tokenizer, records, metrics=metrics, max_length=max_length,
-                                  max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                  label=f"{profile['label']} {name}", shots=setting_shots)
+        result = evaluate_model(opened, records, eval_settings, label=f"{profile['label']} {name}",
+                                shots=setting_shots)
         profile[name] = {k: result.get(k) for k in ("loss", "perplexity", "metrics", "shots")}
         if name == "zero_shot":
             profile["tokens_per_s"] = (result.get("generation") or {}).get("tokens_per_s")
-    del model, tokenizer, loaded
+    del model, tokenizer, loaded, opened
     gc.collect()
     if probe:
         profile["probe"] = _probe_finetune(spec, probe, metrics)
@@ -112,9 +113,9 @@ def _probe_finetune(spec: str, probe: dict, metrics: list[str]) -> dict:
     cfg.eval.data = list(probe["eval"])
     cfg.eval.limit = probe.get("limit")
     result = train(cfg)
-    after = result.manifest["metrics"].get("eval_after") or {}
-    return {"steps": result.manifest["train"]["global_step"], "run_dir": str(result.run_dir),
-            "validation_loss": result.manifest["metrics"].get("validation_loss"),
+    after = result.record.metrics.eval_after or {}
+    return {"steps": result.record.train.global_step, "run_dir": str(result.run_dir),
+            "validation_loss": result.record.metrics.validation_loss,
             "loss": after.get("loss"), "metrics": {k: after[k] for k in metrics if k in after}}
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from affina.cli import main
-from affina.evaluate.select import memory_estimates, rank_candidates
+from affina.tune.select import memory_estimates, rank_candidates
 from tests.helpers import make_tiny_model, write_tiny_gguf
 
 ROOT = Path(__file__).resolve().parents[2]

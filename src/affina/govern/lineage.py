@@ -10,7 +10,8 @@ import json
 from pathlib import Path
 
 from ..errors import AffinaError
-from .manifest import MANIFEST_NAME, read_manifest
+from ..record import MANIFEST_NAME, artifact_version, read_record
+from ..record.requestlog import usage_summary
 from .registry import (TAG_HASHES, _client, hash_run_files, lookup, parse_ref, show_model)
 
 __all__ = ["lineage", "format_lineage", "draw_lineage", "runs_for_dataset"]
@@ -29,45 +30,50 @@ def lineage(ref: str, *, uri: str | None = None) -> dict:
         if not (run_dir / MANIFEST_NAME).is_file():
             raise AffinaError(f"{ref} is neither a registered NAME@VERSION nor a run directory")
     run_dir = run_dir.resolve()
-    manifest = read_manifest(run_dir)
+    record = read_record(run_dir)
     config = _config(run_dir)
     current = hash_run_files(run_dir)
     versions = _versions_of_run(run_dir, uri)
-    data = manifest.get("data", {})
+    body = record.to_dict()
+    data = record.data
+    artifact_dir = record.artifact_dir(run_dir)
     return {
         "ref": ref,
-        "sources": data.get("files", []),
+        "sources": body["data"]["files"],
         "prepared": {
-            "formats": sorted({f.get("format") for f in data.get("files", [])}),
-            "chat_template": data.get("chat_template"),
+            "formats": sorted({f.format for f in data.files}),
+            "chat_template": data.chat_template,
+            "template_sha256": record.template.sha256 if record.template else None,
             "max_length": config.get("data", {}).get("max_length"),
-            "packing": data.get("packing"),
+            "packing": data.packing,
             "train_on_prompt": config.get("data", {}).get("train_on_prompt"),
-            "train": _subset(data.get("train", {})),
-            "validation": _subset(data.get("validation", {})),
+            "train": _subset(data.train),
+            "validation": _subset(data.validation),
         },
         "run": {
-            "dir": str(run_dir), "mlflow_run_id": manifest.get("mlflow_run_id"),
-            "created": manifest.get("created"), "seed": manifest.get("seed"),
-            "git_commit": manifest.get("git_commit"), "versions": manifest.get("versions"),
-            "base_model": manifest.get("base_model"), "method": manifest.get("method"),
-            "train": manifest.get("train"), "metrics": manifest.get("metrics"),
+            "dir": str(run_dir), "mlflow_run_id": record.mlflow_run_id,
+            "created": record.created, "seed": record.seed,
+            "git_commit": record.git_commit, "versions": record.versions,
+            "base_model": body["base_model"], "method": body["method"],
+            "train": body["train"], "metrics": body["metrics"],
             "config": config,
             "eval_reports": sorted(str(p) for p in (run_dir / "eval").glob("*.json")),
         },
         "artifact": {
-            "dir": str(run_dir / manifest.get("artifact", "adapter")), "kind": manifest.get("kind"),
+            "dir": str(artifact_dir), "kind": record.kind,
             "files": current,
             "verified": None if expected is None else expected == current,
         },
         "registry": versions,
         "served": _served([f"{v['name']}@{v['version']}" for v in versions] + [run_dir.name],
-                          run_dir / manifest.get("artifact", "adapter")),
+                          artifact_dir),
     }
 
 
-def _subset(d: dict) -> dict:
-    return {k: d.get(k) for k in ("rows", "fingerprint", "tokens", "loss_tokens", "truncated") if k in d}
+def _subset(split) -> dict:
+    out = {"rows": split.rows, "fingerprint": split.fingerprint}
+    out.update({k: split.stats[k] for k in ("tokens", "loss_tokens", "truncated") if k in split.stats})
+    return out
 
 
 def _config(run_dir: Path) -> dict:
@@ -91,10 +97,7 @@ def _versions_of_run(run_dir: Path, uri: str | None) -> list[dict]:
 def _served(model_names: list[str], artifact_dir: Path) -> dict | None:
     """Counts and time range of logged requests answered by this artifact: by the exact adapter
     weights' hash (whatever name or alias the request used), or by run/version name."""
-    from ..serve.engine import adapter_version
-    from ..serve.requestlog import usage_summary
-
-    version = adapter_version(artifact_dir) if artifact_dir.is_dir() else None
+    version = artifact_version(artifact_dir) if artifact_dir.is_dir() else None
     return usage_summary(model_names, version)
 
 
@@ -198,12 +201,15 @@ def runs_for_dataset(fingerprint: str, *, runs_dirs: list[Path] | None = None,
                 entry["roles"].add(key.split(".")[2].replace("_fingerprint", ""))
     for root in runs_dirs or []:
         for manifest_path in Path(root).glob(f"*/{MANIFEST_NAME}"):
-            m = json.loads(manifest_path.read_text())
-            for role in ("train", "validation"):
-                if (m.get("data", {}).get(role) or {}).get("fingerprint") == fingerprint:
+            try:
+                record = read_record(manifest_path.parent)
+            except AffinaError:
+                continue  # not a finished run
+            for role, split in (("train", record.data.train), ("validation", record.data.validation)):
+                if split.fingerprint == fingerprint:
                     run_dir = str(manifest_path.parent.resolve())
                     entry = found.setdefault(run_dir, {"run_dir": run_dir,
-                                                       "mlflow_run_id": m.get("mlflow_run_id"),
+                                                       "mlflow_run_id": record.mlflow_run_id,
                                                        "roles": set(), "versions": []})
                     entry["roles"].add(role)
     for rm in client.search_registered_models():

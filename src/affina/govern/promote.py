@@ -16,7 +16,7 @@ from typing import Protocol
 
 from ..errors import AffinaError
 from ..paths import affina_home
-from .registry import (TAG_EVAL_DATA, TAG_METRIC, RegisteredVersion, _client, lookup, parse_ref,
+from .registry import (TAG_METRIC, RegisteredVersion, _client, eval_data_of, lookup, parse_ref,
                        resolve_ref)
 
 __all__ = ["Gate", "GateResult", "PromotionContext", "MetricGate", "register_gate", "GATES",
@@ -87,17 +87,30 @@ def register_gate(gate: Gate) -> Gate:
 register_gate(MetricGate())
 
 
-def _evaluate(ref_or_spec: str, records, max_length: int, metrics: list[str]) -> dict:
-    from ..evaluate.report import evaluate_records
+def _evaluate(ref_or_spec: str, records, settings, label: str) -> dict:
+    """Flat scores of one model by the one evaluator, or None where its task cannot be scored
+    on these records (a base model has no classification head)."""
+    from ..evaluate.evaluator import evaluate_model, flat_scores
     from ..runs import open_model
 
     opened = open_model(ref_or_spec)
-    result = evaluate_records(opened.model, opened.tokenizer, records, metrics=metrics,
-                              max_length=max_length, max_new_tokens=128, batch_size=16,
-                              label=ref_or_spec)
-    flat = {k: result[k] for k in ("loss", "perplexity") if k in result}
-    flat.update(result.get("metrics", {}))
-    return flat
+    return flat_scores(evaluate_model(opened, records, settings, label=label)) or {}
+
+
+def _settings_of(run_dir: Path, metric: str):
+    """The candidate run's own evaluation settings (max length, generation budget, batch size)."""
+    from ..config import config_from_dict
+    from ..evaluate.evaluator import EvalSettings
+    from ..evaluate.metrics import METRICS
+
+    import yaml
+
+    path = Path(run_dir) / "config.yaml"
+    cfg = config_from_dict(yaml.safe_load(path.read_text(encoding="utf-8")) or {}) if path.is_file() else None
+    generation_metrics = (metric,) if metric in METRICS else ()
+    if cfg is None:
+        return EvalSettings(metrics=generation_metrics)
+    return EvalSettings.of_run_config(cfg, metrics=generation_metrics)
 
 
 def promote(ref_text: str, alias: str = "champion", *, data: list[str] | None = None,
@@ -113,7 +126,7 @@ def promote(ref_text: str, alias: str = "champion", *, data: list[str] | None = 
     candidate = resolve_ref(ref_text, uri)  # verifies the candidate's files
     client = _client(uri)
     model_tags = client.get_registered_model(ref.name).tags
-    data = data or json.loads(model_tags.get(TAG_EVAL_DATA, "[]"))
+    data = data or eval_data_of(model_tags)
     if not data:
         raise AffinaError(f"no evaluation set for {ref.name}: pass --data FILE or register with --eval-data")
     metric = metric or model_tags.get(TAG_METRIC) or "loss"
@@ -128,17 +141,19 @@ def promote(ref_text: str, alias: str = "champion", *, data: list[str] | None = 
     if incumbent is not None:
         resolve_ref(incumbent.ref, uri)  # a tampered incumbent is no yardstick
 
-    records = load_records(data).records
-    generation_metrics = [m for m in [metric] if m in METRICS]
-    from ..track.manifest import read_manifest
+    from ..record import read_record
+    from ..runs import method_of_record
 
-    manifest = read_manifest(candidate.run_dir)
-    max_length = 512
+    records = load_records(data).records
+    record = read_record(candidate.run_dir)
+    method, _ = method_of_record(record)
+    settings = _settings_of(candidate.run_dir, metric)
     ctx = PromotionContext(candidate, incumbent, alias, metric, margin)
-    ctx.results["candidate"] = _evaluate(str(candidate.run_dir), records, max_length, generation_metrics)
+    ctx.results["candidate"] = _evaluate(str(candidate.run_dir), records, settings, "candidate")
     if incumbent is not None:
-        ctx.results["incumbent"] = _evaluate(str(incumbent.run_dir), records, max_length, generation_metrics)
-    ctx.results["base"] = _evaluate(manifest["base_model"]["spec"], records, max_length, generation_metrics)
+        ctx.results["incumbent"] = _evaluate(str(incumbent.run_dir), records, settings, "incumbent")
+    if method.task.compares_base:  # a new classification head has no base to compare with
+        ctx.results["base"] = _evaluate(record.base_model.spec, records, settings, "base")
 
     names = gates or list(GATES)
     unknown = [g for g in names if g not in GATES]

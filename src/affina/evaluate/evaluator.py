@@ -1,0 +1,75 @@
+"""The one evaluator: every "score this model on these records" in affina goes through here (the
+training recipe's before/after, `affina eval`, `affina promote`, `affina select`).
+
+It asks the opened model's method what its task is (`Method.task`): a model that outputs text is
+scored by loss on the reply tokens plus greedy-generation metrics, stopping on the model's own
+stop tokens; a model that outputs labels is scored by classification metrics. Settings default to
+the run's own config (max length, generation budget, batch size), never to constants here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from ..data.records import Record
+from ..errors import ConfigError
+from .metrics import check_metric_names, parse_json_object
+from .report import classify_records, evaluate_records
+
+__all__ = ["EvalSettings", "evaluate_model", "default_metrics", "flat_scores"]
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    metrics: tuple[str, ...] | None = None  # None: chosen from the task and the data
+    max_length: int = 1024
+    max_new_tokens: int = 128
+    batch_size: int = 16
+    train_on_prompt: bool = False
+
+    @classmethod
+    def of_run_config(cls, cfg, **overrides) -> "EvalSettings":
+        """The evaluation settings a run was trained and evaluated with (its `config.yaml`)."""
+        settings = cls(metrics=tuple(cfg.eval.metrics) if cfg.eval.metrics else None,
+                       max_length=cfg.data.max_length, max_new_tokens=cfg.eval.max_new_tokens,
+                       batch_size=cfg.eval.batch_size, train_on_prompt=cfg.data.train_on_prompt)
+        return replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def default_metrics(records: list[Record], task=None) -> list[str]:
+    """Metrics that suit the task and the data: classification, JSON extraction or free text."""
+    if task is not None and task.default_metrics:
+        return list(task.default_metrics)
+    if any(r.kind == "label" for r in records):
+        return ["accuracy", "macro_f1"]
+    replies = [r.messages[-1]["content"] for r in records
+               if r.messages and r.messages[-1]["role"] == "assistant"]
+    if replies and all(parse_json_object(t) is not None for t in replies[:50]):
+        return ["json_valid", "json_fields", "exact_match"]
+    return ["exact_match", "token_f1", "rouge_l", "chrf", "bleu"]
+
+
+def evaluate_model(opened, records: list[Record], settings: EvalSettings = EvalSettings(), *,
+                   label: str = "model", shots: list[Record] | None = None) -> dict:
+    """Scores and per-example predictions of one opened model (`affina.runs.OpenedModel`)."""
+    task = opened.task
+    metrics = list(settings.metrics) if settings.metrics is not None else default_metrics(records, task)
+    check_metric_names(metrics)
+    if task.output == "label":
+        if shots:
+            raise ConfigError(f"{opened.ref} is a classifier: it takes no few-shot examples")
+        return classify_records(opened, records, metrics=metrics, batch_size=settings.batch_size,
+                                max_length=settings.max_length, label=label)
+    return evaluate_records(opened.model, opened.tokenizer, records, metrics=metrics,
+                            max_length=settings.max_length, max_new_tokens=settings.max_new_tokens,
+                            batch_size=settings.batch_size, train_on_prompt=settings.train_on_prompt,
+                            label=label, shots=shots, stop_ids=opened.stop_ids)
+
+
+def flat_scores(result: dict | None) -> dict | None:
+    """{measure: value}: loss and perplexity beside the metrics of one evaluation result."""
+    if not result:
+        return None
+    out = {k: result[k] for k in ("loss", "perplexity") if k in result}
+    out.update(result.get("metrics", {}))
+    return out

@@ -1,0 +1,1 @@
+"""Governance: the model registry (versions, aliases, hashes), eval-gated promotion and lineage."""
