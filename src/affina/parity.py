@@ -42,7 +42,7 @@ class FormParity:
     template_match: bool
     stop_token_ids: list[int]
     stop_match: bool
-    answers: list[str] = field(default_factory=list)
+    answers: list[list[int]] = field(default_factory=list)  # greedy token ids per prompt
     agree: int = 0
     answers_required: bool = True  # False for lossy forms: agreement is reported, not demanded
 
@@ -141,13 +141,25 @@ def _form(name, opened, result: ParityResult, answers, reference, required, ref=
                       stops == result.stop_token_ids, list(answers), agree, required)
 
 
-def _answers(opened, prompts: list[str], max_new_tokens: int) -> list[str]:
-    from .evaluate.generation import generate_texts
+def _answers(opened, prompts: list[str], max_new_tokens: int) -> list[list[int]]:
+    """Greedy continuation of each templated prompt, as token ids up to and including the first
+    stop token: equal ids, not just equal decoded text (which hides special tokens)."""
+    import torch
 
-    texts = [opened.tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                                  add_generation_prompt=True) for p in prompts]
-    return generate_texts(opened.model, opened.tokenizer, texts, max_new_tokens=max_new_tokens,
-                          stop_ids=opened.stop_ids)
+    ids = []
+    for prompt in prompts:
+        text = opened.tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
+                                                    tokenize=False, add_generation_prompt=True)
+        enc = opened.tokenizer(text, return_tensors="pt", add_special_tokens=False)
+        with torch.no_grad():
+            out = opened.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                        temperature=None, top_p=None, top_k=None,
+                                        eos_token_id=opened.stop_ids or None,
+                                        pad_token_id=opened.tokenizer.pad_token_id)
+        new = out[0, enc["input_ids"].shape[1]:].tolist()
+        ends = [i for i, t in enumerate(new) if t in opened.stop_ids]
+        ids.append(new[: ends[0] + 1] if ends else new)
+    return ids
 
 
 def _form_name(ref: Path) -> tuple[str, bool]:
