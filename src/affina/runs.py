@@ -14,7 +14,7 @@ from pathlib import Path
 from .errors import AffinaError
 from .record import RunRecord, is_run_dir, read_record
 
-__all__ = ["OpenedModel", "open_model", "is_run_dir", "method_of_record"]
+__all__ = ["OpenedModel", "open_model", "is_run_dir", "method_of_record", "run_tokenizer"]
 
 
 @dataclass
@@ -63,7 +63,7 @@ def open_model(ref: str | Path, *, device=None, dtype=None, base=None) -> Opened
                                     **method.load_options(cfg))
         model = method.load(loaded.model, record.artifact_dir(run_dir))
         model.eval()
-        tokenizer = _run_tokenizer(record.artifact_dir(run_dir)) or loaded.tokenizer
+        tokenizer = run_tokenizer(record.artifact_dir(run_dir)) or loaded.tokenizer
         ensure_chat_template(tokenizer)
         stops = (record.template.stop_token_ids if record.template and record.template.stop_token_ids
                  else stop_token_ids(tokenizer, loaded.model.generation_config))
@@ -74,7 +74,7 @@ def open_model(ref: str | Path, *, device=None, dtype=None, base=None) -> Opened
                        stop_token_ids(loaded.tokenizer, loaded.model.generation_config))
 
 
-def _run_tokenizer(artifact_dir: Path):
+def run_tokenizer(artifact_dir: Path):
     """The tokenizer saved with the artifact: the chat template the run was trained with."""
     if not (artifact_dir / "tokenizer_config.json").is_file():
         return None

@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 import time
 import uuid
 from datetime import datetime, timezone
@@ -24,9 +25,12 @@ from pathlib import Path
 
 from affina.errors import ModelError
 
-__all__ = ["convert_gguf", "is_converted", "MARKER_NAME"]
+__all__ = ["convert_gguf", "is_converted", "MARKER_NAME", "STOP_IDS_KEY"]
 
 MARKER_NAME = ".affina-converted.json"
+# GGUF metadata affina's exporter writes: every token id generation stops at (the model's EOS ids
+# and its chat template's end of turn). GGUF's own keys hold one eos and one eot id only.
+STOP_IDS_KEY = "affina.generation.stop_token_ids"
 # Text the converted copy must tokenise identically and continue identically to the GGUF.
 _CHECK_TEXT = "The capital of France is Paris. In 2024, 12 cats sat on 3 mats!\n<|im_start|>user\nHi"
 _CHECK_PROMPT = "The capital of France is"
@@ -73,12 +77,21 @@ def _convert_into(gguf_path: Path, out: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    where, name = str(gguf_path.parent), gguf_path.name
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(where, gguf_file=name)
-        gguf_model = AutoModelForCausalLM.from_pretrained(where, gguf_file=name, dtype=torch.float32)
-    except (ValueError, OSError, KeyError, ImportError) as e:
-        raise ModelError(f"{gguf_path}: cannot read this GGUF file ({_first_line(e)})") from e
+    # transformers prefers tokenizer.json, tokenizer_config.json and config.json lying next to
+    # the GGUF over the GGUF's own metadata (an exported OUT/model.gguf sits in the merged HF
+    # directory), so it reads the file from a directory that holds nothing else.
+    with tempfile.TemporaryDirectory(prefix="affina-gguf-") as alone:
+        link = Path(alone) / gguf_path.name
+        try:
+            link.symlink_to(gguf_path.resolve())
+        except OSError:  # no symlinks here (some filesystems): read it where it is
+            link = gguf_path
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(link.parent), gguf_file=link.name)
+            gguf_model = AutoModelForCausalLM.from_pretrained(str(link.parent), gguf_file=link.name,
+                                                              dtype=torch.float32)
+        except (ValueError, OSError, KeyError, ImportError) as e:
+            raise ModelError(f"{gguf_path}: cannot read this GGUF file ({_first_line(e)})") from e
     gguf_model.eval()
 
     config = copy.deepcopy(gguf_model.config)
@@ -88,7 +101,7 @@ def _convert_into(gguf_path: Path, out: Path) -> None:
         del config.quantization_config
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(gguf_model.state_dict())
-    model.generation_config = _generation_config(config, tokenizer)
+    model.generation_config = _generation_config(config, tokenizer, _stop_ids(gguf_path))
     model.save_pretrained(out)
     if tokenizer.model_max_length > config.max_position_embeddings:
         # GGUF carries no tokenizer limit, so transformers puts a huge sentinel there;
@@ -99,14 +112,23 @@ def _convert_into(gguf_path: Path, out: Path) -> None:
     _verify(gguf_model, tokenizer, out)
 
 
-def _generation_config(config, tokenizer):
+def _generation_config(config, tokenizer, stop_ids: list[int] | None = None):
     from transformers import GenerationConfig
 
     # Chat models end a turn with their eos (SmolLM2: <|im_end|>, id 2); generation must stop
     # there, and batches need a pad id, which these models do not distinguish from eos.
     eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else config.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    if stop_ids and len(stop_ids) > 1:  # a file that lists its whole stop set (affina's export)
+        eos = [eos, *(i for i in stop_ids if i != eos)] if eos is not None else list(stop_ids)
     return GenerationConfig(bos_token_id=config.bos_token_id, eos_token_id=eos, pad_token_id=pad)
+
+
+def _stop_ids(gguf_path: Path) -> list[int] | None:
+    import gguf
+
+    field = gguf.GGUFReader(str(gguf_path)).get_field(STOP_IDS_KEY)
+    return [int(i) for i in field.contents()] if field is not None else None
 
 
 def _verify(gguf_model, tokenizer, out: Path) -> None:
