@@ -19,9 +19,11 @@ def _add_generation_args(p: argparse.ArgumentParser, limit_default: int | None) 
                    help="metrics (exact_match, token_f1, rouge_l, chrf, bleu, json_valid, json_fields, "
                         "accuracy, macro_f1, or package.module:function); default: chosen from the data")
     p.add_argument("--limit", type=int, default=limit_default, help="score only the first N examples")
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--max-length", type=int, default=1024, help="token limit per scored example")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-new-tokens", type=int, help="generation budget per example (default: a "
+                   "run's own eval.max_new_tokens; 128 for a model spec)")
+    p.add_argument("--max-length", type=int, help="token limit per scored example (default: a run's "
+                   "own data.max_length; 1024 for a model spec)")
+    p.add_argument("--batch-size", type=int, help="(default: a run's own eval.batch_size; 16)")
     p.add_argument("--out", type=Path, metavar="DIR", help="report directory (default reports/<command>-<time>)")
 
 
@@ -41,8 +43,9 @@ def _cmd_select(args) -> int:
     from ..tune.select import select_base_model
 
     select_base_model(args.candidates, args.data, metrics=args.metrics, fewshot=args.fewshot,
-                      limit=args.limit, max_length=args.max_length, max_new_tokens=args.max_new_tokens,
-                      batch_size=args.batch_size, probe_steps=args.probe_steps,
+                      limit=args.limit, max_length=args.max_length or 1024,
+                      max_new_tokens=args.max_new_tokens or 128, batch_size=args.batch_size or 16,
+                      probe_steps=args.probe_steps,
                       probe_train=args.train, probe_config=args.config, out_dir=args.out)
     return 0
 

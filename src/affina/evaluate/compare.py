@@ -33,10 +33,13 @@ def ref_label(ref: str) -> str:
 
 def compare_models(refs: list[str], data: list[str], *, metrics: list[str] | None = None,
                    out_dir: Path | None = None, fewshot: int = 0, shots_file: list[str] | None = None,
-                   limit: int | None = None, max_length: int = 1024, max_new_tokens: int = 128,
-                   batch_size: int = 16, track: bool = True, labels: list[str] | None = None) -> dict:
+                   limit: int | None = None, max_length: int | None = None,
+                   max_new_tokens: int | None = None, batch_size: int | None = None,
+                   track: bool = True, labels: list[str] | None = None) -> dict:
     """Evaluate every REF (a run directory or a model spec) on `data`; returns {"results",
-    "paths", "data"}. `labels`: column names (default: from the refs)."""
+    "paths", "data"}. `labels`: column names (default: from the refs). `max_length`,
+    `max_new_tokens`, `batch_size`: unset, a run is scored with its own config's values and a
+    model spec with EvalSettings' defaults."""
     if not refs:
         raise ConfigError("give at least one model spec or run directory to evaluate")
     if fewshot < 0:
@@ -60,11 +63,12 @@ def compare_models(refs: list[str], data: list[str], *, metrics: list[str] | Non
     out_dir = Path(out_dir or Path("reports") / f"eval-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
 
     labels = _unique(labels or [ref_label(r) for r in refs])
-    settings = EvalSettings(metrics=tuple(metrics), max_length=max_length,
-                            max_new_tokens=max_new_tokens, batch_size=batch_size)
-    results, tracked = [], []
+    asked = {"max_length": max_length, "max_new_tokens": max_new_tokens, "batch_size": batch_size}
+    results, tracked, used = [], [], {}
     for ref, label in zip(refs, labels):
         info(f"evaluating {ref} on {len(records)} examples")
+        settings = _settings_for(ref, metrics, asked)
+        used[label] = {k: getattr(settings, k) for k in asked}
         opened = open_model(ref)
         # A label head answers with a class, not text: no prompt, so no few-shot column.
         columns = [(label, [])] + ([(f"{label} ({fewshot}-shot)", shots)]
@@ -82,7 +86,7 @@ def compare_models(refs: list[str], data: list[str], *, metrics: list[str] | Non
                  "fingerprint": dataset_fingerprint(records),
                  "fewshot": {"k": len(shots), "from": shots_file or "the evaluation data",
                              "lines": [s.line for s in shots]}}
-    settings_info = {"metrics": metrics, "max_new_tokens": max_new_tokens, "max_length": max_length,
+    settings_info = {"metrics": metrics, "per_model": used,
                      "decoding": "greedy"}
     paths = write_report(results, out_dir, data=data_info, settings=settings_info)
     if track:
@@ -96,6 +100,20 @@ def compare_models(refs: list[str], data: list[str], *, metrics: list[str] | Non
     print_table(f"evaluation on {len(records)} examples of {', '.join(map(str, data))}", header, rows)
     info(f"report: {paths['markdown']}, {paths['json']}; per-example outputs: {paths['predictions']}")
     return {"results": results, "paths": paths, "data": data_info}
+
+
+def _settings_for(ref: str, metrics: list[str], asked: dict) -> EvalSettings:
+    """A run's own evaluation settings (its config.yaml), overridden by what was asked."""
+    from ..config import config_from_dict
+    from ..config import read_yaml_mapping
+
+    config = Path(ref) / "config.yaml"
+    if is_run_dir(ref) and config.is_file():
+        cfg = config_from_dict(read_yaml_mapping(config, "run config", "not a mapping"))
+        return EvalSettings.of_run_config(cfg, metrics=tuple(metrics), **asked)
+    base = EvalSettings(metrics=tuple(metrics))
+    return EvalSettings(metrics=tuple(metrics),
+                        **{k: v if v is not None else getattr(base, k) for k, v in asked.items()})
 
 
 def _unique(labels: list[str]) -> list[str]:
