@@ -285,9 +285,10 @@ class Engine:
         results = [self._result(job, out[row, width:].tolist(), active.version, tokenizer, stops)
                    for row, job in enumerate(jobs)]
         if decoder is not None:
+            tail = ""
             if not streamer.prompt_seen:  # a model that answers at once (a classifier) streams nothing
-                decoder.feed([t for t in out[0, width:].tolist() if t not in stops])
-            tail = decoder.flush()
+                tail = decoder.feed([t for t in out[0, width:].tolist() if t not in stops])
+            tail += decoder.flush()
             if tail:
                 jobs[0].on_text(tail)
         return results
