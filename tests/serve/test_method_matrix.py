@@ -130,3 +130,15 @@ def test_label_run_streams_its_label_and_unknown_runs_get_openai_errors(served):
     with pytest.raises(openai.BadRequestError) as e:
         _served_reply(client, "broken")
     assert e.value.status_code == 400 and e.value.code == "model_not_servable"
+
+
+def test_print_vllm_lists_the_shared_adapters_only(matrix):
+    import shlex
+
+    from affina.serve.server import ServeOptions, vllm_command
+
+    base, store, sharing = matrix
+    command = shlex.split(vllm_command(ServeOptions(store=store, base=str(base))))
+    modules = command[command.index("--lora-modules") + 1:]
+    assert {m.split("=")[0] for m in modules} == {m for m, s in sharing.items()
+                                                    if s is Sharing.PEFT_ADAPTER}

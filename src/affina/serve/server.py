@@ -170,10 +170,10 @@ def vllm_command(options: ServeOptions) -> str:
     args = ["vllm", "serve", str(base_path), "--served-model-name", BASE_NAME,
             "--host", options.host, "--port", str(options.port)]
     if runs:
-        ranks = [json.loads((r.adapter_dir / "adapter_config.json").read_text()).get("r", 16) for r in runs]
+        ranks = [json.loads((r.artifact_dir / "adapter_config.json").read_text()).get("r", 16) for r in runs]
         args += ["--enable-lora", "--max-loras", str(min(len(runs), options.max_adapters)),
                  "--max-lora-rank", str(_vllm_rank(max(ranks))), "--lora-modules"]
-        args += [f"{r.name}={r.adapter_dir}" for r in runs]
+        args += [f"{r.name}={r.artifact_dir}" for r in runs]
     return shlex.join(args)
 
 

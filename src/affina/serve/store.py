@@ -58,10 +58,6 @@ class ServedRun:
     sharing: Sharing = Sharing.OWN_COPY
 
     @property
-    def adapter_dir(self) -> Path:  # the name from when only adapters were served
-        return self.artifact_dir
-
-    @property
     def base_spec(self) -> str:
         return self.record.base_model.spec
 
