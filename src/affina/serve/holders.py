@@ -72,8 +72,8 @@ class ModelHolder:
         self._copies: OrderedDict[str, _Held] = OrderedDict()
         self._counter = 0
         self._lock = threading.Lock()  # guards the tokenizer/stop caches (request threads)
-        self._tokenizers: dict[Path, Any] = {}
-        self._stops: dict[Path, list[int]] = {}
+        self._tokenizers: dict[tuple, Any] = {}
+        self._stops: dict[tuple, list[int]] = {}
         self.loaded_adapters: tuple[str, ...] = ()  # snapshots, replaced whole: safe to read anywhere
         self.loaded_models: tuple[str, ...] = ()
 
@@ -88,30 +88,39 @@ class ModelHolder:
             return self.base.tokenizer
         return self._run_tokenizer(run) or self.base.tokenizer
 
+    @staticmethod
+    def _key(run: ServedRun) -> tuple:
+        # The record is re-read on every request: a run retrained in place gets fresh entries.
+        template = run.record.template
+        return (run.artifact_dir, template.sha256 if template else None,
+                tuple(template.stop_token_ids) if template else ())
+
     def _run_tokenizer(self, run: ServedRun):
         from ..data.tokenize import ensure_chat_template
         from ..runs import run_tokenizer
 
+        key = self._key(run)
         with self._lock:
-            if run.artifact_dir not in self._tokenizers:
+            if key not in self._tokenizers:
                 tokenizer = run_tokenizer(run.artifact_dir)
                 if tokenizer is not None:
                     ensure_chat_template(tokenizer)
-                self._tokenizers[run.artifact_dir] = tokenizer
-            return self._tokenizers[run.artifact_dir]
+                self._tokenizers[key] = tokenizer
+            return self._tokenizers[key]
 
     def stops(self, run: ServedRun | None) -> list[int]:
         """THE stop rule (`affina.runs.run_stop_ids`), the token set `affina generate` uses."""
         if run is None:
             return self.base_stops
-        from ..runs import run_stop_ids, run_tokenizer
+        from ..runs import run_stop_ids
 
-        with self._lock:
-            if run.artifact_dir not in self._stops:
-                tokenizer = self._tokenizers.get(run.artifact_dir) or run_tokenizer(run.artifact_dir)
-                self._stops[run.artifact_dir] = run_stop_ids(
-                    run.record, tokenizer or self.base.tokenizer, self.base.model.generation_config)
-            return self._stops[run.artifact_dir]
+        key = self._key(run)
+        if key not in self._stops:  # the tokenizer `open_model` would give the run
+            tokenizer = self._run_tokenizer(run) or self.base.tokenizer
+            stops = run_stop_ids(run.record, tokenizer, self.base.model.generation_config)
+            with self._lock:
+                self._stops[key] = stops
+        return self._stops[key]
 
     # -- models (the worker thread only) ---------------------------------------------------
 
