@@ -14,7 +14,8 @@ from pathlib import Path
 from .errors import AffinaError
 from .record import RunRecord, is_run_dir, read_record
 
-__all__ = ["OpenedModel", "open_model", "is_run_dir", "method_of_record", "run_tokenizer"]
+__all__ = ["OpenedModel", "open_model", "is_run_dir", "method_of_record", "run_tokenizer",
+           "run_stop_ids"]
 
 
 @dataclass
@@ -65,13 +66,23 @@ def open_model(ref: str | Path, *, device=None, dtype=None, base=None) -> Opened
         model.eval()
         tokenizer = run_tokenizer(record.artifact_dir(run_dir)) or loaded.tokenizer
         ensure_chat_template(tokenizer)
-        stops = (record.template.stop_token_ids if record.template and record.template.stop_token_ids
-                 else stop_token_ids(tokenizer, loaded.model.generation_config))
-        return OpenedModel(model, tokenizer, ref, record, method, list(stops))
+        stops = run_stop_ids(record, tokenizer, loaded.model.generation_config)
+        return OpenedModel(model, tokenizer, ref, record, method, stops)
     loaded = base or load_model(ref, device=device, dtype=dtype)
     ensure_chat_template(loaded.tokenizer)
     return OpenedModel(loaded.model, loaded.tokenizer, ref, None, None,
                        stop_token_ids(loaded.tokenizer, loaded.model.generation_config))
+
+
+def run_stop_ids(record: RunRecord, tokenizer, generation_config) -> list[int]:
+    """A run's stop tokens: those recorded when it was trained, else the stop rule
+    (`data.tokenize.stop_token_ids`) applied to its tokenizer and base model. The server and
+    `affina generate` both call this, so they stop on the same tokens."""
+    from .data.tokenize import stop_token_ids
+
+    if record.template is not None and record.template.stop_token_ids:
+        return list(record.template.stop_token_ids)
+    return stop_token_ids(tokenizer, generation_config)
 
 
 def run_tokenizer(artifact_dir: Path):

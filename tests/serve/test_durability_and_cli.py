@@ -88,7 +88,7 @@ def test_log_holds_every_acknowledged_request_after_sigkill(serve_store, tmp_pat
 def test_store_refuses_names_outside_it(serve_store, tmp_path):
     base, runs = serve_store
     store = ModelStore(runs)
-    assert store.resolve("alpha").adapter_dir == (runs / "alpha" / "adapter").resolve()
+    assert store.resolve("alpha").artifact_dir == (runs / "alpha" / "adapter").resolve()
     for name in ("..", "../alpha", "/etc", str(runs / "alpha"), "alpha/adapter", ".", ".x", "a\\b", "", "a\x00"):
         with pytest.raises(InvalidModelName):
             store.resolve(name)

@@ -70,3 +70,55 @@ def test_stream_decoder_holds_back_possible_stop_strings():
     assert "".join(pieces[:5]) == "abc" and decoder.stopped  # "EN" might have begun "END"
     assert finish_text("abc", ("x", "")) == ("abc", False)
     assert finish_text("a-b+c", ("+", "-")) == ("a", True)
+
+
+def test_run_with_its_own_chat_template_is_prompted_with_it(serve_store, tmp_path):
+    """A run trained with another chat template is rendered, and stopped, as it was trained."""
+    from transformers import AutoTokenizer
+
+    from affina.data.tokenize import template_sha256
+    from affina.record import TemplateInfo, read_record, write_record
+    from tests.serve.conftest import make_lora_run
+
+    base, _ = serve_store
+    store = tmp_path / "runs"
+    store.mkdir()
+    run = make_lora_run(store, "own-template", base, seed=4)
+    make_lora_run(store, "same-template", base, seed=5)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    tokenizer.chat_template = "{% for m in messages %}<<{{ m['content'] }}>>{% endfor %}"
+    tokenizer.save_pretrained(run / "adapter")
+    record = read_record(run)
+    record.template = TemplateInfo(sha256=template_sha256(tokenizer), stop_token_ids=[7])
+    write_record(run, record)
+
+    engine = build_engine(ServeOptions(store=store, base=str(base), threads=1))
+    messages = [{"role": "user", "content": "hello"}]
+    own, same = engine.resolve("own-template"), engine.resolve("same-template")
+    assert engine.chat_prompt_ids(messages, own) == tokenizer("<<hello>>", add_special_tokens=False)["input_ids"]
+    assert engine.chat_prompt_ids(messages, same) == engine.chat_prompt_ids(messages)
+    assert engine.models.stops(own.run) == [7]
+    assert engine.models.stops(same.run) == engine.models.base_stops
+
+
+def test_store_scan_reports_unservable_runs_with_the_reason(serve_store, tmp_path):
+    import json
+
+    from affina.serve.store import ModelStore
+    from tests.serve.conftest import make_lora_run
+
+    base, _ = serve_store
+    store = tmp_path / "runs"
+    store.mkdir()
+    make_lora_run(store, "good", base, seed=1)
+    corrupt = store / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "affina.json").write_text("{not json")
+    missing = make_lora_run(store, "missing", base, seed=2)
+    record = json.loads((missing / "affina.json").read_text())
+    (missing / "affina.json").write_text(json.dumps({**record, "artifact": "gone"}))
+    scan = ModelStore(store).scan()
+    assert [r.name for r in scan.servable] == ["good"]
+    reasons = dict(scan.unavailable)
+    assert set(reasons) == {"corrupt", "missing"}
+    assert "corrupt run record" in reasons["corrupt"] and "gone/" in reasons["missing"]

@@ -1,4 +1,4 @@
-"""Serving: one OpenAI-compatible API over a base model and many adapter runs.
+"""Serving: one OpenAI-compatible API over a base model and the runs of every method.
 
     affina serve --store runs          # base from the runs' manifests, adapters on demand
     affina keys create --name app --models alpha,beta

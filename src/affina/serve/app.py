@@ -49,6 +49,8 @@ class _Metrics:
         self.tokens = Counter("affina_tokens", "Tokens processed", ["model", "kind"], registry=r)
         Gauge("affina_loaded_adapters", "Adapters held in memory", registry=r).set_function(
             lambda: len(engine.loaded_adapters()))
+        Gauge("affina_loaded_models", "Runs held on their own copy of the base", registry=r).set_function(
+            lambda: len(engine.loaded_models()))
         Gauge("affina_queue_depth", "Requests waiting for the model", registry=r).set_function(
             engine.queue_depth)
 
@@ -121,7 +123,8 @@ def create_app(engine: Engine, keys: KeyStore, log: RequestLog, limits: Limits =
     async def readyz():
         if not engine.ready:
             return JSONResponse({"status": "not ready"}, status_code=503)
-        return {"status": "ready", "base": engine.base_name, "loaded_adapters": engine.loaded_adapters()}
+        return {"status": "ready", "base": engine.base_name, "loaded_adapters": engine.loaded_adapters(),
+                "loaded_models": engine.loaded_models()}
 
     @app.get("/metrics")
     async def prometheus():
@@ -172,8 +175,8 @@ def create_app(engine: Engine, keys: KeyStore, log: RequestLog, limits: Limits =
                                f"{limits.max_tokens}", "max_tokens_too_large", "max_tokens")
             try:
                 # Off the event loop: a long prompt takes a while to render and tokenise.
-                prompt_ids = await (run_in_threadpool(engine.chat_prompt_ids, entry.prompt) if chat
-                                    else run_in_threadpool(engine.text_prompt_ids, req.prompt))
+                prompt_ids = await (run_in_threadpool(engine.chat_prompt_ids, entry.prompt, target) if chat
+                                    else run_in_threadpool(engine.text_prompt_ids, req.prompt, target))
             except BadPrompt as e:
                 raise ApiError(400, str(e), "invalid_messages", "messages") from None
             entry.prompt_tokens = len(prompt_ids)

@@ -18,7 +18,7 @@ def _cmd_serve(args) -> int:
 
     options = ServeOptions(
         store=Path(args.store), base=args.base, host=args.host, port=args.port,
-        max_adapters=args.max_adapters, max_queue=args.max_queue, max_batch=args.max_batch,
+        max_adapters=args.max_adapters, max_models=args.max_models, max_queue=args.max_queue, max_batch=args.max_batch,
         limits=Limits(max_body_bytes=args.max_body_bytes, max_prompt_tokens=args.max_prompt_tokens,
                       max_tokens=args.max_tokens_limit, default_max_tokens=args.default_max_tokens),
         log_url=args.log_db, redact=args.redact, keys_path=args.keys_db, device=args.device,
@@ -101,14 +101,18 @@ def _cmd_logs(args) -> int:
 
 
 def register(subparsers) -> None:
-    s = subparsers.add_parser("serve", help="serve the base model and every adapter run through one "
-                              "OpenAI-compatible API")
+    s = subparsers.add_parser("serve", help="serve the base model and every run in a store through "
+                              "one OpenAI-compatible API")
     s.add_argument("--store", default="runs", help="model store: the directory holding run directories (default: runs)")
     s.add_argument("--base", help="base model spec (default: the base the store's runs were trained on)")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1; beyond "
                    "loopback needs API keys)")
     s.add_argument("--port", type=int, default=8000, help="(default: 8000)")
-    s.add_argument("--max-adapters", type=int, default=8, help="adapters kept in memory, LRU (default: 8)")
+    s.add_argument("--max-adapters", type=int, default=8, help="LoRA adapters (and few-shot/head runs "
+                   "on the shared base) kept in memory, LRU (default: 8)")
+    s.add_argument("--max-models", type=int, default=2, help="runs that need their own copy of the base "
+                   "(full, partial, ia3, prefix, prompt, adapter, qlora, head+lora) kept in memory, LRU; "
+                   "each costs about one base model's memory (default: 2)")
     s.add_argument("--max-queue", type=int, default=64, help="waiting requests before answering 503 (default: 64)")
     s.add_argument("--max-batch", type=int, default=8, help="same-adapter requests generated together "
                    "(default: 8)")

@@ -1,28 +1,28 @@
-"""Generation for many models over one base: adapters in a bounded LRU, one worker thread.
+"""Generation for many models over one base (held as `holders.ModelHolder` says), one worker.
 
 Why one worker: a PEFT model has one active adapter at a time, held in module state. Only the
-worker thread ever touches the model, and it activates the adapter of each batch right before
+worker thread ever touches the models, and it activates the model of each batch right before
 generating it, so no request can run under another request's adapter. Requests wait in a bounded
 queue; the worker takes the oldest one plus any waiting requests that can share its forward pass
-(same adapter, greedy, same stop strings, not streamed), left-pads them into one batch and
-generates them together.
+(the base or the same shared adapter, greedy, same stop strings, not streamed), left-pads them
+into one batch and generates them together. Runs served through their method's own model (a
+wrapper of the base, or an own copy) generate one request at a time, as `affina generate` does.
 """
 
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict, deque
+from collections import deque
 from concurrent.futures import Future
-from contextlib import nullcontext
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 from ..errors import AffinaError
+from ..methods import Sharing
 from ..models import LoadedModel
-from ..record import artifact_version as adapter_version
 from .decoding import StopWhenCancelled, StreamDecoder, TokenStreamer, finish_text
-from .store import ModelStore, ServedRun, UnservableModel
+from .holders import ModelHolder
+from .store import ModelStore, ServedRun, StoreScan, UnservableModel
 
 __all__ = ["GenerationParams", "GenerationResult", "Target", "Engine", "Overloaded", "BadPrompt"]
 
@@ -53,16 +53,25 @@ class GenerationResult:
     text: str
     prompt_tokens: int
     completion_tokens: int
-    finish_reason: str  # "stop" (eos or a stop string) or "length"
-    adapter_version: str | None = None  # sha256 prefix of the adapter weights; None for the base
+    finish_reason: str  # "stop" (eos, a stop string, or a whole label) or "length"
+    adapter_version: str | None = None  # sha256 prefix of the run's artifact; None for the base
 
 
 @dataclass(frozen=True)
 class Target:
-    """What a `model` name resolved to: the base (run None) or one adapter run."""
+    """What a `model` name resolved to: the base (run None) or one run."""
 
     name: str
     run: ServedRun | None = None
+
+    @property
+    def batchable(self) -> bool:
+        """The base and shared adapters batch; a method's own model answers one prompt at a time."""
+        return self.run is None or self.run.sharing is Sharing.PEFT_ADAPTER
+
+    @property
+    def answers_label(self) -> bool:
+        return self.run is not None and self.run.method.task.output == "label"
 
 
 @dataclass
@@ -75,48 +84,32 @@ class _Job:
     cancelled: threading.Event = field(default_factory=threading.Event)
 
     def batch_key(self):
-        if self.on_text is not None or not self.params.greedy:
+        if self.on_text is not None or not self.params.greedy or not self.target.batchable:
             return None  # streamed or sampled requests run alone (their own RNG stream)
         return (self.target.name, self.params.stop)
 
 
-@dataclass
-class _Adapter:
-    internal_name: str  # PEFT module keys cannot hold '.', run names can
-    version: str
-    stamp: tuple[int, int]
-
-
-def _stamp(adapter_dir: Path) -> tuple[int, int]:
-    files = sorted(adapter_dir.glob("adapter_model.*"))
-    return (max((p.stat().st_mtime_ns for p in files), default=0), sum(p.stat().st_size for p in files))
-
-
 class Engine:
-    """The base model, its adapters and the worker that generates for every request."""
+    """The base model, the runs' models and the worker that generates for every request."""
 
     def __init__(self, base: LoadedModel, base_name: str, store: ModelStore | None, *,
-                 base_aliases: tuple[str, ...] = (), max_adapters: int = 8, max_queue: int = 64,
-                 max_batch: int = 8, threads: int | None = None):
-        if max_adapters < 1 or max_queue < 1 or max_batch < 1:
-            raise AffinaError("--max-adapters, --max-queue and --max-batch must each be at least 1")
+                 base_aliases: tuple[str, ...] = (), max_adapters: int = 8, max_models: int = 2,
+                 max_queue: int = 64, max_batch: int = 8, threads: int | None = None,
+                 dtype: str | None = None):
+        if min(max_adapters, max_models, max_queue, max_batch) < 1:
+            raise AffinaError("--max-adapters, --max-models, --max-queue and --max-batch must each "
+                              "be at least 1")
         self.base, self.base_name, self.store = base, base_name, store
         self.base_aliases = {base_name, *base_aliases}
         self.tokenizer = base.tokenizer
-        self.max_adapters, self.max_queue, self.max_batch = max_adapters, max_queue, max_batch
+        self.max_queue, self.max_batch = max_queue, max_batch
         self.threads = threads
-        self._peft = None  # the PeftModel, created when the first adapter is loaded
-        self._adapters: OrderedDict[str, _Adapter] = OrderedDict()
-        self._loaded_names: tuple[str, ...] = ()
-        self._counter = 0
+        self.models = ModelHolder(base, max_adapters=max_adapters, max_models=max_models, dtype=dtype)
         self._jobs: deque[_Job] = deque()
         self._cv = threading.Condition()
         self._stopping = False
         self.batch_sizes: dict[int, int] = {}  # batch size → how many batches had it
         self._worker = threading.Thread(target=self._run, name="affina-generate", daemon=True)
-        eos = base.model.generation_config.eos_token_id
-        self._eos = set(eos if isinstance(eos, list) else [eos]) - {None}
-        self._eos.add(self.tokenizer.eos_token_id)
 
     # -- request side (any thread) ---------------------------------------------------------
 
@@ -138,10 +131,22 @@ class Engine:
         return len(self._jobs)
 
     def loaded_adapters(self) -> list[str]:
-        return list(self._loaded_names)  # a snapshot the worker replaces whole: safe to read anywhere
+        return list(self.models.loaded_adapters)  # a snapshot the worker replaces whole
+
+    def loaded_models(self) -> list[str]:
+        """Runs held on their own copy of the base (at most --max-models)."""
+        return list(self.models.loaded_models)
+
+    def scan(self) -> StoreScan:
+        """The store's runs this server serves, and the others with the reason why not."""
+        scan = self.store.scan() if self.store else StoreScan()
+        served = [r for r in scan.servable if self.base_matches(r)]
+        other = [(r.name, f"trained on base {r.base_spec!r}, not {self.base.spec!r}")
+                 for r in scan.servable if not self.base_matches(r)]
+        return StoreScan(served, sorted(scan.unavailable + other))
 
     def served_runs(self) -> list[ServedRun]:
-        return [r for r in (self.store.runs() if self.store else []) if self.base_matches(r)]
+        return self.scan().servable
 
     def base_matches(self, run: ServedRun) -> bool:
         if run.base_fingerprint and self.base.fingerprint:
@@ -162,18 +167,20 @@ class Engine:
                                   f"{run.base_spec}")
         return Target(model, run)
 
-    def chat_prompt_ids(self, messages: list[dict]) -> list[int]:
+    def chat_prompt_ids(self, messages: list[dict], target: Target | None = None) -> list[int]:
+        """The prompt rendered with the chat template of `target` (`ModelHolder.tokenizer`)."""
         from jinja2 import TemplateError
 
+        tokenizer = self.models.tokenizer(target.run if target else None)
         try:
-            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         except TemplateError as e:  # e.g. a template that insists on alternating roles
             raise BadPrompt(f"the model's chat template cannot render these messages: {e}") from None
         # The template already wrote any BOS; adding special tokens again would double it.
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def text_prompt_ids(self, prompt: str) -> list[int]:
-        return self.tokenizer(prompt)["input_ids"]
+    def text_prompt_ids(self, prompt: str, target: Target | None = None) -> list[int]:
+        return self.models.tokenizer(target.run if target else None)(prompt)["input_ids"]
 
     def submit(self, target: Target, prompt_ids: list[int], params: GenerationParams,
                on_text: Callable[[str], None] | None = None) -> _Job:
@@ -235,54 +242,14 @@ class Engine:
             for job, result in zip(live, results):
                 job.future.set_result(result)
 
-    def _activate(self, target: Target):
-        """The model to call, a context under which it computes with `target`'s weights, and
-        the adapter's version."""
-        if target.run is None:
-            if self._peft is None:
-                return self.base.model, nullcontext(), None
-            return self._peft, self._peft.disable_adapter(), None
-        adapter = self._load(target.run)
-        self._peft.set_adapter(adapter.internal_name)
-        return self._peft, nullcontext(), adapter.version
-
-    def _load(self, run: ServedRun) -> _Adapter:
-        stamp = _stamp(run.adapter_dir)
-        cached = self._adapters.get(run.name)
-        if cached is not None and cached.stamp == stamp:
-            self._adapters.move_to_end(run.name)
-            return cached
-        self._counter += 1
-        internal = f"adapter{self._counter}"
-        try:
-            if self._peft is None:
-                from peft import PeftModel
-
-                self._peft = PeftModel.from_pretrained(self.base.model, str(run.adapter_dir),
-                                                       adapter_name=internal)
-            else:
-                self._peft.load_adapter(str(run.adapter_dir), adapter_name=internal)
-        except (OSError, ValueError, KeyError, RuntimeError) as e:
-            raise UnservableModel(f"model {run.name!r}: cannot load its adapter from "
-                                  f"{run.adapter_dir} ({str(e).splitlines()[0] if str(e) else e!r})") from e
-        self._peft.eval()
-        if cached is not None:  # the weights changed on disk since they were loaded
-            self._peft.delete_adapter(self._adapters.pop(run.name).internal_name)
-        adapter = _Adapter(internal, adapter_version(run.adapter_dir), stamp)
-        self._adapters[run.name] = adapter
-        self._peft.set_adapter(internal)  # so deleting the previously active one moves nothing
-        # Evict after loading, so the PEFT model never has zero adapters in between.
-        while len(self._adapters) > self.max_adapters:
-            _, oldest = self._adapters.popitem(last=False)
-            self._peft.delete_adapter(oldest.internal_name)
-        self._loaded_names = tuple(self._adapters)
-        return adapter
-
     def _generate(self, jobs: list[_Job]) -> list[GenerationResult]:
         import torch
 
-        params = jobs[0].params
-        pad = self.tokenizer.pad_token_id
+        params, target = jobs[0].params, jobs[0].target
+        tokenizer = self.models.tokenizer(target.run)
+        stops = self.models.stops(target.run)
+        active = self.models.activate(target.run)  # first: loading may fail this batch alone
+        pad = tokenizer.pad_token_id
         width = max(len(j.prompt_ids) for j in jobs)
         # Left padding, so every row's next token comes right after its own prompt. (B, T)
         ids = torch.full((len(jobs), width), pad, dtype=torch.long)
@@ -291,7 +258,7 @@ class Engine:
             ids[row, width - len(job.prompt_ids):] = torch.tensor(job.prompt_ids)
             mask[row, width - len(job.prompt_ids):] = 1
         kwargs = dict(max_new_tokens=max(j.params.max_tokens for j in jobs), pad_token_id=pad,
-                      eos_token_id=sorted(self._eos))
+                      eos_token_id=list(stops))
         if params.greedy:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         else:
@@ -299,35 +266,42 @@ class Engine:
             if params.seed is not None:
                 torch.manual_seed(params.seed)  # only this thread samples, so the stream is the request's
         if params.stop:
-            kwargs.update(stop_strings=list(params.stop), tokenizer=self.tokenizer)
-        decoder = None
+            kwargs.update(stop_strings=list(params.stop), tokenizer=tokenizer)
+        decoder = streamer = None
         if jobs[0].on_text is not None:
             job = jobs[0]
-            decoder = StreamDecoder(self.tokenizer, params.stop)
+            decoder = StreamDecoder(tokenizer, params.stop)
 
             def on_ids(new_ids: list[int]) -> None:
-                piece = decoder.feed([t for t in new_ids if t not in self._eos])
+                piece = decoder.feed([t for t in new_ids if t not in stops])
                 if piece:
                     job.on_text(piece)
 
-            kwargs["streamer"] = TokenStreamer(on_ids)
+            streamer = kwargs["streamer"] = TokenStreamer(on_ids)
             kwargs["stopping_criteria"] = [StopWhenCancelled(job.cancelled)]
-        model, context, version = self._activate(jobs[0].target)
-        with context, torch.inference_mode():
-            out = model.generate(input_ids=ids.to(self.base.device),
-                                 attention_mask=mask.to(self.base.device), **kwargs)
+        device = next(active.model.parameters()).device
+        with active.context, torch.inference_mode():
+            out = active.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
+        results = [self._result(job, out[row, width:].tolist(), active.version, tokenizer, stops)
+                   for row, job in enumerate(jobs)]
         if decoder is not None:
-            tail = decoder.flush()
+            tail = ""
+            if not streamer.prompt_seen:  # a model that answers at once (a classifier) streams nothing
+                tail = decoder.feed([t for t in out[0, width:].tolist() if t not in stops])
+            tail += decoder.flush()
             if tail:
                 jobs[0].on_text(tail)
-        return [self._result(job, out[row, width:].tolist(), version) for row, job in enumerate(jobs)]
+        return results
 
-    def _result(self, job: _Job, new_ids: list[int], version: str | None) -> GenerationResult:
-        new_ids = new_ids[:job.params.max_tokens]
-        ended = next((i for i, t in enumerate(new_ids) if t in self._eos), None)
+    def _result(self, job: _Job, new_ids: list[int], version: str | None, tokenizer,
+                stops: list[int]) -> GenerationResult:
+        label = job.target.answers_label
+        if not label:  # a label is answered whole, as `affina generate` prints it
+            new_ids = new_ids[:job.params.max_tokens]
+        ended = next((i for i, t in enumerate(new_ids) if t in stops), None)
         if ended is not None:
             new_ids = new_ids[:ended + 1]
-        text, hit_stop = finish_text(self.tokenizer.decode(new_ids, skip_special_tokens=True),
+        text, hit_stop = finish_text(tokenizer.decode(new_ids, skip_special_tokens=True),
                                      job.params.stop)
-        reason = "stop" if ended is not None or hit_stop else "length"
+        reason = "stop" if label or ended is not None or hit_stop else "length"
         return GenerationResult(text, len(job.prompt_ids), len(new_ids), reason, version)

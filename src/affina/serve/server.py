@@ -19,6 +19,7 @@ from .auth import KeyStore
 from .engine import Engine
 from ..record.requestlog import RequestLog
 from .store import ModelStore, ServedRun
+from ..methods import Sharing
 
 __all__ = ["ServeOptions", "choose_base", "build_engine", "build_app", "serve", "vllm_command",
            "is_loopback", "BASE_NAME"]
@@ -33,6 +34,7 @@ class ServeOptions:
     host: str = "127.0.0.1"
     port: int = 8000
     max_adapters: int = 8
+    max_models: int = 2  # runs held on their own copy of the base (each costs a base's memory)
     max_queue: int = 64
     max_batch: int = 8
     limits: Limits = field(default_factory=Limits)
@@ -70,7 +72,7 @@ def choose_base(store: ModelStore | None, base: str | None) -> str:
     for run in store.runs() if store else []:
         specs.setdefault(run.base_spec, []).append(run.name)
     if not specs:
-        raise AffinaError(f"no adapter runs in the model store {store.root if store else ''}: pass "
+        raise AffinaError(f"no servable runs in the model store {store.root if store else ''}: pass "
                           "--base SPEC (e.g. --base default) to serve a base model")
     if len(specs) > 1:
         listing = "; ".join(f"{spec!r}: {', '.join(names)}" for spec, names in sorted(specs.items()))
@@ -98,12 +100,11 @@ def build_engine(options: ServeOptions) -> Engine:
     loaded = load_model(spec, device=options.device, dtype=options.dtype)
     ensure_chat_template(loaded.tokenizer)
     engine = Engine(loaded, BASE_NAME, store, base_aliases=_base_aliases(spec),
-                    max_adapters=options.max_adapters, max_queue=options.max_queue,
-                    max_batch=options.max_batch, threads=options.threads)
-    if store is not None:
-        for run in store.runs():
-            if not engine.base_matches(run):
-                warn(f"run {run.name} was trained on base {run.base_spec!r}, not {spec!r}: not served")
+                    max_adapters=options.max_adapters, max_models=options.max_models,
+                    max_queue=options.max_queue, max_batch=options.max_batch,
+                    threads=options.threads, dtype=options.dtype)
+    for name, reason in engine.scan().unavailable:
+        warn(f"run {name} is not served: {reason}")
     return engine
 
 
@@ -139,7 +140,7 @@ def serve(options: ServeOptions) -> None:
     app = build_app(options, engine)
     engine.start()
     runs = engine.served_runs()
-    info(f"serving base {engine.base.spec!r} as {BASE_NAME!r} and {len(runs)} adapter run(s) from "
+    info(f"serving base {engine.base.spec!r} as {BASE_NAME!r} and {len(runs)} run(s) from "
          f"{options.store} on http://{options.host}:{options.port}/v1 "
          f"(request log: {app.state.log.display_url})")
     try:
@@ -150,23 +151,29 @@ def serve(options: ServeOptions) -> None:
 
 
 def vllm_command(options: ServeOptions) -> str:
-    """The `vllm serve` line for the same base and adapters, with LoRA enabled."""
+    """The `vllm serve` line for the same base and its LoRA-family adapters, with LoRA enabled.
+    vLLM applies LoRA adapters only: the other runs are left out, with a warning."""
     from ..models import resolve_model_path
 
     store = _open_store(options)
     spec = choose_base(store, options.base)
     runs: list[ServedRun] = []
     for run in store.runs() if store else []:
-        if run.base_spec == spec or options.base is None:
+        if run.base_spec != spec and options.base is not None:
+            continue
+        if run.sharing is Sharing.PEFT_ADAPTER:
             runs.append(run)
+        else:
+            warn(f"run {run.name} ({run.record.method.name}) is not a LoRA adapter: vLLM cannot serve "
+                 "it; `affina serve` can")
     base_path = resolve_model_path(spec)
     args = ["vllm", "serve", str(base_path), "--served-model-name", BASE_NAME,
             "--host", options.host, "--port", str(options.port)]
     if runs:
-        ranks = [json.loads((r.adapter_dir / "adapter_config.json").read_text()).get("r", 16) for r in runs]
+        ranks = [json.loads((r.artifact_dir / "adapter_config.json").read_text()).get("r", 16) for r in runs]
         args += ["--enable-lora", "--max-loras", str(min(len(runs), options.max_adapters)),
                  "--max-lora-rank", str(_vllm_rank(max(ranks))), "--lora-modules"]
-        args += [f"{r.name}={r.adapter_dir}" for r in runs]
+        args += [f"{r.name}={r.artifact_dir}" for r in runs]
     return shlex.join(args)
 
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import AffinaError
+from ..methods import Method, Sharing
 from ..record import MANIFEST_NAME, RunRecord, read_record
 
-__all__ = ["ServedRun", "ModelStore", "StoreError", "InvalidModelName", "UnknownModel",
+__all__ = ["ServedRun", "StoreScan", "ModelStore", "StoreError", "InvalidModelName", "UnknownModel",
            "UnservableModel", "check_model_name"]
 
 # One path component: no separators, no leading dot (so no "." / ".." / hidden entries).
@@ -39,17 +40,22 @@ class UnknownModel(StoreError):
 
 
 class UnservableModel(StoreError):
-    """A run that exists but cannot be served by this server (other base, other method)."""
+    """A run that exists but cannot be served (other base, unknown method, broken record or
+    artifact)."""
 
     status, code = 400, "model_not_servable"
 
 
 @dataclass(frozen=True)
 class ServedRun:
+    """A servable run: its method is known and its artifact directory is inside the run."""
+
     name: str
     run_dir: Path
-    adapter_dir: Path
+    artifact_dir: Path
     record: RunRecord
+    method: Method = field(repr=False, compare=False)
+    sharing: Sharing = Sharing.OWN_COPY
 
     @property
     def base_spec(self) -> str:
@@ -118,33 +124,65 @@ class ModelStore:
         return self._served_run(version.ref, version.run_dir.resolve())
 
     def _served_run(self, name: str, real: Path) -> ServedRun:
-        record = read_record(real)
+        from ..runs import method_of_record
+
+        try:
+            record = read_record(real)
+        except AffinaError as e:  # a record this version cannot read: say why, never crash
+            raise UnservableModel(f"model {name!r}: its run record is unreadable ({e})") from None
         artifact = record.artifact
-        adapter_dir = (real / artifact).resolve()
-        if not _inside(adapter_dir, real) or adapter_dir == real:
+        artifact_dir = (real / artifact).resolve()
+        if not _inside(artifact_dir, real) or artifact_dir == real:
             raise InvalidModelName(f"model {name!r}: its artifact {artifact!r} points outside the run; refused")
-        method = record.method.name
-        config = adapter_dir / "adapter_config.json"
-        if not config.is_file():
-            raise UnservableModel(f"model {name!r} ({method} run) has no PEFT adapter in "
-                                  f"{artifact}/; only adapter runs are served")
-        peft_type = json.loads(config.read_text(encoding="utf-8")).get("peft_type")
-        if peft_type != "LORA":
-            raise UnservableModel(f"model {name!r} is a {peft_type} adapter ({method} run); this "
-                                  "server applies LoRA adapters only")
-        return ServedRun(name=name, run_dir=real, adapter_dir=adapter_dir, record=record)
+        method_name = record.method.name
+        if not artifact_dir.is_dir():
+            raise UnservableModel(f"model {name!r} ({method_name} run) has no artifact directory "
+                                  f"{artifact}/")
+        try:
+            method, cfg = method_of_record(record)
+        except AffinaError as e:  # a method this version does not know, or options it refuses
+            raise UnservableModel(f"model {name!r}: {e}") from None
+        sharing = method.sharing(cfg)
+        if sharing is Sharing.PEFT_ADAPTER:
+            _check_lora_adapter(name, method_name, artifact, artifact_dir)
+        return ServedRun(name=name, run_dir=real, artifact_dir=artifact_dir, record=record,
+                         method=method, sharing=sharing)
 
     def run_names(self) -> list[str]:
         """Names of the entries in the store that look like runs (not yet checked further)."""
         return sorted(p.name for p in self.root.iterdir()
                       if _NAME.match(p.name) and (p / MANIFEST_NAME).is_file())
 
-    def runs(self) -> list[ServedRun]:
-        """Every run in the store that passes `resolve`; the others are skipped silently."""
-        out = []
+    def scan(self) -> "StoreScan":
+        """Every run in the store: those that pass `resolve`, and the others with the reason."""
+        scan = StoreScan()
         for name in self.run_names():
             try:
-                out.append(self.resolve(name))
-            except AffinaError:
-                continue
-        return out
+                scan.servable.append(self.resolve(name))
+            except AffinaError as e:
+                scan.unavailable.append((name, str(e)))
+        return scan
+
+    def runs(self) -> list[ServedRun]:
+        """The servable runs (`scan().unavailable` says why the others are not)."""
+        return self.scan().servable
+
+
+@dataclass
+class StoreScan:
+    servable: list[ServedRun] = field(default_factory=list)
+    unavailable: list[tuple[str, str]] = field(default_factory=list)  # (name, reason)
+
+
+def _check_lora_adapter(name: str, method: str, artifact: str, artifact_dir: Path) -> None:
+    """A shared-adapter run must hold the PEFT LoRA adapter the multi-adapter model loads."""
+    config = artifact_dir / "adapter_config.json"
+    if not config.is_file():
+        raise UnservableModel(f"model {name!r} ({method} run) has no PEFT adapter in {artifact}/")
+    try:
+        peft_type = json.loads(config.read_text(encoding="utf-8")).get("peft_type")
+    except (OSError, ValueError, AttributeError) as e:
+        raise UnservableModel(f"model {name!r}: unreadable {artifact}/adapter_config.json ({e})") from None
+    if peft_type != "LORA":
+        raise UnservableModel(f"model {name!r} ({method} run) records a LoRA adapter, but "
+                              f"{artifact}/adapter_config.json says {peft_type!r}")

@@ -1,0 +1,202 @@
+"""The models a server holds, one way per `Sharing` kind, and what to generate each target with.
+
+- the base model, loaded once;
+- LoRA-family adapters (`PEFT_ADAPTER`): loaded side by side into one PeftModel over the base,
+  at most `max_adapters` of them (LRU); a request activates its own adapter;
+- wrappers of the base (`WRAPS_BASE`: few-shot, a frozen head): the run's method wraps the
+  server's base without changing it; at most `max_adapters` of them (LRU);
+- runs that change the base's modules or weights (`OWN_COPY`): opened with their own copy of the
+  base, as `affina generate` opens them; at most `max_models` of them (LRU), so memory grows by
+  up to `max_models` base models.
+
+Only the engine's worker thread calls `activate`, so no two requests ever share module state.
+`tokenizer` and `stops` are also called from request threads: they only read and cache.
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+from collections import OrderedDict
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..data.tokenize import stop_token_ids, template_sha256
+from ..methods import Sharing
+from ..models import LoadedModel
+from ..record import artifact_version
+from .store import ServedRun, UnservableModel
+
+__all__ = ["Active", "ModelHolder"]
+
+
+@dataclass
+class Active:
+    """What the worker generates a target with."""
+
+    model: Any
+    context: Any  # entered around generate: computes with the target's weights only
+    version: str | None  # sha256 prefix of the run's artifact; None for the base
+
+
+@dataclass
+class _Held:
+    stamp: tuple[int, int]
+    version: str
+    model: Any = None  # the opened model (wrappers, own copies)
+    internal_name: str = ""  # the PEFT adapter name (adapters: PEFT keys cannot hold '.')
+
+
+def _stamp(artifact_dir: Path) -> tuple[int, int]:
+    """Newest mtime and total size of the artifact's files: changes when it is rewritten."""
+    files = [p for p in artifact_dir.rglob("*") if p.is_file()]
+    return (max((p.stat().st_mtime_ns for p in files), default=0), sum(p.stat().st_size for p in files))
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).splitlines()[0] if str(e) else repr(e)
+
+
+class ModelHolder:
+    def __init__(self, base: LoadedModel, *, max_adapters: int = 8, max_models: int = 2,
+                 dtype: str | None = None):
+        self.base, self.dtype = base, dtype
+        self.max_adapters, self.max_models = max_adapters, max_models
+        self.base_template = template_sha256(base.tokenizer)
+        self.base_stops = stop_token_ids(base.tokenizer, base.model.generation_config)
+        self._peft = None  # the PeftModel, created when the first adapter is loaded
+        self._adapters: OrderedDict[str, _Held] = OrderedDict()
+        self._wrappers: OrderedDict[str, _Held] = OrderedDict()
+        self._copies: OrderedDict[str, _Held] = OrderedDict()
+        self._counter = 0
+        self._lock = threading.Lock()  # guards the tokenizer/stop caches (request threads)
+        self._tokenizers: dict[tuple, Any] = {}
+        self._stops: dict[tuple, list[int]] = {}
+        self.loaded_adapters: tuple[str, ...] = ()  # snapshots, replaced whole: safe to read anywhere
+        self.loaded_models: tuple[str, ...] = ()
+
+    # -- tokenizer and stop rule (any thread) ----------------------------------------------
+
+    def tokenizer(self, run: ServedRun | None):
+        """The tokenizer that renders and decodes `run`'s text: the base's, unless the run was
+        trained with another chat template; then its own (saved with its artifact), so it is
+        prompted exactly as in training and as `affina generate` prompts it."""
+        template = run.record.template if run is not None else None
+        if template is None or not template.sha256 or template.sha256 == self.base_template:
+            return self.base.tokenizer
+        return self._run_tokenizer(run) or self.base.tokenizer
+
+    @staticmethod
+    def _key(run: ServedRun) -> tuple:
+        # The record is re-read on every request: a run retrained in place gets fresh entries.
+        template = run.record.template
+        return (run.artifact_dir, template.sha256 if template else None,
+                tuple(template.stop_token_ids) if template else ())
+
+    def _run_tokenizer(self, run: ServedRun):
+        from ..data.tokenize import ensure_chat_template
+        from ..runs import run_tokenizer
+
+        key = self._key(run)
+        with self._lock:
+            if key not in self._tokenizers:
+                tokenizer = run_tokenizer(run.artifact_dir)
+                if tokenizer is not None:
+                    ensure_chat_template(tokenizer)
+                self._tokenizers[key] = tokenizer
+            return self._tokenizers[key]
+
+    def stops(self, run: ServedRun | None) -> list[int]:
+        """THE stop rule (`affina.runs.run_stop_ids`), the token set `affina generate` uses."""
+        if run is None:
+            return self.base_stops
+        from ..runs import run_stop_ids
+
+        key = self._key(run)
+        if key not in self._stops:  # the tokenizer `open_model` would give the run
+            tokenizer = self._run_tokenizer(run) or self.base.tokenizer
+            stops = run_stop_ids(run.record, tokenizer, self.base.model.generation_config)
+            with self._lock:
+                self._stops[key] = stops
+        return self._stops[key]
+
+    # -- models (the worker thread only) ---------------------------------------------------
+
+    def _base_context(self):
+        """The shared base as it was loaded: with any LoRA layers of other adapters switched off."""
+        return self._peft.disable_adapter() if self._peft is not None else nullcontext()
+
+    def activate(self, run: ServedRun | None) -> Active:
+        if run is None:
+            return Active(self._peft or self.base.model, self._base_context(), None)
+        if run.sharing is Sharing.PEFT_ADAPTER:
+            held = self._adapter(run)
+            self._peft.set_adapter(held.internal_name)
+            return Active(self._peft, nullcontext(), held.version)
+        if run.sharing is Sharing.WRAPS_BASE:
+            held = self._opened(run, self._wrappers, self.max_adapters, shared=True)
+            # The wrapper calls the shared base, which may carry other runs' LoRA layers.
+            return Active(held.model, self._base_context(), held.version)
+        held = self._opened(run, self._copies, self.max_models, shared=False)
+        self.loaded_models = tuple(self._copies)
+        return Active(held.model, nullcontext(), held.version)
+
+    def _opened(self, run: ServedRun, cache: OrderedDict, limit: int, shared: bool) -> _Held:
+        """`run` opened the way `affina generate` opens it: on the server's base (`shared`) or on
+        its own copy of the base."""
+        from ..runs import open_model
+
+        stamp = _stamp(run.artifact_dir)
+        held = cache.get(run.name)
+        if held is not None and held.stamp == stamp:
+            cache.move_to_end(run.name)
+            return held
+        cache.pop(run.name, None)
+        try:
+            if shared:
+                opened = open_model(run.run_dir, base=self.base)
+            else:
+                opened = open_model(run.run_dir, device=str(self.base.device), dtype=self.dtype)
+        except Exception as e:  # a broken artifact fails its own requests, never the server
+            raise UnservableModel(f"model {run.name!r}: cannot open its {run.record.method.name} "
+                                  f"artifact ({_first_line(e)})") from e
+        held = _Held(stamp, artifact_version(run.artifact_dir), opened.model)
+        cache[run.name] = held
+        while len(cache) > limit:
+            cache.popitem(last=False)
+            gc.collect()  # an own copy is a whole model: hand its memory back now
+        return held
+
+    def _adapter(self, run: ServedRun) -> _Held:
+        stamp = _stamp(run.artifact_dir)
+        cached = self._adapters.get(run.name)
+        if cached is not None and cached.stamp == stamp:
+            self._adapters.move_to_end(run.name)
+            return cached
+        self._counter += 1
+        internal = f"adapter{self._counter}"
+        try:
+            if self._peft is None:
+                from peft import PeftModel
+
+                self._peft = PeftModel.from_pretrained(self.base.model, str(run.artifact_dir),
+                                                       adapter_name=internal)
+            else:
+                self._peft.load_adapter(str(run.artifact_dir), adapter_name=internal)
+        except (OSError, ValueError, KeyError, RuntimeError) as e:
+            raise UnservableModel(f"model {run.name!r}: cannot load its adapter from "
+                                  f"{run.artifact_dir} ({_first_line(e)})") from e
+        self._peft.eval()
+        if cached is not None:  # the weights changed on disk since they were loaded
+            self._peft.delete_adapter(self._adapters.pop(run.name).internal_name)
+        held = _Held(stamp, artifact_version(run.artifact_dir), internal_name=internal)
+        self._adapters[run.name] = held
+        self._peft.set_adapter(internal)  # so deleting the previously active one moves nothing
+        # Evict after loading, so the PEFT model never has zero adapters in between.
+        while len(self._adapters) > self.max_adapters:
+            _, oldest = self._adapters.popitem(last=False)
+            self._peft.delete_adapter(oldest.internal_name)
+        self.loaded_adapters = tuple(self._adapters)
+        return held
