@@ -8,6 +8,7 @@ are pluggable: `register_gate` adds one (bias deltas, regression on earlier task
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -167,7 +168,11 @@ def promote(ref_text: str, alias: str = "champion", *, data: list[str] | None = 
         "incumbent": incumbent.ref if incumbent else None,
         "decision": "promoted" if passed else ("forced" if force else "refused"),
         "forced": bool(force and not passed), "metric": metric, "margin": margin,
-        "data": [str(Path(p).resolve()) for p in data], "results": ctx.results,
+        "data": [str(Path(p).resolve()) for p in data],
+        # what every model was evaluated with: the candidate run's own settings
+        "settings": {**dataclasses.asdict(settings),
+                     "metrics": list(settings.metrics) if settings.metrics else None},
+        "results": ctx.results,
         "gates": [c.__dict__ for c in checks], "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     report_dir = affina_home() / "registry" / "reports"
