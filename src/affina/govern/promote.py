@@ -148,6 +148,9 @@ def promote(ref_text: str, alias: str = "champion", *, data: list[str] | None = 
     records = load_records(data).records
     record = read_record(candidate.run_dir)
     method, _ = method_of_record(record)
+    if method.task.output == "label" and metric not in METRICS:
+        raise AffinaError(f"{candidate.ref} is a classifier: it is scored by "
+                          f"{' or '.join(method.task.default_metrics)}, not {metric}; pass --metric")
     settings = _settings_of(candidate.run_dir, metric)
     ctx = PromotionContext(candidate, incumbent, alias, metric, margin)
     ctx.results["candidate"] = _evaluate(str(candidate.run_dir), records, settings, "candidate")
