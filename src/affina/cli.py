@@ -201,6 +201,9 @@ def _quiet_libraries() -> None:
 def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     args = build_parser().parse_args(argv)
+    from .ui import set_output
+
+    set_output("normal")  # each invocation starts in the default mode (`train -q` changes it)
     try:
         return args.func(args) or 0
     except AffinaError as e:

@@ -3,7 +3,7 @@
 A run directory opens as its method says: the base model loaded as the method trained on it
 (e.g. quantised for qlora), the artifact applied by `method.load`, and the tokenizer (with the
 chat template) the run was trained with. Registered `NAME@VERSION` references are resolved one
-layer up (`affina.govern.registry.open_ref`), which verifies their files first.
+layer up (`affina.govern.registry.resolve_model_ref`), which verifies their files first.
 """
 
 from __future__ import annotations

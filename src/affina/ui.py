@@ -27,6 +27,11 @@ def set_output(mode: str) -> None:
     _mode = mode
 
 
+def progress_bars() -> bool:
+    """Whether progress bars (tokenising, evaluation) may be drawn: not under `--quiet`."""
+    return _mode != "quiet"
+
+
 def info(message: str) -> None:
     if _mode == "quiet":
         return

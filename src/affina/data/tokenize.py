@@ -180,9 +180,12 @@ def tokenize_records(records: list[Record], tokenizer, max_length: int,
     """Tokenise many records; examples left with no loss tokens after truncation are dropped."""
     from tqdm.auto import tqdm
 
+    from ..ui import progress_bars
+
     stats = TokenizeStats()
     out = []
-    for record in tqdm(records, desc="tokenizing", disable=not progress, leave=False):
+    for record in tqdm(records, desc="tokenizing", disable=not (progress and progress_bars()),
+                       leave=False):
         ex = tokenize_record(record, tokenizer, max_length, train_on_prompt)
         stats.truncated += ex.truncated
         n_loss = sum(label != IGNORE_INDEX for label in ex.labels[1:])

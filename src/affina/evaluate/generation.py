@@ -22,6 +22,8 @@ def generate_texts(model, tokenizer, prompts: list[str], *, max_new_tokens: int 
 
     from tqdm.auto import tqdm
 
+    from ..ui import progress_bars
+
     model.eval()
     device = next(model.parameters()).device
     # Left padding keeps every prompt's last token at the same position, so one batched
@@ -31,7 +33,8 @@ def generate_texts(model, tokenizer, prompts: list[str], *, max_new_tokens: int 
     outputs: list[str] = []
     eos = list(stop_ids) if stop_ids else stop_token_ids(tokenizer, getattr(model, "generation_config", None))
     try:
-        for start in tqdm(range(0, len(prompts), batch_size), desc=desc, disable=not progress,
+        for start in tqdm(range(0, len(prompts), batch_size), desc=desc,
+                          disable=not (progress and progress_bars()),
                           leave=False):
             chunk = prompts[start:start + batch_size]
             enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)

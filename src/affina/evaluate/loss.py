@@ -29,10 +29,12 @@ def evaluate_loss(model, examples: list, collator, batch_size: int = 8,
                   progress: bool = False) -> dict[str, float]:
     from tqdm.auto import tqdm
 
+    from ..ui import progress_bars
+
     model.eval()
     total, count = 0.0, 0
     for start in tqdm(range(0, len(examples), batch_size), desc="validation loss",
-                      disable=not progress, leave=False):
+                      disable=not (progress and progress_bars()), leave=False):
         sums, counts = per_token_loss_sums(model, collator(examples[start:start + batch_size]))
         total += sums.sum().item()
         count += counts.sum().item()

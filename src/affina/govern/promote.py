@@ -8,6 +8,7 @@ are pluggable: `register_gate` adds one (bias deltas, regression on earlier task
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -147,6 +148,9 @@ def promote(ref_text: str, alias: str = "champion", *, data: list[str] | None = 
     records = load_records(data).records
     record = read_record(candidate.run_dir)
     method, _ = method_of_record(record)
+    if method.task.output == "label" and metric not in METRICS:
+        raise AffinaError(f"{candidate.ref} is a classifier: it is scored by "
+                          f"{' or '.join(method.task.default_metrics)}, not {metric}; pass --metric")
     settings = _settings_of(candidate.run_dir, metric)
     ctx = PromotionContext(candidate, incumbent, alias, metric, margin)
     ctx.results["candidate"] = _evaluate(str(candidate.run_dir), records, settings, "candidate")
@@ -167,7 +171,11 @@ def promote(ref_text: str, alias: str = "champion", *, data: list[str] | None = 
         "incumbent": incumbent.ref if incumbent else None,
         "decision": "promoted" if passed else ("forced" if force else "refused"),
         "forced": bool(force and not passed), "metric": metric, "margin": margin,
-        "data": [str(Path(p).resolve()) for p in data], "results": ctx.results,
+        "data": [str(Path(p).resolve()) for p in data],
+        # what every model was evaluated with: the candidate run's own settings
+        "settings": {**dataclasses.asdict(settings),
+                     "metrics": list(settings.metrics) if settings.metrics else None},
+        "results": ctx.results,
         "gates": [c.__dict__ for c in checks], "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     report_dir = affina_home() / "registry" / "reports"

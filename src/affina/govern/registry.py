@@ -195,8 +195,15 @@ def eval_data_of(model_tags: dict) -> list[str]:
 
 
 def _run_primary_metric(run_dir: Path) -> str | None:
+    """The run's first eval metric; else its task's first default metric (a classifier scores
+    accuracy: it has no generation loss); else loss."""
     metrics = _run_config(run_dir).get("eval", {}).get("metrics") or []
-    return metrics[0] if metrics else "loss"
+    if metrics:
+        return metrics[0]
+    from ..runs import method_of_record
+
+    method, _ = method_of_record(read_record(run_dir))
+    return method.task.default_metrics[0] if method.task.default_metrics else "loss"
 
 
 def _version(client, name: str, version: int) -> RegisteredVersion:

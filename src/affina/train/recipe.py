@@ -97,9 +97,13 @@ def train(cfg: RunConfig, *, resume: Path | None = None, callbacks: tuple = (),
     template = TemplateInfo(template_sha256(loaded.tokenizer), stops,
                             [loaded.tokenizer.convert_ids_to_tokens(i) for i in stops])
 
+    continued = _mlflow_run_of(run_dir)
     with MlflowRun(cfg.track.mlflow, cfg.track.uri, cfg.track.experiment, run_dir.name,
-                   run_id=_mlflow_run_of(run_dir)) as tracker:
-        tracker.log_params(config_to_dict(cfg))
+                   run_id=continued) as tracker:
+        if continued is None:
+            # MLflow refuses changed param values; a resumed run's data paths are re-resolved
+            # (absolute, possibly moved), so its params stay those logged when it started.
+            tracker.log_params(config_to_dict(cfg))
         _log_datasets(tracker, data)
         summary = data.summary()  # tags make runs findable by data fingerprint (lineage)
         tracker.set_tags({"affina.run_dir": str(run_dir.resolve()), "affina.method": method.name,
@@ -201,6 +205,11 @@ def _make_run_dir(cfg: RunConfig, resume: Path | None) -> Path:
         if _resume_checkpoint(run_dir) is None:
             raise AffinaError(f"cannot resume: {run_dir} has no intact checkpoint yet; start it again "
                               f"with the same train.run_name (the directory is reused)")
+        state = json.loads((Path(_resume_checkpoint(run_dir)) / "trainer_state.json").read_text())
+        if (run_dir / MANIFEST_NAME).exists() and 0 < state.get("max_steps", 0) <= state.get("global_step", 0):
+            # The trainer would take one step past the end from a final checkpoint.
+            raise AffinaError(f"cannot resume: {run_dir} already finished (step {state['global_step']} "
+                              f"of {state['max_steps']}); start a new run to train further")
         return run_dir
     name = cfg.train.run_name or f"{cfg.method.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     run_dir = Path(cfg.train.output_dir) / name
