@@ -24,12 +24,13 @@ CORE, RECORD, RECIPES, GOVERN, SERVICE = 1, 2, 3, 4, 5
 LAYER_NAMES = {CORE: "core", RECORD: "record", RECIPES: "recipes", GOVERN: "govern",
                SERVICE: "service/CLI"}
 # Within the recipes layer: evaluate < train < tune; export and parity beside them.
-RECIPE_ORDER = {"evaluate": 0, "train": 1, "tune": 2, "export": 0, "parity": 0}
+RECIPE_ORDER = {"evaluate": 0, "train": 1, "tune": 2, "export": 0, "gguf_export": 0, "parity": 0}
 PACKAGE_LAYER = {
     "config": CORE, "errors": CORE, "ui": CORE, "paths": CORE, "__init__": CORE,
     "models": CORE, "data": CORE, "methods": CORE,
     "record": RECORD, "runs": RECORD,
-    "evaluate": RECIPES, "train": RECIPES, "tune": RECIPES, "export": RECIPES, "parity": RECIPES,
+    "evaluate": RECIPES, "train": RECIPES, "tune": RECIPES, "export": RECIPES, "gguf_export": RECIPES,
+    "parity": RECIPES,
     "govern": GOVERN,
     "serve": SERVICE, "cli": SERVICE, "export_commands": SERVICE,
 }
