@@ -18,17 +18,18 @@ from ..errors import AffinaError
 from ..record import MANIFEST_NAME, default_tracking_uri, file_sha256, quiet_mlflow, read_record
 from ..record.datafiles import resolve_inputs
 
-__all__ = ["ModelRef", "RegisteredVersion", "registry_uri", "parse_ref", "register_run",
-           "resolve_ref", "set_alias", "list_models", "show_model", "hash_run_files",
-           "verify_hashes", "resolve_model_ref", "eval_data_of", "TAG_HASHES", "TAG_EVAL_DATA",
+__all__ = ["ModelRef", "RegisteredVersion", "registry_uri", "parse_ref", "register_run", "lookup",
+           "resolve_ref", "set_alias", "check_alias", "list_models", "show_model", "hash_run_files",
+           "file_stamps", "verify_hashes", "resolve_model_ref", "eval_data_of", "TAG_HASHES", "TAG_EVAL_DATA",
            "TAG_METRIC"]
 
 TAG_HASHES = "affina.hashes"
 TAG_EVAL_DATA = "affina.eval_data"
 TAG_METRIC = "affina.primary_metric"
 TAG_RUN_DIR = "affina.run_dir"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-_REF = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]{0,99})@(?P<sel>[A-Za-z0-9._-]+)$")
+# Always fullmatch: `$` would also accept a trailing newline.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+_REF = re.compile(r"(?P<name>[A-Za-z0-9][A-Za-z0-9._-]{0,99})@(?P<sel>[A-Za-z0-9._-]+)")
 
 
 def registry_uri() -> str:
@@ -74,7 +75,7 @@ class RegisteredVersion:
 
 def parse_ref(text: str) -> ModelRef | None:
     """`name@version` or `name@alias`; None when the text is not of that shape."""
-    m = _REF.match(text)
+    m = _REF.fullmatch(text) if isinstance(text, str) else None
     return ModelRef(m["name"], m["sel"]) if m else None
 
 
@@ -106,6 +107,17 @@ def hash_run_files(run_dir: Path) -> dict[str, str]:
     return {str(p.relative_to(run_dir)): _sha256(p) for p in _artifact_files(run_dir)}
 
 
+def file_stamps(run_dir: Path) -> tuple[tuple[str, int, int, int, int], ...]:
+    """(path, size, mtime_ns, ctime_ns, inode) of every file a version is made of: when none of
+    these changed, the files are the ones already verified. ctime cannot be set back by a user,
+    so restoring an mtime after an edit still shows."""
+    out = []
+    for p in _artifact_files(run_dir):
+        st = p.stat()
+        out.append((str(p.relative_to(run_dir)), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
+    return tuple(out)
+
+
 def verify_hashes(run_dir: Path, expected: dict[str, str], ref: str) -> None:
     for rel, digest in expected.items():
         path = run_dir / rel
@@ -127,7 +139,7 @@ def register_run(run_dir: Path, name: str, *, eval_data: list[str] | None = None
                  metric: str | None = None, uri: str | None = None) -> RegisteredVersion:
     """Create `name@<next version>` for a run directory, hashing its files."""
     run_dir = Path(run_dir).resolve()
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise AffinaError(f"invalid model name {name!r}: use letters, digits, '.', '_' or '-' "
                           "(at most 100 characters, starting with a letter or digit)")
     record = read_record(run_dir)
@@ -280,12 +292,19 @@ def _is_registered(name: str, uri: str | None) -> bool:
         return False
 
 
+def check_alias(alias: str) -> str:
+    """`alias` if it can name a version: an all-digit alias would read as a version number, so
+    `NAME@7` could never reach it."""
+    if not isinstance(alias, str) or alias.isdigit() or not _NAME.fullmatch(alias):
+        raise AffinaError(f"invalid alias {alias!r}: use letters, digits, '.', '_' or '-', not only digits")
+    return alias
+
+
 def set_alias(text: str, alias: str, uri: str | None = None) -> RegisteredVersion:
     ref = parse_ref(text)
     if ref is None or not ref.is_version:
         raise AffinaError(f"{text!r}: give an exact version, e.g. {text.split('@')[0]}@3")
-    if alias.isdigit() or not _NAME.match(alias):
-        raise AffinaError(f"invalid alias {alias!r}: use letters, digits, '.', '_' or '-', not only digits")
+    check_alias(alias)
     version = lookup(ref, uri)
     _client(uri).set_registered_model_alias(ref.name, alias, str(version.version))
     return lookup(ref, uri)

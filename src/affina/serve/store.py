@@ -20,8 +20,9 @@ from ..record import MANIFEST_NAME, RunRecord, read_record
 __all__ = ["ServedRun", "StoreScan", "ModelStore", "StoreError", "InvalidModelName", "UnknownModel",
            "UnservableModel", "check_model_name"]
 
-# One path component: no separators, no leading dot (so no "." / ".." / hidden entries).
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,199}$")
+# One path component: no separators, no leading dot (so no "." / ".." / hidden entries). Always
+# used with fullmatch: `$` would also accept a trailing newline.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,199}")
 
 
 class StoreError(AffinaError):
@@ -68,7 +69,7 @@ class ServedRun:
 
 def check_model_name(name: str) -> str:
     """`name` itself if it is a safe single path component, else InvalidModelName."""
-    if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
         raise InvalidModelName(f"model {name!r} is not a valid model name: use the name of a run "
                                "directory in the model store (letters, digits, '.', '_', '+', '-')")
     return name
@@ -82,7 +83,11 @@ class ModelStore:
     """Run directories under `root` (default `./runs`), looked up by name on every request, so a
     run added while the server runs is served without a restart."""
 
-    def __init__(self, root: Path | str):
+    def __init__(self, root: Path | str, *, registry_ttl: float | None = None):
+        """`registry_ttl`: seconds a registry alias lookup is reused (default 2)."""
+        from .registry_cache import DEFAULT_TTL, RegistryResolver
+
+        self._registry = RegistryResolver(DEFAULT_TTL if registry_ttl is None else registry_ttl)
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
             raise AffinaError(f"model store {self.root} is not a directory: pass --store DIR, the "
@@ -92,7 +97,8 @@ class ModelStore:
     def resolve(self, name: str) -> ServedRun:
         """The run called `name`, checked to be a LoRA adapter run inside the store; or a
         registered `NAME@VERSION` / `NAME@ALIAS`, resolved on every request (so moving an alias
-        rolls out or back without a restart) with its files verified against their hashes."""
+        rolls out or back within seconds, without a restart) with its files verified against
+        their hashes (once per change of the files; see registry_cache.py)."""
         from ..govern.registry import parse_ref
 
         if isinstance(name, str) and parse_ref(name) is not None:
@@ -110,20 +116,34 @@ class ModelStore:
         return self._served_run(name, real)
 
     def _resolve_registered(self, ref: str) -> ServedRun:
-        from ..govern.registry import lookup, parse_ref, resolve_ref
+        # Only through the registry: a directory called `NAME@1` in the store or the current
+        # directory is never looked at, so it cannot stand in for the registered version.
+        from ..govern.registry import parse_ref
 
+        parsed = parse_ref(ref)
         try:
-            lookup(parse_ref(ref))
+            version = self._registry.lookup(parsed)
         except AffinaError as e:  # unknown name, version or alias
             raise UnknownModel(str(e)) from None
         try:
-            version = resolve_ref(ref)
-        except AffinaError as e:  # registered files changed or missing: never serve them
+            self._registry.verify(version, str(parsed))
+        except (AffinaError, OSError) as e:  # registered files changed or missing: never serve them
             raise UnservableModel(str(e)) from None
         # Named by the exact version, so the adapter cache never serves an alias's old target.
         return self._served_run(version.ref, version.run_dir.resolve())
 
     def _served_run(self, name: str, real: Path) -> ServedRun:
+        try:
+            return self._check_run(name, real)
+        except AffinaError:
+            raise
+        except (TypeError, ValueError, AttributeError, KeyError, OSError) as e:
+            # A record of the right shape with wrong types (`"artifact": 5`, `"method": null`),
+            # or a file that vanished mid-check: one broken run must not break the listing.
+            raise UnservableModel(f"model {name!r}: its run record or artifact is malformed "
+                                  f"({type(e).__name__}: {e})") from None
+
+    def _check_run(self, name: str, real: Path) -> ServedRun:
         from ..runs import method_of_record
 
         try:
@@ -151,7 +171,7 @@ class ModelStore:
     def run_names(self) -> list[str]:
         """Names of the entries in the store that look like runs (not yet checked further)."""
         return sorted(p.name for p in self.root.iterdir()
-                      if _NAME.match(p.name) and (p / MANIFEST_NAME).is_file())
+                      if _NAME.fullmatch(p.name) and (p / MANIFEST_NAME).is_file())
 
     def scan(self) -> "StoreScan":
         """Every run in the store: those that pass `resolve`, and the others with the reason."""
@@ -159,8 +179,9 @@ class ModelStore:
         for name in self.run_names():
             try:
                 scan.servable.append(self.resolve(name))
-            except AffinaError as e:
-                scan.unavailable.append((name, str(e)))
+            except Exception as e:  # noqa: BLE001 — whatever one run's fault, list it, go on
+                scan.unavailable.append((name, str(e) if isinstance(e, AffinaError)
+                                         else f"{type(e).__name__}: {e}"))
         return scan
 
     def runs(self) -> list[ServedRun]:
