@@ -144,3 +144,12 @@ def test_cli_promote_exit_codes_and_errors(store, capsys):
     assert "not registered" in capsys.readouterr().err
     assert main(["registry", "register", str(store["weak"]), "--name", "../bad"]) == 2
     assert "invalid model name" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("alias", ["7", "bad alias!"])
+def test_promote_refuses_an_unusable_alias_before_anything(alias, capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("AFFINA_TRACKING_URI", f"sqlite:///{tmp_path}/ml.db")
+    assert main(["promote", "prod@1", "--to", alias]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "invalid alias" in err
+    assert not (tmp_path / "ml.db").exists()  # refused before the registry was even opened

@@ -17,8 +17,8 @@ from typing import Protocol
 
 from ..errors import AffinaError
 from ..paths import affina_home
-from .registry import (TAG_METRIC, RegisteredVersion, _client, eval_data_of, lookup, parse_ref,
-                       resolve_ref)
+from .registry import (TAG_METRIC, RegisteredVersion, _client, check_alias, eval_data_of, lookup,
+                       parse_ref, resolve_ref)
 
 __all__ = ["Gate", "GateResult", "PromotionContext", "MetricGate", "register_gate", "GATES",
            "promote", "LOWER_IS_BETTER"]
@@ -121,6 +121,7 @@ def promote(ref_text: str, alias: str = "champion", *, data: list[str] | None = 
     from ..data.loading import load_records
     from ..evaluate.metrics import METRICS
 
+    check_alias(alias)  # before any evaluation: `7` would be unreachable (`NAME@7` is a version)
     ref = parse_ref(ref_text)
     if ref is None or not ref.is_version:
         raise AffinaError(f"{ref_text!r}: promote an exact version, e.g. NAME@3")
