@@ -7,11 +7,23 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 from pathlib import Path
 
 from ..paths import affina_home
 
-__all__ = ["MlflowRun", "default_tracking_uri", "quiet_mlflow"]
+__all__ = ["MlflowRun", "Terminated", "default_tracking_uri", "quiet_mlflow"]
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM during a tracked run, raised so the run unwinds (and is marked KILLED) instead of
+    the process vanishing and leaving the MLflow run RUNNING forever. A KeyboardInterrupt, so
+    the CLI reports it the way it reports Ctrl-C."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
 
 
 def quiet_mlflow() -> None:
@@ -48,6 +60,7 @@ class MlflowRun:
         self.run_name = run_name
         self.run_id: str | None = run_id
         self._mlflow = None
+        self._previous_sigterm = None
 
     def __enter__(self) -> "MlflowRun":
         if not self.enabled:
@@ -65,18 +78,33 @@ class MlflowRun:
             mlflow.create_experiment(self.experiment,
                                      artifact_location=(affina_home() / "mlartifacts").as_uri())
         mlflow.set_experiment(self.experiment)
+        started = None
         if self.run_id:
+            # Continues a killed run's MLflow run (left RUNNING): it ends FINISHED or FAILED
+            # with this attempt.
             try:
-                self.run_id = mlflow.start_run(run_id=self.run_id).info.run_id
-                return self
+                started = mlflow.start_run(run_id=self.run_id)
             except Exception:  # noqa: BLE001 — the old run was deleted or lives elsewhere
                 self.run_id = None
-        self.run_id = mlflow.start_run(run_name=self.run_name).info.run_id
+        if started is None:
+            started = mlflow.start_run(run_name=self.run_name)
+        self.run_id = started.info.run_id
+        if threading.current_thread() is threading.main_thread():  # signals reach only that one
+            self._previous_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        if self._previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, self._previous_sigterm)
+            self._previous_sigterm = None
         if self._mlflow is not None:
-            self._mlflow.end_run(status="FAILED" if exc_type else "FINISHED")
+            if exc_type is None:
+                status = "FINISHED"
+            elif issubclass(exc_type, KeyboardInterrupt):  # Ctrl-C or SIGTERM
+                status = "KILLED"
+            else:
+                status = "FAILED"
+            self._mlflow.end_run(status=status)
 
     def log_params(self, params: dict) -> None:
         if self._mlflow:
