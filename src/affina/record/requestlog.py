@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,7 +21,7 @@ from sqlalchemy import (JSON, Boolean, Column, DateTime, Float, Integer, MetaDat
 from sqlalchemy.exc import ArgumentError, OperationalError
 
 from ..errors import AffinaError
-from ..paths import affina_home
+from ..paths import affina_home, private_file
 
 __all__ = ["RequestLog", "LogEntry", "default_log_url", "requests_table", "SCHEMA_VERSION",
            "usage_summary"]
@@ -53,9 +55,7 @@ requests_table = Table(
 
 
 def default_log_url() -> str:
-    directory = affina_home() / "serve"
-    directory.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{directory / 'requests.db'}"
+    return f"sqlite:///{affina_home() / 'serve' / 'requests.db'}"
 
 
 def _sha256(value: Any) -> str | None:
@@ -90,9 +90,15 @@ class LogEntry:
 class RequestLog:
     """Append and query the request log. `redact` keeps hashes of prompts/responses, not the text."""
 
-    def __init__(self, url: str | None = None, *, redact: bool = False):
+    def __init__(self, url: str | None = None, *, redact: bool = False, create: bool = True,
+                 min_free_bytes: int = 8 << 20):
+        """`create=False`: refuse a sqlite log whose directory does not exist (a reader given a
+        mistyped path should not make one). `min_free_bytes`: below this much free space in a
+        sqlite log's directory, `unwritable_reason` says so (the server is then not ready)."""
         self.url = url or default_log_url()
         self.redact = redact
+        self.min_free_bytes = min_free_bytes
+        self.path: Path | None = None  # the sqlite file, if the log is one
         try:
             self.engine = create_engine(self.url)
         except (ArgumentError, ImportError) as e:
@@ -102,7 +108,12 @@ class RequestLog:
             event.listen(self.engine, "connect", _sqlite_pragmas)
             database = self.engine.url.database
             if database and database != ":memory:":
-                Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+                self.path = Path(database).expanduser()
+                if not create and not self.path.parent.is_dir():
+                    raise AffinaError(f"request log {self.path}: directory {self.path.parent} does "
+                                      "not exist; check the --db URL")
+                # 0600 (the WAL files sqlite adds take the same mode): the log holds prompts.
+                private_file(self.path)
         try:
             metadata.create_all(self.engine)
         except OperationalError as e:
@@ -112,6 +123,26 @@ class RequestLog:
     def display_url(self) -> str:
         """The URL with any password masked, for messages."""
         return self.engine.url.render_as_string(hide_password=True)
+
+    def unwritable_reason(self) -> str | None:
+        """Why a row could not be written now (full disk, directory gone), or None. Cheap: a
+        free-space check for sqlite, a round trip for a database server."""
+        if self.path is not None:
+            directory = self.path.parent
+            if not directory.is_dir():
+                return f"directory {directory} is gone"
+            if not os.access(directory, os.W_OK) or (self.path.exists() and not os.access(self.path, os.W_OK)):
+                return f"{self.path} is not writable"
+            free = shutil.disk_usage(directory).free
+            if free < self.min_free_bytes:
+                return f"only {free} bytes free in {directory}"
+            return None
+        try:
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("SELECT 1")
+        except Exception as e:  # noqa: BLE001 — any failure means rows cannot be written
+            return f"database unreachable ({type(e).__name__})"
+        return None
 
     def write(self, entry: LogEntry) -> None:
         """Insert one row and commit it: when this returns, the row survives a crash."""

@@ -3,7 +3,7 @@
 A key reads `aff-<key id>-<secret>`. The key id is public (it goes into the request log and into
 `affina keys list`); the secret is 32 random bytes, stored as sha256(salt + secret) with a per-key
 salt. A fast hash is enough here because the secret is random, not a password a person chose.
-Keys live in `$AFFINA_HOME/serve/keys.db` (sqlite).
+Keys live in `$AFFINA_HOME/serve/keys.db` (sqlite, created 0600).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..errors import AffinaError
-from ..paths import affina_home
+from ..paths import affina_home, private_file
 
 __all__ = ["ApiKey", "KeyStore", "default_keys_path", "ALL_MODELS"]
 
@@ -63,7 +63,7 @@ def _hash(salt: str, secret: str) -> str:
 class KeyStore:
     def __init__(self, path: Path | str | None = None):
         self.path = Path(path) if path else default_keys_path()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_file(self.path)  # 0600: key hashes and allow-lists are nobody else's business
         with self._connect() as conn:
             conn.execute(_SCHEMA)
 
