@@ -88,8 +88,9 @@ class ServerThread:
 
 
 def start_server(tmp_path: Path, base: Path, store: Path, *, keys_path: Path | None = None,
-                 require_keys: bool = False, **options):
-    """(ServerThread, engine, app) serving `store` over `base`, with its own key file and log."""
+                 require_keys: bool = False, auth: str | None = None, **options):
+    """(ServerThread, engine, app) serving `store` over `base`, with its own key file and log.
+    `auth` as `affina serve --auth` (default: keys when any key exists or `require_keys`)."""
     from affina.serve.app import Limits, create_app
     from affina.serve.auth import KeyStore
     from affina.record.requestlog import RequestLog
@@ -106,5 +107,6 @@ def start_server(tmp_path: Path, base: Path, store: Path, *, keys_path: Path | N
         engine.start()
     keys = KeyStore(keys_path or tmp_path / "keys.db")
     log = RequestLog(f"sqlite:///{tmp_path / 'requests.db'}")
-    app = create_app(engine, keys, log, limits, require_keys=require_keys)
+    auth = auth or ("keys" if require_keys or keys.has_active_keys() else "open")
+    app = create_app(engine, keys, log, limits, auth=auth)
     return ServerThread(app), engine, app

@@ -24,7 +24,7 @@ from .engine import BadPrompt, Engine, GenerationParams, Overloaded
 from ..record.requestlog import LogEntry, RequestLog
 from .schemas import (ApiError, ChatRequest, CompletionRequest, chat_chunk, chat_response,
                       completion_chunk, completion_response, error_body, parse_request, usage)
-from .store import StoreError
+from .store import InvalidModelName, StoreError, check_model_name
 
 __all__ = ["Limits", "create_app"]
 
@@ -37,8 +37,19 @@ class Limits:
     default_max_tokens: int = 256  # what a request that names none gets
 
 
+# Query parameters a client might put a key in: refused, since URLs end up in logs and histories.
+_KEY_PARAMS = ("api_key", "api-key", "apikey", "key", "token", "access_token")
+_RETRY_AFTER = {"Retry-After": "1"}  # on every 503: overloaded or not ready is worth a retry
+
+
 class _Metrics:
+    """Prometheus metrics. `/metrics` needs no key, so label values never come straight from a
+    request: a model label is a name this server has answered for (the base's names, a run, a
+    registry reference that resolved), else "other" (a well-formed name) or "invalid"."""
+
     def __init__(self, engine: Engine):
+        self.engine = engine
+        self.served: set[str] = set()  # names answered with 200: bounded by the store and registry
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("affina_requests", "API requests answered", ["endpoint", "model", "status"],
@@ -54,8 +65,32 @@ class _Metrics:
         Gauge("affina_queue_depth", "Requests waiting for the model", registry=r).set_function(
             engine.queue_depth)
 
+    _MAX_SERVED = 10_000  # a backstop: a store or registry this large is not labelled per name
+
+    @staticmethod
+    def _canonical(model: str | None) -> tuple[str | None, bool]:
+        """(the name as labelled, whether it is well-formed). `prod@007` is `prod@7`, so one
+        version cannot be spelled into any number of labels."""
+        from ..govern.registry import parse_ref
+
+        if isinstance(model, str) and "@" in model:
+            ref = parse_ref(model)
+            if ref is None:
+                return model, False
+            return (f"{ref.name}@{int(ref.selector)}" if ref.is_version else model), True
+        try:
+            return check_model_name(model), True
+        except InvalidModelName:
+            return model, False
+
     def observe(self, entry: LogEntry) -> None:
-        model = entry.model or ""
+        name, well_formed = self._canonical(entry.model)
+        if entry.status == 200 and well_formed and len(self.served) < self._MAX_SERVED:
+            self.served.add(name)  # it resolved and was served: a real model's name
+        if name in self.served or name in self.engine.base_aliases:
+            model = name
+        else:
+            model = "other" if well_formed else "invalid"
         self.requests.labels(entry.endpoint, model, str(entry.status)).inc()
         self.latency.labels(entry.endpoint, model).observe(entry.latency_ms / 1000)
         if entry.prompt_tokens:
@@ -64,19 +99,30 @@ class _Metrics:
             self.tokens.labels(model, "completion").inc(entry.completion_tokens)
 
 
+def _created(run_dir) -> int:
+    try:
+        return int(run_dir.stat().st_mtime)
+    except OSError:  # removed since the scan
+        return 0
+
+
 def _sse(payload: dict) -> str:
     return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
 
 def create_app(engine: Engine, keys: KeyStore, log: RequestLog, limits: Limits = Limits(), *,
-               require_keys: bool = False) -> FastAPI:
-    """`require_keys`: answer 401 while no key exists (set when bound beyond loopback)."""
+               auth: str = "keys") -> FastAPI:
+    """`auth`: "keys" (every /v1 request needs an active key, even while none exists) or "open"
+    (no keys; loopback only, checked by the caller). Fixed for the app's life."""
+    if auth not in ("open", "keys"):
+        raise ValueError(f"auth must be 'open' or 'keys', not {auth!r}")
     app = FastAPI(title="affina", docs_url=None, redoc_url=None, openapi_url=None)
     metrics = _Metrics(engine)
     app.state.engine, app.state.log, app.state.metrics = engine, log, metrics
 
     def error_response(error: ApiError) -> JSONResponse:
-        return JSONResponse(error_body(error), status_code=error.status)
+        return JSONResponse(error_body(error), status_code=error.status,
+                            headers=_RETRY_AFTER if error.status == 503 else None)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
@@ -84,8 +130,11 @@ def create_app(engine: Engine, keys: KeyStore, log: RequestLog, limits: Limits =
                                        if exc.status_code == 404 else None))
 
     def authenticate(request: Request) -> ApiKey | None:
-        if not require_keys and not keys.has_active_keys():
-            return None  # open loopback mode, announced at start-up
+        if any(name.lower() in _KEY_PARAMS for name in request.query_params):
+            raise ApiError(401, "API keys are not accepted in the URL (URLs end up in logs): send "
+                           "the header 'Authorization: Bearer <key>'", "api_key_in_query")
+        if auth == "open":
+            return None  # loopback only, announced at start-up
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
@@ -95,6 +144,12 @@ def create_app(engine: Engine, keys: KeyStore, log: RequestLog, limits: Limits =
         if key is None:
             raise ApiError(401, "invalid API key (unknown or revoked)", "invalid_api_key")
         return key
+
+    def allowed(key: ApiKey | None, model: str) -> bool:
+        """A key allowed the base under one of its names (`base`, `default`, ...) may use all."""
+        if key is None or key.allows(model):
+            return True
+        return model in engine.base_aliases and any(key.allows(a) for a in engine.base_aliases)
 
     async def read_body(request: Request) -> bytes:
         declared = request.headers.get("content-length")
@@ -122,7 +177,12 @@ def create_app(engine: Engine, keys: KeyStore, log: RequestLog, limits: Limits =
     @app.get("/readyz")
     async def readyz():
         if not engine.ready:
-            return JSONResponse({"status": "not ready"}, status_code=503)
+            return JSONResponse({"status": "not ready"}, status_code=503, headers=_RETRY_AFTER)
+        # Every /v1 request writes a log row before it answers: no log, no service.
+        problem = await run_in_threadpool(log.unwritable_reason)
+        if problem:
+            return JSONResponse({"status": "not ready", "reason": f"request log: {problem}"},
+                                status_code=503, headers=_RETRY_AFTER)
         return {"status": "ready", "base": engine.base_name, "loaded_adapters": engine.loaded_adapters(),
                 "loaded_models": engine.loaded_models()}
 
@@ -136,11 +196,14 @@ def create_app(engine: Engine, keys: KeyStore, log: RequestLog, limits: Limits =
             key = authenticate(request)
         except ApiError as e:
             return error_response(e)
-        runs = await run_in_threadpool(engine.served_runs)
-        names = [(engine.base_name, 0)] + [(r.name, int(r.run_dir.stat().st_mtime)) for r in runs]
+        scan = await run_in_threadpool(engine.scan)
+        names = [(engine.base_name, 0)] + [(r.name, _created(r.run_dir)) for r in scan.servable]
         data = [{"id": name, "object": "model", "created": created, "owned_by": "affina"}
-                for name, created in names if key is None or key.allows(name)]
-        return {"object": "list", "data": data}
+                for name, created in names if allowed(key, name)]
+        # An affina extension beside OpenAI's list: runs in the store that cannot be served.
+        unavailable = [{"id": name, "reason": reason} for name, reason in scan.unavailable
+                       if allowed(key, name)]
+        return {"object": "list", "data": data, "unavailable": unavailable}
 
     async def generate(request: Request, chat: bool):
         started = time.perf_counter()
@@ -163,11 +226,12 @@ def create_app(engine: Engine, keys: KeyStore, log: RequestLog, limits: Limits =
                                       else req.temperature, top_p=req.top_p or 1.0,
                                       stop=tuple(req.stop or ()), seed=req.seed)
             entry.params = {k: v for k, v in params.__dict__.items()}
-            if key is not None and not key.allows(req.model):
+            if not allowed(key, req.model):
                 raise ApiError(403, f"this API key may not use model {req.model!r}", "model_not_allowed",
                                "model")
             try:
-                target = engine.resolve(req.model)
+                # Off the event loop: a registry reference may query MLflow and hash files.
+                target = await run_in_threadpool(engine.resolve, req.model)
             except StoreError as e:
                 raise ApiError(e.status, str(e), e.code, "model") from None
             if max_tokens > limits.max_tokens:

@@ -22,7 +22,7 @@ def _cmd_serve(args) -> int:
         limits=Limits(max_body_bytes=args.max_body_bytes, max_prompt_tokens=args.max_prompt_tokens,
                       max_tokens=args.max_tokens_limit, default_max_tokens=args.default_max_tokens),
         log_url=args.log_db, redact=args.redact, keys_path=args.keys_db, device=args.device,
-        dtype=args.dtype, threads=args.threads)
+        dtype=args.dtype, threads=args.threads, auth=args.auth)
     if args.print_vllm:
         print(vllm_command(options))
         return 0
@@ -74,7 +74,7 @@ def _cmd_logs(args) -> int:
     from ..ui import print_table
     from ..record.requestlog import RequestLog
 
-    log = RequestLog(args.db)
+    log = RequestLog(args.db, create=False)
     rows = log.query(model=args.model, since=_when(args.since, "--since"), until=_when(args.until, "--until"),
                      status=args.status, limit=args.limit, newest_first=args.jsonl is None)
     if args.jsonl is not None:
@@ -122,6 +122,9 @@ def register(subparsers) -> None:
                    "(default: 1024)")
     s.add_argument("--default-max-tokens", type=int, default=256, help="max_tokens when a request names "
                    "none (default: 256)")
+    s.add_argument("--auth", choices=("open", "keys"), help="keys: every request needs an API key "
+                   "(even once every key is revoked); open: no keys, loopback only. Fixed at start-up "
+                   "(default: keys when any key exists or when bound beyond loopback, else open)")
     s.add_argument("--log-db", help="request log database URL (default: sqlite in $AFFINA_HOME/serve)")
     s.add_argument("--redact", action="store_true", help="log prompt/response hashes, not their text")
     s.add_argument("--keys-db", type=Path, help="API key file (default: $AFFINA_HOME/serve/keys.db)")

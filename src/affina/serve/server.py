@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 import shlex
 import socket
 from dataclasses import dataclass, field
@@ -22,9 +23,10 @@ from .store import ModelStore, ServedRun
 from ..methods import Sharing
 
 __all__ = ["ServeOptions", "choose_base", "build_engine", "build_app", "serve", "vllm_command",
-           "is_loopback", "BASE_NAME"]
+           "is_loopback", "auth_mode", "BASE_NAME", "AUTH_MODES"]
 
 BASE_NAME = "base"
+AUTH_MODES = ("open", "keys")
 
 
 @dataclass
@@ -44,6 +46,8 @@ class ServeOptions:
     device: str | None = None
     dtype: str | None = None
     threads: int | None = None  # torch CPU threads for generation (default: torch's choice)
+    auth: str | None = None  # "open" or "keys"; None: decided once at start-up (see auth_mode)
+    registry_ttl: float | None = None  # seconds an alias lookup is reused (default 2)
 
 
 def is_loopback(host: str) -> bool:
@@ -57,7 +61,7 @@ def is_loopback(host: str) -> bool:
 
 def _open_store(options: ServeOptions) -> ModelStore | None:
     if options.store.is_dir():
-        return ModelStore(options.store)
+        return ModelStore(options.store, registry_ttl=options.registry_ttl)
     if options.base is None:
         raise AffinaError(f"model store {options.store} does not exist: pass --store DIR (the "
                           "directory holding your runs) or --base SPEC to serve a base model alone")
@@ -108,18 +112,52 @@ def build_engine(options: ServeOptions) -> Engine:
     return engine
 
 
+def auth_mode(requested: str | None, keys: KeyStore, host: str) -> str:
+    """The authentication mode for the server's whole life, fixed at start-up: `keys` when asked,
+    when any key exists, or when bound beyond loopback; `open` only on loopback. Never inferred
+    per request, so revoking the last key cannot switch authentication off."""
+    loopback = is_loopback(host)
+    if requested is not None and requested not in AUTH_MODES:
+        raise AffinaError(f"--auth {requested!r}: choose one of {', '.join(AUTH_MODES)}")
+    if requested == "open" and not loopback:
+        raise AffinaError(f"--auth open is allowed on loopback only, not on {host}: create a key "
+                          "with `affina keys create --name NAME` and use --auth keys")
+    if requested:
+        return requested
+    return "keys" if not loopback or keys.has_active_keys() else "open"
+
+
 def build_app(options: ServeOptions, engine: Engine):
     """The FastAPI app, after the checks that keep an open server off the network."""
     keys = KeyStore(options.keys_path)
-    loopback = is_loopback(options.host)
-    if not keys.has_active_keys():
-        if not loopback:
+    mode = auth_mode(options.auth, keys, options.host)
+    if mode == "keys" and not keys.has_active_keys():
+        if not is_loopback(options.host):
             raise AffinaError(f"refusing to serve on {options.host} without API keys: create one "
                               "with `affina keys create --name NAME`, or bind --host 127.0.0.1")
-        warn(f"no API keys exist ({keys.path}): serving on {options.host} WITHOUT authentication; "
-             "create one with `affina keys create` to require keys")
+        warn(f"authentication: API keys required (--auth keys), but no active key exists in "
+             f"{keys.path}: every request is refused until you run `affina keys create`")
+    elif mode == "keys":
+        info(f"authentication: API keys required (--auth keys; keys in {keys.path})")
+    else:
+        warn(f"AUTHENTICATION IS OFF (--auth open): anyone who can reach {options.host}:"
+             f"{options.port} may use every model; keys created later are not required until "
+             "a restart with --auth keys")
     log = RequestLog(options.log_url, redact=options.redact)
-    return create_app(engine, keys, log, options.limits, require_keys=not loopback)
+    return create_app(engine, keys, log, options.limits, auth=mode)
+
+
+class DropQueryStrings(logging.Filter):
+    """Access-log lines keep the path, never the query string: a client that puts a key or a
+    token in the URL must not get it written to the server's log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        # uvicorn's access record: (client, method, path with query, http version, status)
+        if isinstance(record.args, tuple) and len(record.args) == 5 and isinstance(record.args[2], str):
+            args = list(record.args)
+            args[2] = args[2].split("?", 1)[0]
+            record.args = tuple(args)
+        return True
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -144,8 +182,11 @@ def serve(options: ServeOptions) -> None:
          f"{options.store} on http://{options.host}:{options.port}/v1 "
          f"(request log: {app.state.log.display_url})")
     try:
-        # Access lines name the path and client only: keys travel in headers, never logged.
-        uvicorn.run(app, host=options.host, port=options.port, log_level="info")
+        config = uvicorn.Config(app, host=options.host, port=options.port, log_level="info")
+        # Added after Config, which (re)configures uvicorn's loggers. Access lines name the
+        # path and client only: keys travel in headers, and query strings are dropped.
+        logging.getLogger("uvicorn.access").addFilter(DropQueryStrings())
+        uvicorn.Server(config).run()
     finally:
         engine.stop()
 
@@ -157,23 +198,32 @@ def vllm_command(options: ServeOptions) -> str:
 
     store = _open_store(options)
     spec = choose_base(store, options.base)
-    runs: list[ServedRun] = []
-    for run in store.runs() if store else []:
+    scan = store.scan() if store else None
+    runs: list[tuple[ServedRun, int]] = []
+    for name, reason in scan.unavailable if scan else []:
+        warn(f"run {name} is left out: {reason}")
+    for run in scan.servable if scan else []:
         if run.base_spec != spec and options.base is not None:
             continue
-        if run.sharing is Sharing.PEFT_ADAPTER:
-            runs.append(run)
-        else:
+        if run.sharing is not Sharing.PEFT_ADAPTER:
             warn(f"run {run.name} ({run.record.method.name}) is not a LoRA adapter: vLLM cannot serve "
                  "it; `affina serve` can")
+            continue
+        try:
+            rank = json.loads((run.artifact_dir / "adapter_config.json").read_text()).get("r", 16)
+            if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
+                raise ValueError(f"rank {rank!r} is not a positive integer")
+        except (OSError, ValueError, AttributeError) as e:
+            warn(f"run {run.name} is left out: unreadable adapter_config.json ({e})")
+            continue
+        runs.append((run, rank))
     base_path = resolve_model_path(spec)
     args = ["vllm", "serve", str(base_path), "--served-model-name", BASE_NAME,
             "--host", options.host, "--port", str(options.port)]
     if runs:
-        ranks = [json.loads((r.artifact_dir / "adapter_config.json").read_text()).get("r", 16) for r in runs]
         args += ["--enable-lora", "--max-loras", str(min(len(runs), options.max_adapters)),
-                 "--max-lora-rank", str(_vllm_rank(max(ranks))), "--lora-modules"]
-        args += [f"{r.name}={r.artifact_dir}" for r in runs]
+                 "--max-lora-rank", str(_vllm_rank(max(rank for _, rank in runs))), "--lora-modules"]
+        args += [f"{r.name}={r.artifact_dir}" for r, _ in runs]
     return shlex.join(args)
 
 
