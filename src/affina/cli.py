@@ -125,8 +125,11 @@ def _cmd_config(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     p = argparse.ArgumentParser(prog="affina", description="Fine-tune, evaluate and use language "
                                 "models on your own data.")
+    p.add_argument("--version", action="version", version=f"affina {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = sub.add_parser("train", help="fine-tune a model (see `affina config` for every key)")
@@ -180,22 +183,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _quiet_libraries() -> None:
-    """Keep the terminal for affina's own progress bars and tables."""
+    """Keep the terminal for affina's own progress bars and tables.
+
+    Nothing heavy is imported here: environment variables and logger levels take effect when a
+    command later imports transformers, so `--help`, `--version` and parse errors stay instant."""
+    import logging
     import warnings
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import logging
-
+    # Read by transformers when it is first imported: errors only, and no per-tensor load/save
+    # bars (hub progress bars; the training bar is affina's own).
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     # bitsandbytes warns on import that an optional hub-hosted CPU kernel is absent; it falls back
     # to its built-in kernels, and nothing can be fetched from a hub here anyway.
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     # Deprecation notices raised inside upstream libraries, about their own internals.
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft)\.")
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
-    from transformers.utils import logging as hf_logging
+    if "transformers" in sys.modules:  # already imported (e.g. main() called in-process)
+        from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # per-tensor load/save bars; the training bar stays
-    hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -212,6 +222,20 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("affina: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return _reader_went_away()
+
+
+def _reader_went_away() -> int:
+    """The reader closed the pipe early (`affina logs --jsonl | head`): not an error for us.
+    Exit 0, as `head` asked for no more; point stdout at /dev/null first so that Python's own
+    flush at exit does not raise a second BrokenPipeError and print a traceback."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is not a real file (captured in tests)
+        pass
+    return 0
 
 
 if __name__ == "__main__":
