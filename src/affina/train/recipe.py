@@ -108,7 +108,8 @@ def train(cfg: RunConfig, *, resume: Path | None = None, callbacks: tuple = (),
         summary = data.summary()  # tags make runs findable by data fingerprint (lineage)
         tracker.set_tags({"affina.run_dir": str(run_dir.resolve()), "affina.method": method.name,
                           "affina.data.train_fingerprint": summary["train"]["fingerprint"],
-                          "affina.data.validation_fingerprint": summary["validation"]["fingerprint"]})
+                          "affina.data.validation_fingerprint": summary["validation"]["fingerprint"],
+                          "affina.data.source_fingerprint": summary.get("source_fingerprint")})
         _remember_mlflow_run(run_dir, tracker.run_id)
 
         before = None
@@ -364,7 +365,7 @@ def _data_info(data: PreparedData, run_dir: Path) -> DataInfo:
 
     return DataInfo(files=files, train=split(summary["train"]), validation=split(summary["validation"]),
                     packing=summary["packing"], chat_template=summary["chat_template"],
-                    warnings=list(summary["warnings"]))
+                    warnings=list(summary["warnings"]), source_fingerprint=summary.get("source_fingerprint"))
 
 
 def _check_saved_template(artifact_dir: Path, template: TemplateInfo) -> None:
