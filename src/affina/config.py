@@ -20,7 +20,7 @@ from .errors import ConfigError
 
 __all__ = [
     "DataConfig", "ModelConfig", "MethodConfig", "TrainConfig", "EvalConfig", "TrackConfig",
-    "RunConfig", "load_config", "read_yaml_mapping", "apply_overrides", "config_to_dict", "describe_keys",
+    "RunConfig", "load_config", "read_yaml_mapping", "apply_overrides", "apply_values", "config_to_dict", "describe_keys",
 ]
 
 
@@ -255,6 +255,7 @@ def _set_key(cfg: RunConfig, dotted: str, value: Any) -> None:
 
 def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
     """Apply `section.key=value` strings; values are parsed as YAML (`1e-4`, `true`, `[a, b]`)."""
+    values = {}
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}' must look like section.key=value (e.g. train.lr=1e-4)")
@@ -263,8 +264,41 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
             value = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError:
             value = raw
-        _set_key(cfg, key.strip(), value)
+        values[key.strip()] = value
+    return apply_values(cfg, values)
+
+
+def apply_values(cfg: RunConfig, values: dict[str, Any]) -> RunConfig:
+    """Set dotted keys in order (command-line overrides, a sweep trial's values).
+
+    When they change `method.name`, the method fields already in `cfg` (from the YAML or the
+    base config) were chosen for the old method: those the new method does not have are dropped,
+    with a note. Method fields given in `values` are the user's own choice for the new method
+    and are kept, so one that does not fit is still refused."""
+    old_name, given = cfg.method.name, set()
+    for key, value in values.items():
+        _set_key(cfg, key, value)
+        if key == "method" and isinstance(value, dict):
+            given |= set(value) - {"name"}
+        elif key.startswith("method.") and key != "method.name":
+            given.add(key.split(".", 1)[1])
+    if cfg.method.name != old_name:
+        _drop_foreign_method_fields(cfg, keep=given)
     return cfg
+
+
+def _drop_foreign_method_fields(cfg: RunConfig, keep: set[str]) -> None:
+    import sys
+
+    from .methods import get_method
+
+    own = {f.name for f in fields(get_method(cfg.method.name).config_class)}
+    dropped = [k for k in cfg.method.options if k not in own and k not in keep]
+    for key in dropped:
+        del cfg.method.options[key]
+    if dropped:
+        print(f"affina: note: method.name={cfg.method.name} has no "
+              f"{', '.join('method.' + k for k in dropped)}; dropped", file=sys.stderr)
 
 
 def read_yaml_mapping(path: Path, kind: str, shape: str) -> dict:
