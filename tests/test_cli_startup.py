@@ -72,3 +72,18 @@ def test_tables_written_to_a_pipe_keep_every_key_on_one_line(capsys):
     long_key = "method.target_modules_" + "x" * 50
     print_table("t", ["key", "meaning"], [[long_key, "word " * 30]])
     assert long_key in capsys.readouterr().out
+
+
+def test_streamed_pieces_make_up_the_reply(tiny_model_dir):
+    from affina.evaluate.generation import generate_texts
+    from affina.models import load_model
+
+    loaded = load_model(str(tiny_model_dir), device="cpu")
+    prompt = loaded.tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
+                                                  add_generation_prompt=True)
+    pieces: list[str] = []
+    streamed = generate_texts(loaded.model, loaded.tokenizer, [prompt], max_new_tokens=8,
+                              on_text=pieces.append)
+    plain = generate_texts(loaded.model, loaded.tokenizer, [prompt], max_new_tokens=8)
+    assert streamed == plain
+    assert len(pieces) > 1 and "".join(pieces).strip() == plain[0]  # piece by piece, not at the end

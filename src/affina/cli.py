@@ -54,14 +54,30 @@ def _open(ref: str):
     return open_model(resolve_model_ref(ref))
 
 
-def _reply(opened, messages: list[dict], args) -> str:
-    """One reply by the shared generation routine and stop rule (what the server does too)."""
+def _reply(opened, messages: list[dict], args, on_text=None) -> str:
+    """One reply by the shared generation routine and stop rule (what the server does too);
+    `on_text` gets its pieces as they are generated."""
     from .evaluate.generation import generate_texts
 
     prompt = opened.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return generate_texts(opened.model, opened.tokenizer, [prompt], max_new_tokens=args.max_new_tokens,
                           do_sample=args.temperature > 0, temperature=args.temperature or 1.0,
-                          top_p=args.top_p, seed=args.seed, stop_ids=opened.stop_ids)[0]
+                          top_p=args.top_p, seed=args.seed, stop_ids=opened.stop_ids,
+                          on_text=on_text)[0]
+
+
+class _Printer:
+    """Prints a streamed reply as it comes, without the leading whitespace the returned reply
+    is stripped of."""
+
+    def __init__(self):
+        self.started = False
+
+    def __call__(self, piece: str) -> None:
+        if not self.started:
+            piece = piece.lstrip()
+            self.started = bool(piece)
+        print(piece, end="", flush=True)
 
 
 def _cmd_generate(args) -> int:
@@ -88,9 +104,10 @@ def _cmd_chat(args) -> int:
             messages = messages[:1] if args.system else []
             continue
         messages.append({"role": "user", "content": line})
-        reply = _reply(opened, messages, args)
+        print("model> ", end="", flush=True)
+        reply = _reply(opened, messages, args, on_text=_Printer())
         messages.append({"role": "assistant", "content": reply})
-        print(f"model> {reply}")
+        print()
 
 
 def _cmd_methods(args) -> int:
