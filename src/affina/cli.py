@@ -35,7 +35,9 @@ def _cmd_train(args) -> int:
                               "drop -c and key=value overrides")
         train(load_config(), resume=Path(args.resume), display=display)
         return 0
-    train(load_config(args.config, args.overrides), display=display)
+    from .methods import method_field_names
+
+    train(load_config(args.config, args.overrides, method_field_names), display=display)
     return 0
 
 

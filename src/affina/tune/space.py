@@ -161,7 +161,8 @@ def apply_params(cfg: RunConfig, values: dict[str, Any]) -> RunConfig:
     config's method fields the new method does not have are dropped (as for a command-line
     `method.name=`; see `config.apply_values`); the sampled method keys are its own."""
     from ..config import apply_values, config_to_dict
+    from ..methods import method_field_names
 
     copy = config_from_dict(config_to_dict(cfg))
     ordered = dict(sorted(values.items(), key=lambda kv: kv[0] != "method.name"))
-    return apply_values(copy, ordered).validate()
+    return apply_values(copy, ordered, method_field_names).validate()

@@ -44,7 +44,9 @@ def run_sweep(space_path: str | Path, *, config: str | Path | None = None, overr
     if not n_trials and not timeout:
         raise ConfigError("give a budget: --trials N and/or --timeout SECONDS")
     space = load_space(space_path)
-    base = load_config(config, list(overrides))
+    from ..methods import method_field_names
+
+    base = load_config(config, list(overrides), method_field_names)
     if not base.data.train:
         raise ConfigError("the sweep's base config has no data.train; pass -c run.yaml or data.train=FILE")
     study_name = study_name or Path(space_path).stem
