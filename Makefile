@@ -20,8 +20,14 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 setup: $(VENV)/.installed
 
 # The main job: LoRA on the embedded default model with the sample data, before/after table.
+# The run is runs/$(DEMO_NAME) (runs/demo), the name the README's commands use.
+DEMO_NAME ?= demo
 demo: setup
-	$(BIN)/affina train -c examples/product_json/run.yaml
+	@if [ -f runs/$(DEMO_NAME)/affina.json ]; then \
+	  echo "runs/$(DEMO_NAME) already holds a finished demo run: use it (affina generate runs/$(DEMO_NAME) --prompt ...)," >&2; \
+	  echo "or run another with 'make demo DEMO_NAME=demo2', or remove it first (rm -r runs/$(DEMO_NAME))" >&2; \
+	  exit 2; fi
+	$(BIN)/affina train -c examples/product_json/run.yaml train.run_name=$(DEMO_NAME)
 
 # Everything CI runs: unit tests on tiny models plus a few slow end-to-end tests.
 test: setup

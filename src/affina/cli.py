@@ -35,7 +35,9 @@ def _cmd_train(args) -> int:
                               "drop -c and key=value overrides")
         train(load_config(), resume=Path(args.resume), display=display)
         return 0
-    train(load_config(args.config, args.overrides), display=display)
+    from .methods import method_field_names
+
+    train(load_config(args.config, args.overrides, method_field_names), display=display)
     return 0
 
 
@@ -54,14 +56,30 @@ def _open(ref: str):
     return open_model(resolve_model_ref(ref))
 
 
-def _reply(opened, messages: list[dict], args) -> str:
-    """One reply by the shared generation routine and stop rule (what the server does too)."""
+def _reply(opened, messages: list[dict], args, on_text=None) -> str:
+    """One reply by the shared generation routine and stop rule (what the server does too);
+    `on_text` gets its pieces as they are generated."""
     from .evaluate.generation import generate_texts
 
     prompt = opened.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return generate_texts(opened.model, opened.tokenizer, [prompt], max_new_tokens=args.max_new_tokens,
                           do_sample=args.temperature > 0, temperature=args.temperature or 1.0,
-                          top_p=args.top_p, seed=args.seed, stop_ids=opened.stop_ids)[0]
+                          top_p=args.top_p, seed=args.seed, stop_ids=opened.stop_ids,
+                          on_text=on_text)[0]
+
+
+class _Printer:
+    """Prints a streamed reply as it comes, without the leading whitespace the returned reply
+    is stripped of."""
+
+    def __init__(self):
+        self.started = False
+
+    def __call__(self, piece: str) -> None:
+        if not self.started:
+            piece = piece.lstrip()
+            self.started = bool(piece)
+        print(piece, end="", flush=True)
 
 
 def _cmd_generate(args) -> int:
@@ -88,9 +106,10 @@ def _cmd_chat(args) -> int:
             messages = messages[:1] if args.system else []
             continue
         messages.append({"role": "user", "content": line})
-        reply = _reply(opened, messages, args)
+        print("model> ", end="", flush=True)
+        reply = _reply(opened, messages, args, on_text=_Printer())
         messages.append({"role": "assistant", "content": reply})
-        print(f"model> {reply}")
+        print()
 
 
 def _cmd_methods(args) -> int:
@@ -125,8 +144,11 @@ def _cmd_config(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     p = argparse.ArgumentParser(prog="affina", description="Fine-tune, evaluate and use language "
                                 "models on your own data.")
+    p.add_argument("--version", action="version", version=f"affina {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = sub.add_parser("train", help="fine-tune a model (see `affina config` for every key)")
@@ -180,22 +202,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _quiet_libraries() -> None:
-    """Keep the terminal for affina's own progress bars and tables."""
+    """Keep the terminal for affina's own progress bars and tables.
+
+    Nothing heavy is imported here: environment variables and logger levels take effect when a
+    command later imports transformers, so `--help`, `--version` and parse errors stay instant."""
+    import logging
     import warnings
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import logging
-
+    # Read by transformers when it is first imported: errors only, and no per-tensor load/save
+    # bars (hub progress bars; the training bar is affina's own).
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     # bitsandbytes warns on import that an optional hub-hosted CPU kernel is absent; it falls back
     # to its built-in kernels, and nothing can be fetched from a hub here anyway.
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     # Deprecation notices raised inside upstream libraries, about their own internals.
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft)\.")
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
-    from transformers.utils import logging as hf_logging
+    if "transformers" in sys.modules:  # already imported (e.g. main() called in-process)
+        from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # per-tensor load/save bars; the training bar stays
-    hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -212,6 +241,20 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("affina: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return _reader_went_away()
+
+
+def _reader_went_away() -> int:
+    """The reader closed the pipe early (`affina logs --jsonl | head`): not an error for us.
+    Exit 0, as `head` asked for no more; point stdout at /dev/null first so that Python's own
+    flush at exit does not raise a second BrokenPipeError and print a traceback."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is not a real file (captured in tests)
+        pass
+    return 0
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from .errors import ConfigError
 
 __all__ = [
     "DataConfig", "ModelConfig", "MethodConfig", "TrainConfig", "EvalConfig", "TrackConfig",
-    "RunConfig", "load_config", "read_yaml_mapping", "apply_overrides", "config_to_dict", "describe_keys",
+    "RunConfig", "load_config", "read_yaml_mapping", "apply_overrides", "apply_values", "config_to_dict", "describe_keys",
 ]
 
 
@@ -253,8 +253,10 @@ def _set_key(cfg: RunConfig, dotted: str, value: Any) -> None:
     setattr(section, key, _coerce(value, hints[key], dotted))
 
 
-def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
-    """Apply `section.key=value` strings; values are parsed as YAML (`1e-4`, `true`, `[a, b]`)."""
+def apply_overrides(cfg: RunConfig, overrides: list[str], method_fields=None) -> RunConfig:
+    """Apply `section.key=value` strings; values are parsed as YAML (`1e-4`, `true`, `[a, b]`).
+    `method_fields`: see `apply_values`."""
+    values = {}
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}' must look like section.key=value (e.g. train.lr=1e-4)")
@@ -263,8 +265,40 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
             value = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError:
             value = raw
-        _set_key(cfg, key.strip(), value)
+        values[key.strip()] = value
+    return apply_values(cfg, values, method_fields)
+
+
+def apply_values(cfg: RunConfig, values: dict[str, Any], method_fields=None) -> RunConfig:
+    """Set dotted keys in order (command-line overrides, a sweep trial's values).
+
+    When they change `method.name` and `method_fields` (method name → its field names; the
+    method catalogue is a layer this module cannot import, so callers pass
+    `affina.methods.method_field_names`) is given, the method fields already in `cfg` (from the
+    YAML or the base config) were chosen for the old method: those the new method does not have
+    are dropped, with a note. Method fields given in `values` are the user's own choice for the
+    new method and are kept, so one that does not fit is still refused."""
+    old_name, given = cfg.method.name, set()
+    for key, value in values.items():
+        _set_key(cfg, key, value)
+        if key == "method" and isinstance(value, dict):
+            given |= set(value) - {"name"}
+        elif key.startswith("method.") and key != "method.name":
+            given.add(key.split(".", 1)[1])
+    if cfg.method.name != old_name and method_fields is not None:
+        _drop_foreign_method_fields(cfg, set(method_fields(cfg.method.name)), keep=given)
     return cfg
+
+
+def _drop_foreign_method_fields(cfg: RunConfig, own: set[str], keep: set[str]) -> None:
+    import sys
+
+    dropped = [k for k in cfg.method.options if k not in own and k not in keep]
+    for key in dropped:
+        del cfg.method.options[key]
+    if dropped:
+        print(f"affina: note: method.name={cfg.method.name} has no "
+              f"{', '.join('method.' + k for k in dropped)}; dropped", file=sys.stderr)
 
 
 def read_yaml_mapping(path: Path, kind: str, shape: str) -> dict:
@@ -282,9 +316,11 @@ def read_yaml_mapping(path: Path, kind: str, shape: str) -> dict:
     return raw
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                method_fields=None) -> RunConfig:
     """Defaults ← YAML file ← dotted overrides. Relative data paths in the YAML resolve against the
-    YAML file's directory when they exist there, so a config can travel with its data."""
+    YAML file's directory when they exist there, so a config can travel with its data.
+    `method_fields`: see `apply_values` (what `affina train` passes)."""
     cfg = RunConfig()
     if path is not None:
         path = Path(path)
@@ -292,7 +328,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         for section, body in raw.items():
             _set_key(cfg, str(section), body)
         _resolve_relative_paths(cfg, path.parent)
-    apply_overrides(cfg, overrides or [])
+    apply_overrides(cfg, overrides or [], method_fields)
     return cfg.validate()
 
 

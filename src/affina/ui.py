@@ -17,6 +17,8 @@ console = Console(stderr=False, highlight=False)
 _err = Console(stderr=True, highlight=False)
 
 
+PIPE_WIDTH = 200  # columns for tables written to a file or a pipe
+
 _mode = "normal"  # "normal", "quiet" (no status lines) or "jsonl" (stdout is for JSON lines only)
 
 
@@ -51,5 +53,10 @@ def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
         table.add_column(h, justify="right" if numeric else "left", overflow="fold")
     for row in rows:
         table.add_row(*[str(c) for c in row])
-    (_err if _mode == "jsonl" else console).print(table)
+    target = _err if _mode == "jsonl" else console
+    # Piped into a file or another program there is no terminal width to respect, and rich would
+    # assume 80 columns and fold keys and paths mid-word; give the table room instead.
+    if not target.is_terminal:
+        target = Console(file=target.file, width=PIPE_WIDTH, highlight=False)
+    target.print(table)
     sys.stdout.flush()

@@ -40,6 +40,9 @@ class LoadResult:
     files: list[FileInfo]  # in the order given
     n_duplicates: int = 0  # extra copies found (removed when dedupe=True)
     warnings: list[str] = field(default_factory=list)
+    # Every record read, before dedupe: what `affina data inspect` prints for these files, so
+    # lineage can find a run by it.
+    source_fingerprint: str | None = None
 
 
 def load_records(paths: list[str | Path], *, format: str | None = None,
@@ -60,6 +63,7 @@ def load_records(paths: list[str | Path], *, format: str | None = None,
     _check_one_kind(records)
 
     warnings = []
+    source_fingerprint = dataset_fingerprint(records)
     duplicates = find_duplicates(records)
     if dedupe:
         records, _ = drop_duplicates(records)
@@ -74,7 +78,7 @@ def load_records(paths: list[str | Path], *, format: str | None = None,
         warnings.append(f"every example has the same label {labels.pop()!r}; a classifier "
                         "needs at least two classes")
     return LoadResult(records=records, files=files, n_duplicates=len(duplicates),
-                      warnings=warnings)
+                      warnings=warnings, source_fingerprint=source_fingerprint)
 
 
 def _check_one_kind(records: list[Record]) -> None:

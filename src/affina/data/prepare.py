@@ -28,11 +28,13 @@ class PreparedData:
     template_fallback: bool = False
     packing: dict | None = None
     labels: list[str] | None = None  # the label set of text+label data, in output order
+    source_fingerprint: str | None = None  # all training files' records before split (lineage)
 
     def summary(self) -> dict:
         """What the run record keeps about its data (lineage)."""
         return {
             "files": self.files,
+            "source_fingerprint": self.source_fingerprint,
             "train": {"rows": len(self.train_records), "fingerprint": dataset_fingerprint(self.train_records),
                       **self.train_stats.as_dict()},
             "validation": {"rows": len(self.val_records),
@@ -85,4 +87,4 @@ def prepare_data(cfg: DataConfig, tokenizer, seed: int, progress: bool = True) -
                    "efficiency": round(packing_efficiency(rows, cfg.max_length), 4)}
         train = rows
     return PreparedData(train_records, val_records, train, val, train_stats, val_stats, files,
-                        warnings, fallback, packing)
+                        warnings, fallback, packing, source_fingerprint=loaded.source_fingerprint)

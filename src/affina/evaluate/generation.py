@@ -12,12 +12,14 @@ def generate_texts(model, tokenizer, prompts: list[str], *, max_new_tokens: int 
                    batch_size: int = 16, do_sample: bool = False, temperature: float = 1.0,
                    top_p: float = 1.0, seed: int | None = None, stop_ids: list[int] | None = None,
                    progress: bool = False, desc: str = "generating",
-                   stats: dict | None = None) -> list[str]:
+                   stats: dict | None = None, on_text=None) -> list[str]:
     """Generate a completion for each already-templated prompt; returns the new text only.
     `stop_ids`: the tokens that end a reply (`data.tokenize.stop_token_ids`, the same rule the
     server uses); default: that rule applied to this model and tokenizer. `seed` seeds sampling.
     `stats`, when given, gets `new_tokens`: tokens generated, each row counted up to and
-    including its first end-of-turn token (what a throughput figure should count)."""
+    including its first end-of-turn token (what a throughput figure should count). `on_text`,
+    for one prompt, is called with each new piece of the reply as it is generated (`affina
+    chat`); the returned text is the same reply, whitespace-stripped."""
     from ..data.tokenize import stop_token_ids
 
     from tqdm.auto import tqdm
@@ -32,6 +34,8 @@ def generate_texts(model, tokenizer, prompts: list[str], *, max_new_tokens: int 
     tokenizer.padding_side = "left"
     outputs: list[str] = []
     eos = list(stop_ids) if stop_ids else stop_token_ids(tokenizer, getattr(model, "generation_config", None))
+    if on_text is not None and len(prompts) != 1:
+        raise ValueError("on_text streams one reply: pass one prompt")
     try:
         for start in tqdm(range(0, len(prompts), batch_size), desc=desc,
                           disable=not (progress and progress_bars()),
@@ -40,6 +44,8 @@ def generate_texts(model, tokenizer, prompts: list[str], *, max_new_tokens: int 
             enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
             kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample,
                           pad_token_id=tokenizer.pad_token_id, eos_token_id=eos or None)
+            if on_text is not None:
+                kwargs["streamer"] = _text_streamer(tokenizer, on_text)
             if do_sample:
                 kwargs.update(temperature=temperature, top_p=top_p, top_k=None)
                 if seed is not None:
@@ -64,3 +70,36 @@ def _count_new_tokens(new: torch.Tensor, eos: list[int]) -> int:
     through_end = is_end.int().argmax(-1) + 1  # (B,)
     lengths = torch.where(is_end.any(-1), through_end, torch.full_like(through_end, new.shape[1]))
     return int(lengths.sum())
+
+
+def _text_streamer(tokenizer, on_text):
+    """A transformers streamer that hands `on_text` each new piece of decoded text, token by
+    token. Decoding the whole reply so far (not each token alone) keeps multi-token characters
+    and word-joining spaces right; a piece ending in an incomplete UTF-8 character waits."""
+    from transformers.generation.streamers import BaseStreamer
+
+    class TextCallbackStreamer(BaseStreamer):
+        def __init__(self):
+            self.ids: list[int] = []
+            self.sent = 0
+            self.prompt_skipped = False
+
+        def put(self, value):
+            if not self.prompt_skipped:  # generate() first puts the prompt itself
+                self.prompt_skipped = True
+                return
+            self.ids += value.reshape(-1).tolist()
+            self._emit(final=False)
+
+        def end(self):
+            self._emit(final=True)
+
+        def _emit(self, final: bool):
+            text = tokenizer.decode(self.ids, skip_special_tokens=True)
+            if text.endswith("\ufffd") and not final:
+                return
+            if len(text) > self.sent:
+                on_text(text[self.sent:])
+                self.sent = len(text)
+
+    return TextCallbackStreamer()

@@ -44,12 +44,25 @@ def _cmd_show(args) -> int:
              "; ".join(f"{a}: {d['decision']}" for a, d in v["promotions"].items()), v["run_dir"]]
             for v in m["versions"]]
     print_table(f"{m['name']}", ["version", "created (UTC)", "aliases", "promotions", "run"], rows)
+    if m["history"]:
+        print_table(f"alias history of {m['name']} (oldest first)",
+                    ["time (UTC)", "who", "alias", "from", "to", "event"],
+                    [[e.get("time", "-"), e.get("who", "-"), e.get("alias", "-"),
+                      "-" if e.get("from") is None else f"v{e['from']}",
+                      "-" if e.get("to") is None else f"v{e['to']}", _event(e)] for e in m["history"]])
     tags = m["tags"]
     if tags:
         files = [e["path"] if isinstance(e, dict) else e for e in json.loads(tags.get("affina.eval_data", "[]"))]
         print("evaluation set: " + ", ".join(files) +
               f"; primary metric: {tags.get('affina.primary_metric', '-')}")
     return 0
+
+
+def _event(e: dict) -> str:
+    if e.get("kind") == "promotion":
+        return (f"promotion of v{e.get('candidate')}: {e.get('decision')} ({e.get('metric')}, "
+                f"margin {e.get('margin')})")
+    return "set by hand (affina registry alias)"
 
 
 def _cmd_alias(args) -> int:

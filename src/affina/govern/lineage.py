@@ -186,35 +186,50 @@ def draw_lineage(info: dict, path: Path) -> Path:
 
 def runs_for_dataset(fingerprint: str, *, runs_dirs: list[Path] | None = None,
                      uri: str | None = None) -> list[dict]:
-    """Every run (tracked in MLflow or found under `runs_dirs`) and registered version whose
-    training or validation data has this fingerprint."""
+    """Every run (tracked in MLflow or found in `runs_dirs`) and registered version whose data
+    has this fingerprint: its training files as a whole (role `source`: what `affina data
+    inspect` prints), or its train or validation split. `runs_dirs` may name directories of runs
+    (`runs`) or run directories themselves (`runs/*`)."""
     if not fingerprint.startswith("sha256:"):
         fingerprint = "sha256:" + fingerprint
     found: dict[str, dict] = {}
     client = _client(uri)
     for exp in client.search_experiments():
-        for key in ("affina.data.train_fingerprint", "affina.data.validation_fingerprint"):
+        for key in ("affina.data.source_fingerprint", "affina.data.train_fingerprint",
+                    "affina.data.validation_fingerprint"):
             for run in client.search_runs([exp.experiment_id], f"tags.`{key}` = '{fingerprint}'"):
                 run_dir = run.data.tags.get("affina.run_dir", "")
                 entry = found.setdefault(run_dir or run.info.run_id, {
                     "run_dir": run_dir, "mlflow_run_id": run.info.run_id, "roles": set(), "versions": []})
                 entry["roles"].add(key.split(".")[2].replace("_fingerprint", ""))
-    for root in runs_dirs or []:
-        for manifest_path in Path(root).glob(f"*/{MANIFEST_NAME}"):
-            try:
-                record = read_record(manifest_path.parent)
-            except AffinaError:
-                continue  # not a finished run
-            for role, split in (("train", record.data.train), ("validation", record.data.validation)):
-                if split.fingerprint == fingerprint:
-                    run_dir = str(manifest_path.parent.resolve())
-                    entry = found.setdefault(run_dir, {"run_dir": run_dir,
-                                                       "mlflow_run_id": record.mlflow_run_id,
-                                                       "roles": set(), "versions": []})
-                    entry["roles"].add(role)
+    for manifest_path in _manifests(runs_dirs or []):
+        try:
+            record = read_record(manifest_path.parent)
+        except AffinaError:
+            continue  # not a finished run
+        for role, value in (("source", record.data.source_fingerprint),
+                            ("train", record.data.train.fingerprint),
+                            ("validation", record.data.validation.fingerprint)):
+            if value == fingerprint:
+                run_dir = str(manifest_path.parent.resolve())
+                entry = found.setdefault(run_dir, {"run_dir": run_dir,
+                                                   "mlflow_run_id": record.mlflow_run_id,
+                                                   "roles": set(), "versions": []})
+                entry["roles"].add(role)
     for rm in client.search_registered_models():
         for v in show_model(rm.name, uri)["versions"]:
             key = str(Path(v["run_dir"]).resolve())
             if key in found:
                 found[key]["versions"].append(f"{rm.name}@{v['version']}")
     return [dict(e, roles=sorted(e["roles"])) for e in found.values()]
+
+
+def _manifests(paths: list[Path]) -> list[Path]:
+    """Run records in or under each path: a run directory itself, or a directory of runs."""
+    out: dict[Path, None] = {}
+    for path in map(Path, paths):
+        if (path / MANIFEST_NAME).is_file():
+            out[path / MANIFEST_NAME] = None
+        else:
+            out.update(dict.fromkeys(sorted(path.glob(f"*/{MANIFEST_NAME}"))))
+    return list(out)

@@ -18,7 +18,7 @@ from typing import Protocol
 from ..errors import AffinaError
 from ..paths import affina_home
 from .registry import (TAG_METRIC, RegisteredVersion, _client, check_alias, eval_data_of, lookup,
-                       parse_ref, resolve_ref)
+                       parse_ref, record_alias_event, resolve_ref)
 
 __all__ = ["Gate", "GateResult", "PromotionContext", "MetricGate", "register_gate", "GATES",
            "promote", "LOWER_IS_BETTER"]
@@ -189,4 +189,9 @@ def promote(ref_text: str, alias: str = "champion", *, data: list[str] | None = 
                                              "margin", "incumbent", "time", "report")}))
     if moved:
         client.set_registered_model_alias(ref.name, alias, str(candidate.version))
+    record_alias_event(client, ref.name, {
+        "kind": "promotion", "alias": alias, "from": incumbent.version if incumbent else None,
+        "to": candidate.version if moved else (incumbent.version if incumbent else None),
+        "candidate": candidate.version, "decision": decision["decision"], "metric": metric,
+        "margin": margin, "report": decision["report"]})
     return decision

@@ -20,13 +20,16 @@ from ..record.datafiles import resolve_inputs
 
 __all__ = ["ModelRef", "RegisteredVersion", "registry_uri", "parse_ref", "register_run", "lookup",
            "resolve_ref", "set_alias", "check_alias", "list_models", "show_model", "hash_run_files",
-           "file_stamps", "verify_hashes", "resolve_model_ref", "eval_data_of", "TAG_HASHES", "TAG_EVAL_DATA",
-           "TAG_METRIC"]
+           "file_stamps", "verify_hashes", "resolve_model_ref", "eval_data_of", "TAG_HASHES",
+           "TAG_EVAL_DATA", "TAG_METRIC", "record_alias_event", "alias_history"]
 
 TAG_HASHES = "affina.hashes"
 TAG_EVAL_DATA = "affina.eval_data"
 TAG_METRIC = "affina.primary_metric"
 TAG_RUN_DIR = "affina.run_dir"
+# One registered-model tag per alias move or promotion decision, numbered in order: the history
+# survives later decisions (a single tag per alias would keep only the last one).
+TAG_ALIAS_EVENT = "affina.alias_event."
 # Always fullmatch: `$` would also accept a trailing newline.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 _REF = re.compile(r"(?P<name>[A-Za-z0-9][A-Za-z0-9._-]{0,99})@(?P<sel>[A-Za-z0-9._-]+)")
@@ -306,8 +309,35 @@ def set_alias(text: str, alias: str, uri: str | None = None) -> RegisteredVersio
         raise AffinaError(f"{text!r}: give an exact version, e.g. {text.split('@')[0]}@3")
     check_alias(alias)
     version = lookup(ref, uri)
-    _client(uri).set_registered_model_alias(ref.name, alias, str(version.version))
+    client = _client(uri)
+    previous = client.get_registered_model(ref.name).aliases.get(alias)
+    client.set_registered_model_alias(ref.name, alias, str(version.version))
+    record_alias_event(client, ref.name, {"kind": "alias", "alias": alias,
+                                          "from": int(previous) if previous else None,
+                                          "to": version.version})
     return lookup(ref, uri)
+
+
+def record_alias_event(client, name: str, event: dict) -> dict:
+    """Append one alias move or promotion decision to the model's history: who (the OS user),
+    when (UTC), and the event's own facts (alias, from/to versions, decision...)."""
+    import getpass
+    import time
+
+    try:
+        who = getpass.getuser()
+    except (KeyError, OSError):  # no user name for this uid (containers)
+        who = str(os.getuid()) if hasattr(os, "getuid") else "unknown"
+    event = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "who": who, **event}
+    tags = client.get_registered_model(name).tags
+    number = 1 + sum(1 for k in tags if k.startswith(TAG_ALIAS_EVENT))
+    client.set_registered_model_tag(name, f"{TAG_ALIAS_EVENT}{number:06d}", json.dumps(event))
+    return event
+
+
+def alias_history(model_tags: dict) -> list[dict]:
+    """Every recorded alias move and promotion decision, oldest first."""
+    return [json.loads(v) for k, v in sorted(model_tags.items()) if k.startswith(TAG_ALIAS_EVENT)]
 
 
 def list_models(uri: str | None = None) -> list[dict]:
@@ -338,5 +368,6 @@ def show_model(name: str, uri: str | None = None) -> dict:
             "promotions": {k.split(".", 2)[2]: json.loads(v) for k, v in mv.tags.items()
                            if k.startswith("affina.promotion.")},
         })
-    return {"name": name, "tags": dict(rm.tags), "aliases": {a: int(v) for a, v in rm.aliases.items()},
-            "versions": versions}
+    tags = {k: v for k, v in rm.tags.items() if not k.startswith(TAG_ALIAS_EVENT)}
+    return {"name": name, "tags": tags, "aliases": {a: int(v) for a, v in rm.aliases.items()},
+            "versions": versions, "history": alias_history(rm.tags)}

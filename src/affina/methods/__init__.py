@@ -9,9 +9,9 @@ logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 from .base import (CLASSIFY, GENERATE, Method, Sharing, Task, TrainableReport,  # noqa: E402
                    build_method_config, describe_fields, get_method, method_config_dict,
-                   method_names, register, trainable_report)
+                   method_field_names, method_names, register, trainable_report)
 from .footprint import trainable_footprint  # noqa: E402
 
 __all__ = ["CLASSIFY", "GENERATE", "Method", "Sharing", "Task", "TrainableReport",
            "build_method_config", "describe_fields", "get_method", "method_config_dict",
-           "method_names", "register", "trainable_footprint", "trainable_report"]
+           "method_field_names", "method_names", "register", "trainable_footprint", "trainable_report"]

@@ -19,7 +19,7 @@ from ..errors import ConfigError
 
 __all__ = ["Method", "Task", "GENERATE", "CLASSIFY", "Sharing", "TrainableReport", "register",
            "get_method", "method_names", "build_method_config", "method_config_dict",
-           "trainable_report", "describe_fields"]
+           "trainable_report", "describe_fields", "method_field_names"]
 
 
 @dataclass
@@ -174,6 +174,11 @@ def get_method(name: str) -> Method:
     if name not in _REGISTRY:
         raise ConfigError(f"unknown method '{name}'; choose one of: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]
+
+
+def method_field_names(name: str) -> set[str]:
+    """The `method.*` keys a method has (what `config.apply_values` keeps on a method switch)."""
+    return {f.name for f in dataclasses.fields(get_method(name).config_class)}
 
 
 def build_method_config(method: Method, options: dict) -> Any:

@@ -126,7 +126,7 @@ class HeadMethod(Method):
         train, train_stats = _tokenize(train_records, labels, tokenizer, data_cfg.max_length)
         val, val_stats = _tokenize(val_records, labels, tokenizer, data_cfg.max_length)
         return PreparedData(train_records, val_records, train, val, train_stats, val_stats, files,
-                            warnings, labels=labels)
+                            warnings, labels=labels, source_fingerprint=loaded.source_fingerprint)
 
     def resolve_config(self, cfg: HeadMethodConfig, data) -> HeadMethodConfig:
         """The label set the data gave, in output order (recorded with the run)."""

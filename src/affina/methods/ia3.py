@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..errors import ConfigError
-from ._peft import PeftArtifact, apply_peft
+from ._peft import PeftArtifact, apply_peft, target_list
 from .base import register
 
 __all__ = ["Ia3MethodConfig", "Ia3Method"]
@@ -21,13 +21,15 @@ class Ia3MethodConfig:
     target_modules: list[str] = field(
         default_factory=lambda: ["k_proj", "v_proj", "down_proj"],
         metadata={"help": "Layers whose activations are rescaled: keys, values and the feed-forward "
-                          "output projection (Liu et al. 2022, sec. 3.3)."})
+                          "output projection (Liu et al. 2022, sec. 3.3), or `all-linear`."})
     feedforward_modules: list[str] = field(
         default_factory=lambda: ["down_proj"],
         metadata={"help": "Which of `target_modules` are feed-forward layers: their input, not their "
                           "output, is rescaled."})
 
     def validate(self) -> None:
+        if list(self.target_modules) == ["all-linear"]:  # every linear layer: the FFN ones included
+            return
         extra = sorted(set(self.feedforward_modules) - set(self.target_modules))
         if extra:
             raise ConfigError(f"method.feedforward_modules must be a subset of method.target_modules; "
@@ -43,7 +45,7 @@ class Ia3Method(PeftArtifact):
         from peft import IA3Config, TaskType
 
         return apply_peft(model, IA3Config(task_type=TaskType.CAUSAL_LM,
-                                           target_modules=list(cfg.target_modules),
+                                           target_modules=target_list(cfg.target_modules),
                                            feedforward_modules=list(cfg.feedforward_modules)))
 
 

@@ -213,7 +213,8 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
 def usage_summary(models: list[str], adapter_version: str | None = None,
                   url: str | None = None) -> dict | None:
     """How many logged requests were answered by these model names or by this exact adapter
-    (its weights' hash), and when: the last link of a version's lineage. None without a log."""
+    (its weights' hash), and when: the last link of a version's lineage. None without a log.
+    Only 2xx rows count as served: a refused (401/403/429) or failed request was not."""
     from sqlalchemy import func, or_
 
     if url is None:
@@ -229,7 +230,8 @@ def usage_summary(models: list[str], adapter_version: str | None = None,
     if not clauses:
         return {"requests": 0}
     stmt = select(func.count(), func.min(t.c.created_at), func.max(t.c.created_at),
-                  func.sum(t.c.prompt_tokens), func.sum(t.c.completion_tokens)).where(or_(*clauses))
+                  func.sum(t.c.prompt_tokens), func.sum(t.c.completion_tokens)).where(
+        or_(*clauses), _status_clause("2xx"))
     try:
         with engine.connect() as conn:
             count, first, last, prompt_tokens, completion_tokens = conn.execute(stmt).one()

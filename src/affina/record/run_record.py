@@ -69,6 +69,9 @@ class DataInfo:
     packing: dict | None = None
     chat_template: str = "tokenizer"  # "tokenizer" or "fallback (ChatML)"
     warnings: list[str] = field(default_factory=list)
+    # The fingerprint of every training-file record before the split, as `affina data inspect`
+    # prints it; None in records written before it was kept.
+    source_fingerprint: str | None = None
 
 
 @dataclass

@@ -70,10 +70,11 @@ def validate_run_config(cfg: RunConfig):
 
 
 def train(cfg: RunConfig, *, resume: Path | None = None, callbacks: tuple = (),
-          display: str = "bar") -> TrainResult:
+          display: str = "bar", evaluate_after=None) -> TrainResult:
     """Run one fine-tuning job. With `resume`, continue the run in that directory from its last
     checkpoint, using the config and the (verified) data files saved there. `display`: bar,
-    jsonl or quiet (see train/display.py)."""
+    jsonl or quiet (see train/display.py). `evaluate_after`: called once training ends, False
+    skips the held-out evaluation of the tuned model (a sweep's pruned trial)."""
     started = time.time()
     if resume is not None:
         cfg = _config_of_run(Path(resume))
@@ -108,7 +109,8 @@ def train(cfg: RunConfig, *, resume: Path | None = None, callbacks: tuple = (),
         summary = data.summary()  # tags make runs findable by data fingerprint (lineage)
         tracker.set_tags({"affina.run_dir": str(run_dir.resolve()), "affina.method": method.name,
                           "affina.data.train_fingerprint": summary["train"]["fingerprint"],
-                          "affina.data.validation_fingerprint": summary["validation"]["fingerprint"]})
+                          "affina.data.validation_fingerprint": summary["validation"]["fingerprint"],
+                          "affina.data.source_fingerprint": summary.get("source_fingerprint")})
         _remember_mlflow_run(run_dir, tracker.run_id)
 
         before = None
@@ -145,7 +147,7 @@ def train(cfg: RunConfig, *, resume: Path | None = None, callbacks: tuple = (),
                             stop_step=stopping["stop_step"] if stopping["stopped_early"] else None)
 
         after = None
-        if eval_records:
+        if eval_records and (evaluate_after is None or evaluate_after()):
             tuned = OpenedModel(model, loaded.tokenizer, "after", None, method, stops)
             after = _evaluate(tuned, eval_records, settings, "after")
             _write_json(run_dir / "eval" / "after.json", after)
@@ -364,7 +366,7 @@ def _data_info(data: PreparedData, run_dir: Path) -> DataInfo:
 
     return DataInfo(files=files, train=split(summary["train"]), validation=split(summary["validation"]),
                     packing=summary["packing"], chat_template=summary["chat_template"],
-                    warnings=list(summary["warnings"]))
+                    warnings=list(summary["warnings"]), source_fingerprint=summary.get("source_fingerprint"))
 
 
 def _check_saved_template(artifact_dir: Path, template: TemplateInfo) -> None:

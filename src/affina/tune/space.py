@@ -158,14 +158,11 @@ def suggest_params(trial, space: SearchSpace, base_method: str) -> dict[str, Any
 
 def apply_params(cfg: RunConfig, values: dict[str, Any]) -> RunConfig:
     """A new RunConfig with the trial's values. When the trial switches method, the base
-    config's method fields are dropped (they were chosen for the other method, e.g. LoRA's
-    target modules) and the new method starts from its own defaults plus the sampled keys."""
-    from ..config import config_to_dict
+    config's method fields the new method does not have are dropped (as for a command-line
+    `method.name=`; see `config.apply_values`); the sampled method keys are its own."""
+    from ..config import apply_values, config_to_dict
+    from ..methods import method_field_names
 
-    d = config_to_dict(cfg)
-    if "method.name" in values and values["method.name"] != d["method"]["name"]:
-        d["method"] = {"name": values["method.name"]}
-    for key, value in values.items():
-        section, name = key.split(".", 1)
-        d[section][name] = value
-    return config_from_dict(d)
+    copy = config_from_dict(config_to_dict(cfg))
+    ordered = dict(sorted(values.items(), key=lambda kv: kv[0] != "method.name"))
+    return apply_values(copy, ordered, method_field_names).validate()

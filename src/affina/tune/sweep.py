@@ -44,7 +44,9 @@ def run_sweep(space_path: str | Path, *, config: str | Path | None = None, overr
     if not n_trials and not timeout:
         raise ConfigError("give a budget: --trials N and/or --timeout SECONDS")
     space = load_space(space_path)
-    base = load_config(config, list(overrides))
+    from ..methods import method_field_names
+
+    base = load_config(config, list(overrides), method_field_names)
     if not base.data.train:
         raise ConfigError("the sweep's base config has no data.train; pass -c run.yaml or data.train=FILE")
     study_name = study_name or Path(space_path).stem
@@ -60,6 +62,7 @@ def run_sweep(space_path: str | Path, *, config: str | Path | None = None, overr
                                 sampler=sampler, pruner=space.make_pruner(), load_if_exists=True)
     info(f"study '{study_name}' in {storage}: {space.direction} {space.objective} over "
          f"{', '.join(p.key for p in space.params)}")
+    base_scores = BaseScores(out_dir / "base_eval")
 
     def objective(trial) -> float:
         values = suggest_params(trial, space, base.method.name)
@@ -70,10 +73,16 @@ def run_sweep(space_path: str | Path, *, config: str | Path | None = None, overr
         pruning = PruningCallback(trial, maximise=space.direction == "maximize")
         from ..train import train
 
-        result = train(cfg, callbacks=(pruning,))
+        run_dir = Path(cfg.train.output_dir) / cfg.train.run_name
+        cached = base_scores.seed(cfg, run_dir)
+        # A pruned trial is out of the race: its tuned model is not worth a held-out evaluation.
+        result = train(cfg, callbacks=(pruning,), evaluate_after=lambda: not pruning.pruned)
+        if not cached:
+            base_scores.keep(cfg, run_dir)
         trial.set_user_attr("run_dir", str(result.run_dir))
         value = _objective_value(result.record, space.objective)
-        _record_trial(result, cfg, study_name, trial.number, values, pruning.pruned_at, value)
+        _record_trial(result, cfg, study_name, trial.number, values, pruning.pruned_at, value,
+                      base_reused=cached)
         if pruning.pruned:
             info(f"trial {trial.number} pruned at step {pruning.pruned_at}")
             raise optuna.TrialPruned()
@@ -112,14 +121,17 @@ def _objective_value(record, objective: str) -> float | None:
 
 
 def _record_trial(result, cfg: RunConfig, study: str, number: int, values: dict,
-                  pruned_at: int | None, value) -> None:
+                  pruned_at: int | None, value, base_reused: bool = False) -> None:
     """The trial's place in the study goes into its run record and its MLflow run's tags."""
     from ..record import read_record, write_record
 
     record = read_record(result.run_dir)
     record.sweep = {"study": study, "trial": number, "params": values,
                     "state": "pruned" if pruned_at is not None else "complete",
-                    "pruned_at_step": pruned_at, "objective_value": value}
+                    "pruned_at_step": pruned_at, "objective_value": value,
+                    "base_eval": "reused from the study" if base_reused else None,
+                    "after_eval": ("skipped: trial pruned" if pruned_at is not None and cfg.eval.data
+                                   else None)}
     write_record(result.run_dir, record)
     run_id = record.mlflow_run_id
     if run_id:
@@ -172,6 +184,55 @@ def _finish(study, space: SearchSpace, base: RunConfig, out_dir: Path, storage: 
     if plot:
         info(f"search plot: {plot}")
     return SweepResult(study.study_name, storage, out_dir, rows, best_path, plot)
+
+
+class BaseScores:
+    """The base model's held-out scores, evaluated once per study and copied into each trial.
+
+    Trials differ in training settings, not in the base or its evaluation, so one evaluation
+    serves them all; the key holds everything that changes the scores (base spec and dtype, the
+    evaluation files' sha256, the evaluation settings), so a search over any of those still
+    evaluates each distinct base. A trial finds the scores as its `eval/before.json`, which the
+    recipe reuses exactly as it does on resume."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+
+    def _path(self, cfg: RunConfig) -> Path | None:
+        import hashlib
+        import json
+
+        from ..data.loading import file_sha256
+
+        if not cfg.eval.data or not cfg.eval.compare_base:
+            return None
+        key = {"spec": cfg.model.spec, "dtype": cfg.model.dtype, "device": cfg.model.device,
+               "data": [file_sha256(Path(p)) for p in cfg.eval.data], "eval": config_to_dict(cfg)["eval"],
+               "max_length": cfg.data.max_length, "train_on_prompt": cfg.data.train_on_prompt,
+               "format": cfg.data.format}
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+        return self.directory / f"{digest[:20]}.json"
+
+    def seed(self, cfg: RunConfig, run_dir: Path) -> bool:
+        """Put the study's base scores into the trial's run directory; whether there were any."""
+        import shutil
+
+        path = self._path(cfg)
+        target = run_dir / "eval" / "before.json"
+        if path is None or not path.is_file() or target.exists():
+            return False
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+        return True
+
+    def keep(self, cfg: RunConfig, run_dir: Path) -> None:
+        """Keep the base scores a trial computed, for the trials after it."""
+        import shutil
+
+        path, source = self._path(cfg), run_dir / "eval" / "before.json"
+        if path is not None and source.is_file() and not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, path)
 
 
 def _fmt(value) -> str:
