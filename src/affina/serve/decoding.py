@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Callable
 
-__all__ = ["finish_text", "StreamDecoder", "TokenStreamer", "StopWhenCancelled"]
+__all__ = ["finish_text", "StreamDecoder", "TokenStreamer", "RowStops"]
 
 
 def finish_text(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
@@ -61,14 +61,43 @@ class TokenStreamer:
         pass
 
 
-class StopWhenCancelled:
-    """A StoppingCriteria: ends generation once the client has gone away."""
+class RowStops:
+    """A StoppingCriteria over a batch: row i is done once its client has gone (`cancelled[i]`),
+    its wall-clock `deadlines[i]` (time.monotonic) has passed, or its generated text contains
+    one of `stops`.
 
-    def __init__(self, event: threading.Event):
-        self.event = event
+    Stop strings are matched on the decoded tail of each row's new tokens, `window` tokens long,
+    rather than with transformers' `stop_strings`: that builds token-level tables for every stop
+    string (cached per string), which cost gigabytes and tens of seconds for one long string.
+    The tail decode costs one short `tokenizer.decode` per row and step.
+    """
+
+    def __init__(self, prompt_width: int, cancelled: list[threading.Event], deadlines: list[float | None],
+                 stops: tuple[str, ...] = (), tokenizer=None):
+        self.prompt_width, self.cancelled, self.deadlines = prompt_width, cancelled, deadlines
+        self.stops, self.tokenizer = tuple(s for s in stops if s), tokenizer
+        # A token decodes to at least one character, except the byte pieces of one multi-byte
+        # character (up to 4): 4 tokens per character of the longest stop string always cover it.
+        self.window = 4 * max((len(s) for s in self.stops), default=0) + 4
+        self.timed_out = [False] * len(cancelled)
 
     def __call__(self, input_ids, scores, **kwargs):
+        import time
+
         import torch
 
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool,
-                          device=input_ids.device)
+        now = time.monotonic()
+        done = []
+        for row, event in enumerate(self.cancelled):
+            deadline = self.deadlines[row]
+            late = deadline is not None and now >= deadline
+            self.timed_out[row] = self.timed_out[row] or late
+            done.append(event.is_set() or late or self._hit_stop(input_ids[row]))
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+    def _hit_stop(self, ids) -> bool:
+        if not self.stops:
+            return False
+        start = max(self.prompt_width, ids.shape[0] - self.window)
+        tail = self.tokenizer.decode(ids[start:].tolist(), skip_special_tokens=True)
+        return any(s in tail for s in self.stops)
