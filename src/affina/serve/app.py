@@ -21,7 +21,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..errors import AffinaError
 from .auth import ApiKey, KeyStore
 from .engine import BadPrompt, Engine, GenerationParams, Overloaded
-from .guards import (RETRY_AFTER_SECONDS, ClientGone, JsonErrors, check_stops, internal_error, loggable,
+from .guards import (RETRY_AFTER as _RETRY_AFTER, ClientGone, JsonErrors, check_stops, internal_error,
+                     loggable,
                      logger, wait_for)
 from ..record.requestlog import LogEntry, RequestLog
 from .schemas import (ApiError, ChatRequest, CompletionRequest, chat_chunk, chat_response,
@@ -81,8 +82,8 @@ def create_app(engine: Engine, keys: KeyStore, log: RequestLog, limits: Limits =
     app.add_middleware(JsonErrors)
 
     def error_response(error: ApiError) -> JSONResponse:
-        headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if error.status == 503 else None
-        return JSONResponse(error_body(error), status_code=error.status, headers=headers)
+        return JSONResponse(error_body(error), status_code=error.status,
+                            headers=_RETRY_AFTER if error.status == 503 else None)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
@@ -132,8 +133,7 @@ def create_app(engine: Engine, keys: KeyStore, log: RequestLog, limits: Limits =
     @app.get("/readyz")
     async def readyz():
         if not engine.ready:
-            return JSONResponse({"status": "not ready"}, status_code=503,
-                                headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+            return JSONResponse({"status": "not ready"}, status_code=503)
         return {"status": "ready", "base": engine.base_name, "loaded_adapters": engine.loaded_adapters(),
                 "loaded_models": engine.loaded_models()}
 

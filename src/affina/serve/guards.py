@@ -22,11 +22,11 @@ from .engine import Overloaded
 from .schemas import ApiError, error_body
 
 __all__ = ["check_stops", "wait_for", "ClientGone", "JsonErrors", "loggable", "internal_error",
-           "RETRY_AFTER_SECONDS"]
+           "RETRY_AFTER"]
 
 logger = logging.getLogger("affina.serve")
 
-RETRY_AFTER_SECONDS = 1  # sent with every 503: the queue moves in about a generation's time
+RETRY_AFTER = {"Retry-After": "1"}  # on every 503: the queue moves in about a generation's time
 CHARS_PER_STOP_TOKEN = 8  # strings this long per allowed token are refused without tokenising
 POLL_SECONDS = 0.25  # how often a waiting request checks its client is still there
 
