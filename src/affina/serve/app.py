@@ -22,8 +22,7 @@ from ..errors import AffinaError
 from .auth import ApiKey, KeyStore
 from .engine import BadPrompt, Engine, GenerationParams, Overloaded
 from .guards import (RETRY_AFTER as _RETRY_AFTER, ClientGone, JsonErrors, check_stops, internal_error,
-                     loggable,
-                     logger, wait_for)
+                     loggable, logger, wait_for)
 from ..record.requestlog import LogEntry, RequestLog
 from .schemas import (ApiError, ChatRequest, CompletionRequest, chat_chunk, chat_response,
                       completion_chunk, completion_response, error_body, parse_request, usage)
