@@ -151,20 +151,32 @@ def _wait_for_row(tmp, request_count: int, timeout: float = 60) -> list[dict]:
     raise AssertionError("no log row")
 
 
-def test_a_client_that_gives_up_stops_its_generation(server):
-    thread, engine, tmp = server
-    before = len(rows(tmp))
-    quitter = openai.OpenAI(base_url=thread.url + "/v1", api_key="x", max_retries=0, timeout=0.3)
-    with pytest.raises(openai.APITimeoutError):
-        quitter.chat.completions.create(model="base", messages=[{"role": "user", "content": "go on"}], **LONG)
-    row = _wait_for_row(tmp, before + 1)[before]
-    assert row["status"] == 499 and row["error_code"] == "client_closed_request"
+def test_a_client_that_gives_up_stops_its_generation(serve_store, tmp_path):
+    """The worker is not started, so the request is still waiting when its client leaves: the
+    server notices, logs 499 and marks the job cancelled; the worker then skips it. (A job that
+    is already generating stops at its next token: see the RowStops test.)"""
+    base, store = serve_store
+    thread, engine, _ = start_server(tmp_path, base, store, limits=LIMITS, start_engine=False)
+    with thread:
+        quitter = openai.OpenAI(base_url=thread.url + "/v1", api_key="x", max_retries=0, timeout=0.5)
+        with pytest.raises(openai.APITimeoutError):
+            quitter.chat.completions.create(model="base", messages=[{"role": "user", "content": "go on"}], **LONG)
+        (row,) = _wait_for_row(tmp_path, 1)
+        assert row["status"] == 499 and row["error_code"] == "client_closed_request"
+        (job,) = engine._jobs
+        assert job.cancelled.is_set()
+        engine.start()
+        result = job.future.result(timeout=60)
+        assert result.completion_tokens == 0  # skipped, not generated for nobody
+    engine.stop()
 
 
 def test_the_time_budget_ends_generation_with_length(serve_store, tmp_path):
     base, store = serve_store
-    limits = Limits(max_prompt_tokens=300, max_tokens=400, max_request_seconds=0.3)
+    limits = Limits(max_prompt_tokens=300, max_tokens=400, max_request_seconds=0.5)
     thread, engine, _ = start_server(tmp_path, base, store, limits=limits)
+    # 10 ms per forward pass: 400 tokens take at least 4 s, however fast the machine.
+    engine.base.model.register_forward_hook(lambda *args: time.sleep(0.01))
     with thread:
         client = openai.OpenAI(base_url=thread.url + "/v1", api_key="x", max_retries=0, timeout=60)
         reply = client.chat.completions.create(model="base", messages=[{"role": "user", "content": "go on"}],
@@ -199,3 +211,30 @@ def test_stream_errors_are_json_events_then_done(server, monkeypatch):
     assert events[-1] == "[DONE]"
     error = json.loads(events[-2])["error"]
     assert error["code"] == "internal_error" and "tensor" not in error["message"]
+
+
+def test_an_error_outside_the_generation_path_is_json_and_keeps_the_connection(server, monkeypatch):
+    thread, engine, _ = server
+
+    def broken():
+        raise RuntimeError("scan failed")
+
+    monkeypatch.setattr(engine, "scan", broken)
+    with httpx.Client(base_url=thread.url, timeout=60) as http:
+        assert_error(http.get("/v1/models"), 500)
+        monkeypatch.undo()
+        assert http.get("/v1/models").status_code == 200
+
+
+def test_text_the_database_cannot_encode_is_logged_cleaned(tmp_path):
+    from affina.record.requestlog import LogEntry
+    from affina.serve.guards import loggable
+
+    log = RequestLog(f"sqlite:///{tmp_path / 'requests.db'}")
+    entry = LogEntry(request_id="r1", endpoint="completions", status=200, latency_ms=1.0,
+                     prompt=[{"role": "user", "content": "a\ud800b"}], response="x\udfff")
+    with pytest.raises(Exception):
+        log.write(entry)
+    log.write(loggable(entry))
+    (row,) = list(log.query())
+    assert row["prompt"] == [{"role": "user", "content": "a\ufffdb"}] and row["response"] == "x\ufffd"

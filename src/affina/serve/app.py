@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from ..errors import AffinaError
 from .auth import ApiKey, KeyStore
@@ -207,7 +208,7 @@ def create_app(engine: Engine, keys: KeyStore, log: RequestLog, limits: Limits =
                 result = await wait_for(request, job, deadline)
             except Overloaded as e:  # queue full, shutting down, or no turn within the time budget
                 raise ApiError(503, str(e), "server_overloaded") from None
-        except ClientGone:  # nobody reads the answer; the row says why there was none
+        except (ClientGone, ClientDisconnect):  # nobody reads the answer; the row says why not
             entry.status, entry.error_code = 499, "client_closed_request"
             await finish(entry, started)
             return Response(status_code=499)

@@ -101,9 +101,10 @@ class JsonErrors:
 
 
 def _clean(value):
-    """Text with lone surrogates replaced by U+FFFD, so it encodes as UTF-8."""
+    """Text with each lone surrogate replaced by one U+FFFD, so it encodes as UTF-8. (Through
+    UTF-16, where a lone surrogate is one undecodable unit and a proper pair stays a character.)"""
     if isinstance(value, str):
-        return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+        return value.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
     if isinstance(value, list):
         return [_clean(v) for v in value]
     if isinstance(value, dict):
