@@ -3,6 +3,7 @@
     python benchmarks/serve.py                  # CPU, the embedded default model (SmolLM2-135M)
     python benchmarks/serve.py --model tiny     # the 2-layer test model, for a quick look
     python benchmarks/serve.py --device cuda
+    python benchmarks/serve.py --model tiny --hostile 60   # only the hostile mix, for 60 s
 
 A real server on loopback (uvicorn in a thread of this process) over the base and two LoRA
 adapters (r=8 on q/k/v/o, random weights, so their answers differ from the base's). Clients are
@@ -10,6 +11,12 @@ threads using the official openai client, each sending greedy chat requests back
 adapter" sends every request to the same adapter, so the server can batch them; "mixed" cycles
 through base, alpha and beta, so consecutive requests need different weights. Prints a markdown
 table; docs/benchmarks.md keeps the measured figures.
+
+`--hostile SECONDS` runs the hostile mix instead: normal clients (as above, one adapter) beside
+clients that send the worst a request may ask within the server's limits (4 stop strings at the
+length limit plus 4 far over it, prompts at the prompt limit asking for the most tokens, and
+clients that give up after 0.5 s), for SECONDS. It reports the normal requests' latency and the
+process's peak RSS (server and clients share the process).
 """
 
 from __future__ import annotations
@@ -88,6 +95,100 @@ def run_case(url: str, models: list[str], clients: int, requests: int, max_token
             "p50": statistics.median(latencies), "p95": latencies[int(0.95 * (len(latencies) - 1))]}
 
 
+def rss_mb() -> float:
+    """Resident memory of this process now (Linux), in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def make_limits(**wanted) -> Limits:
+    """The limits this version of affina knows (the benchmark also runs against older code)."""
+    from dataclasses import fields
+
+    known = {f.name for f in fields(Limits)}
+    return Limits(**{k: v for k, v in wanted.items() if k in known})
+
+
+def prompt_at_limit(engine, limit: int) -> str:
+    """The longest "hello hello ..." chat prompt within `limit` tokens after the template."""
+    low, high = 1, limit
+    while low < high:
+        mid = (low + high + 1) // 2
+        size = len(engine.chat_prompt_ids([{"role": "user", "content": "hello " * mid}]))
+        low, high = (mid, high) if size <= limit else (low, mid - 1)
+    return "hello " * low
+
+
+def hostile_case(url: str, engine, limits: Limits, seconds: float, normal_clients: int,
+                 max_tokens: int) -> dict:
+    """Normal traffic beside hostile traffic for `seconds`; latency of the normal requests only."""
+    import httpx
+    import openai
+
+    normal = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=300)
+    word = " stop"
+    stop_tokens = getattr(limits, "max_stop_tokens", 64)
+    at_limit = [word * stop_tokens] * 4  # each exactly at the token limit
+    assert len(engine.tokenizer(at_limit[0], add_special_tokens=False)["input_ids"]) <= stop_tokens
+    over = ["z" * 10_000 + str(i) for i in range(4)]  # 10,000 characters each: refused by a bounded server
+    big_prompt = prompt_at_limit(engine, limits.max_prompt_tokens)
+    stop_at = time.monotonic() + seconds
+    latencies, failures, hostile_sent = [], [0], {"stop at limit": 0, "stop over limit": 0,
+                                                     "huge prompt": 0, "disconnect": 0}
+    lock = threading.Lock()
+    peak = [rss_mb()]
+
+    def sample_rss():
+        while time.monotonic() < stop_at + 5:
+            peak[0] = max(peak[0], rss_mb())
+            time.sleep(0.2)
+
+    def normal_client(i: int):
+        n = 0
+        while time.monotonic() < stop_at:
+            started = time.perf_counter()
+            try:
+                normal.chat.completions.create(model="alpha", temperature=0, max_tokens=max_tokens,
+                                               messages=[{"role": "user", "content": PROMPTS[(i + n) % len(PROMPTS)]}])
+                with lock:
+                    latencies.append(time.perf_counter() - started)
+            except openai.OpenAIError:
+                with lock:
+                    failures[0] += 1
+            n += 1
+
+    def hostile_client(kind: str):
+        chat = {"model": "alpha", "messages": [{"role": "user", "content": "go on"}], "temperature": 0}
+        body = {"stop at limit": {**chat, "stop": at_limit, "max_tokens": limits.max_tokens},
+                "stop over limit": {**chat, "stop": over, "max_tokens": limits.max_tokens},
+                "huge prompt": {**chat, "messages": [{"role": "user", "content": big_prompt}],
+                                "max_tokens": limits.max_tokens},
+                "disconnect": {**chat, "max_tokens": limits.max_tokens}}[kind]
+        timeout = 0.5 if kind == "disconnect" else 300
+        while time.monotonic() < stop_at:
+            try:
+                httpx.post(url + "/v1/chat/completions", json=body, timeout=timeout)
+            except httpx.HTTPError:
+                pass
+            with lock:
+                hostile_sent[kind] += 1
+
+    threads = [threading.Thread(target=sample_rss, daemon=True)]
+    threads += [threading.Thread(target=normal_client, args=(i,)) for i in range(normal_clients)]
+    threads += [threading.Thread(target=hostile_client, args=(kind,)) for kind in hostile_sent]
+    before = rss_mb()
+    for t in threads:
+        t.start()
+    for t in threads[1:]:
+        t.join()
+    latencies.sort()
+    q = lambda f: latencies[min(len(latencies) - 1, int(f * len(latencies)))] if latencies else float("nan")
+    return {"normal": len(latencies), "failed": failures[0], "p50": q(0.5), "p99": q(0.99),
+            "rss_before": before, "rss_peak": peak[0], "hostile": hostile_sent}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=["default", "tiny"], default="default")
@@ -97,6 +198,9 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--max-batch", type=int, default=8)
     parser.add_argument("--threads", type=int, help="torch threads for generation (serve --threads)")
+    parser.add_argument("--hostile", type=float, metavar="SECONDS",
+                        help="run the hostile mix for SECONDS instead of the throughput table")
+    parser.add_argument("--normal-clients", type=int, default=4, help="normal clients in the hostile mix")
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -113,7 +217,9 @@ def main() -> None:
         base_spec = "default"
     store = make_store(tmp, base_spec)
     options = ServeOptions(store=store, base=base_spec, device=args.device, max_batch=args.max_batch,
-                           max_queue=256, threads=args.threads, limits=Limits(max_tokens=args.max_tokens))
+                           max_queue=256, threads=args.threads,
+                           limits=make_limits(max_tokens=args.max_tokens) if args.hostile is None
+                           else make_limits())
     engine = build_engine(options).start()
     app = create_app(engine, KeyStore(tmp / "keys.db"), RequestLog(f"sqlite:///{tmp / 'requests.db'}"),
                      options.limits)
@@ -128,6 +234,18 @@ def main() -> None:
         time.sleep(0.05)
     url = f"http://127.0.0.1:{port}"
     run_case(url, ["base", "alpha", "beta"], 3, 6, args.max_tokens)  # warm-up: adapters loaded
+    if args.hostile is not None:
+        r = hostile_case(url, engine, options.limits, args.hostile, args.normal_clients,
+                         args.max_tokens)
+        server.should_exit = True
+        print(f"\nHostile mix, {args.hostile:.0f} s, model {args.model}, device {args.device}, torch threads "
+              f"{args.threads or torch.get_num_threads()}, {os.cpu_count()} CPUs; limits {options.limits}\n")
+        print("| normal requests | failed | p50 s | p99 s | RSS before MB | peak RSS MB | hostile requests sent |")
+        print("|---|---|---|---|---|---|---|")
+        sent = ", ".join(f"{k} {v}" for k, v in r["hostile"].items())
+        print(f"| {r['normal']} | {r['failed']} | {r['p50']:.2f} | {r['p99']:.2f} | {r['rss_before']:.0f} "
+              f"| {r['rss_peak']:.0f} | {sent} |")
+        os._exit(0)  # the worker may still be busy with an old server's hostile request
 
     cases = {"one adapter": ["alpha"], "mixed (base, alpha, beta)": ["base", "alpha", "beta"]}
     rows = []

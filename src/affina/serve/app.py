@@ -17,10 +17,13 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from ..errors import AffinaError
 from .auth import ApiKey, KeyStore
 from .engine import BadPrompt, Engine, GenerationParams, Overloaded
+from .guards import (RETRY_AFTER as _RETRY_AFTER, ClientGone, JsonErrors, check_stops, internal_error,
+                     loggable, logger, wait_for)
 from ..record.requestlog import LogEntry, RequestLog
 from .schemas import (ApiError, ChatRequest, CompletionRequest, chat_chunk, chat_response,
                       completion_chunk, completion_response, error_body, parse_request, usage)
@@ -35,6 +38,8 @@ class Limits:
     max_prompt_tokens: int = 2048
     max_tokens: int = 1024  # the most a request may ask for
     default_max_tokens: int = 256  # what a request that names none gets
+    max_stop_tokens: int = 64  # each stop string's length (at most 4 of them: the schema's)
+    max_request_seconds: float = 120.0  # wall-clock budget: generation stops there ("length")
 
 
 # Query parameters a client might put a key in: refused, since URLs end up in logs and histories.
@@ -119,6 +124,7 @@ def create_app(engine: Engine, keys: KeyStore, log: RequestLog, limits: Limits =
     app = FastAPI(title="affina", docs_url=None, redoc_url=None, openapi_url=None)
     metrics = _Metrics(engine)
     app.state.engine, app.state.log, app.state.metrics = engine, log, metrics
+    app.add_middleware(JsonErrors)
 
     def error_response(error: ApiError) -> JSONResponse:
         return JSONResponse(error_body(error), status_code=error.status,
@@ -167,7 +173,11 @@ def create_app(engine: Engine, keys: KeyStore, log: RequestLog, limits: Limits =
 
     async def finish(entry: LogEntry, started: float) -> None:
         entry.latency_ms = (time.perf_counter() - started) * 1000
-        await run_in_threadpool(log.write, entry)  # committed before the client hears back
+        try:
+            await run_in_threadpool(log.write, entry)  # committed before the client hears back
+        except Exception:  # e.g. text the database cannot encode: store it cleaned, still one row
+            logger.exception("request log write failed for %s; writing it cleaned", entry.request_id)
+            await run_in_threadpool(log.write, loggable(entry))
         metrics.observe(entry)
 
     @app.get("/healthz")
@@ -207,6 +217,7 @@ def create_app(engine: Engine, keys: KeyStore, log: RequestLog, limits: Limits =
 
     async def generate(request: Request, chat: bool):
         started = time.perf_counter()
+        deadline = time.monotonic() + limits.max_request_seconds
         endpoint = "chat.completions" if chat else "completions"
         entry = LogEntry(request_id=("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex,
                          endpoint=endpoint, status=200, latency_ms=0.0)
@@ -222,9 +233,8 @@ def create_app(engine: Engine, keys: KeyStore, log: RequestLog, limits: Limits =
             entry.model, entry.stream = req.model, req.stream
             entry.prompt = req.as_messages() if chat else req.prompt
             max_tokens = req.requested_max_tokens() or limits.default_max_tokens
-            params = GenerationParams(max_tokens=max_tokens, temperature=1.0 if req.temperature is None
-                                      else req.temperature, top_p=req.top_p or 1.0,
-                                      stop=tuple(req.stop or ()), seed=req.seed)
+            params = GenerationParams(max_tokens=max_tokens, temperature=req.effective_temperature,
+                                      top_p=req.top_p or 1.0, stop=tuple(req.stop or ()), seed=req.seed)
             entry.params = {k: v for k, v in params.__dict__.items()}
             if not allowed(key, req.model):
                 raise ApiError(403, f"this API key may not use model {req.model!r}", "model_not_allowed",
@@ -237,6 +247,9 @@ def create_app(engine: Engine, keys: KeyStore, log: RequestLog, limits: Limits =
             if max_tokens > limits.max_tokens:
                 raise ApiError(400, f"max_tokens is {max_tokens}, over this server's limit of "
                                f"{limits.max_tokens}", "max_tokens_too_large", "max_tokens")
+            if params.stop:
+                await run_in_threadpool(lambda: check_stops(params.stop, limits.max_stop_tokens,
+                                                            engine.models.tokenizer(target.run)))
             try:
                 # Off the event loop: a long prompt takes a while to render and tokenise.
                 prompt_ids = await (run_in_threadpool(engine.chat_prompt_ids, entry.prompt, target) if chat
@@ -244,17 +257,24 @@ def create_app(engine: Engine, keys: KeyStore, log: RequestLog, limits: Limits =
             except BadPrompt as e:
                 raise ApiError(400, str(e), "invalid_messages", "messages") from None
             entry.prompt_tokens = len(prompt_ids)
+            if not prompt_ids:
+                raise ApiError(400, "the prompt is empty", "invalid_request", "messages" if chat else "prompt")
             if len(prompt_ids) > limits.max_prompt_tokens:
                 raise ApiError(400, f"the prompt is {len(prompt_ids)} tokens, over this server's "
                                f"limit of {limits.max_prompt_tokens}", "context_length_exceeded",
                                "messages" if chat else "prompt")
             if req.stream:
-                return await stream(entry, started, target, prompt_ids, params, req.include_usage, chat)
+                return await stream(entry, started, target, prompt_ids, params, req.include_usage, chat,
+                                    deadline)
             try:
-                job = engine.submit(target, prompt_ids, params)
-                result = await asyncio.wrap_future(job.future)
-            except Overloaded as e:  # queue full, or shutting down before its turn
+                job = engine.submit(target, prompt_ids, params, deadline=deadline)
+                result = await wait_for(request, job, deadline)
+            except Overloaded as e:  # queue full, shutting down, or no turn within the time budget
                 raise ApiError(503, str(e), "server_overloaded") from None
+        except (ClientGone, ClientDisconnect):  # nobody reads the answer; the row says why not
+            entry.status, entry.error_code = 499, "client_closed_request"
+            await finish(entry, started)
+            return Response(status_code=499)
         except ApiError as e:
             entry.status, entry.error_code = e.status, e.code
             await finish(entry, started)
@@ -263,10 +283,11 @@ def create_app(engine: Engine, keys: KeyStore, log: RequestLog, limits: Limits =
             entry.status, entry.error_code = 400, "model_not_servable"
             await finish(entry, started)
             return error_response(ApiError(400, str(e), "model_not_servable", "model"))
-        except Exception:  # a bug: still one log row, then the traceback
+        except Exception:  # a bug: the traceback to the server log, one log row, a JSON 500
+            logger.exception("request %s failed", entry.request_id)
             entry.status, entry.error_code = 500, "internal_error"
             await finish(entry, started)
-            raise
+            return error_response(internal_error(entry.request_id))
         entry.response, entry.completion_tokens = result.text, result.completion_tokens
         entry.finish_reason, entry.adapter_version = result.finish_reason, result.adapter_version
         await finish(entry, started)
@@ -274,12 +295,13 @@ def create_app(engine: Engine, keys: KeyStore, log: RequestLog, limits: Limits =
         return JSONResponse(build(entry.request_id, entry.model, result.text, result.finish_reason,
                                   usage(result.prompt_tokens, result.completion_tokens)))
 
-    async def stream(entry, started, target, prompt_ids, params, include_usage: bool, chat: bool):
+    async def stream(entry, started, target, prompt_ids, params, include_usage: bool, chat: bool,
+                     deadline: float):
         loop = asyncio.get_running_loop()
         pieces: asyncio.Queue = asyncio.Queue()
         done = object()
         try:
-            job = engine.submit(target, prompt_ids, params,
+            job = engine.submit(target, prompt_ids, params, deadline=deadline,
                                 on_text=lambda text: loop.call_soon_threadsafe(pieces.put_nowait, text))
         except Overloaded as e:
             raise ApiError(503, str(e), "server_overloaded") from None
@@ -302,10 +324,12 @@ def create_app(engine: Engine, keys: KeyStore, log: RequestLog, limits: Limits =
                     yield chunk(piece)
                 try:
                     result = job.future.result()
-                except Exception as e:  # the headers are gone: report in the stream, as OpenAI does
-                    entry.status, entry.error_code = 500, "generation_failed"
+                except Exception:  # the headers are gone: report in the stream, as OpenAI does
+                    logger.exception("request %s failed while streaming", entry.request_id)
+                    entry.status, entry.error_code = 500, "internal_error"
                     await finish(entry, started)
-                    yield _sse(error_body(ApiError(500, f"generation failed: {e}", "generation_failed")))
+                    yield _sse(error_body(internal_error(entry.request_id)))
+                    yield "data: [DONE]\n\n"
                     return
                 entry.response, entry.completion_tokens = result.text, result.completion_tokens
                 entry.finish_reason, entry.adapter_version = result.finish_reason, result.adapter_version

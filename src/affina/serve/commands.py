@@ -20,7 +20,8 @@ def _cmd_serve(args) -> int:
         store=Path(args.store), base=args.base, host=args.host, port=args.port,
         max_adapters=args.max_adapters, max_models=args.max_models, max_queue=args.max_queue, max_batch=args.max_batch,
         limits=Limits(max_body_bytes=args.max_body_bytes, max_prompt_tokens=args.max_prompt_tokens,
-                      max_tokens=args.max_tokens_limit, default_max_tokens=args.default_max_tokens),
+                      max_tokens=args.max_tokens_limit, default_max_tokens=args.default_max_tokens,
+                      max_stop_tokens=args.max_stop_tokens, max_request_seconds=args.max_request_seconds),
         log_url=args.log_db, redact=args.redact, keys_path=args.keys_db, device=args.device,
         dtype=args.dtype, threads=args.threads, auth=args.auth)
     if args.print_vllm:
@@ -125,6 +126,11 @@ def register(subparsers) -> None:
     s.add_argument("--auth", choices=("open", "keys"), help="keys: every request needs an API key "
                    "(even once every key is revoked); open: no keys, loopback only. Fixed at start-up "
                    "(default: keys when any key exists or when bound beyond loopback, else open)")
+    s.add_argument("--max-stop-tokens", type=int, default=64, help="longest stop string, in tokens "
+                   "(at most 4 per request; default: 64)")
+    s.add_argument("--max-request-seconds", type=float, default=120.0, help="wall-clock budget of one "
+                   "request: generation stops there with finish_reason length; a request still "
+                   "queued then gets 503 (default: 120)")
     s.add_argument("--log-db", help="request log database URL (default: sqlite in $AFFINA_HOME/serve)")
     s.add_argument("--redact", action="store_true", help="log prompt/response hashes, not their text")
     s.add_argument("--keys-db", type=Path, help="API key file (default: $AFFINA_HOME/serve/keys.db)")

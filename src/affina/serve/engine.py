@@ -12,6 +12,7 @@ wrapper of the base, or an own copy) generate one request at a time, as `affina 
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from typing import Callable
 from ..errors import AffinaError
 from ..methods import Sharing
 from ..models import LoadedModel
-from .decoding import StopWhenCancelled, StreamDecoder, TokenStreamer, finish_text
+from .decoding import RowStops, StreamDecoder, TokenStreamer, finish_text
 from .holders import ModelHolder
 from .store import ModelStore, ServedRun, StoreScan, UnservableModel
 
@@ -81,7 +82,8 @@ class _Job:
     params: GenerationParams
     on_text: Callable[[str], None] | None = None  # streaming: called with each new piece of text
     future: Future = field(default_factory=Future)
-    cancelled: threading.Event = field(default_factory=threading.Event)
+    cancelled: threading.Event = field(default_factory=threading.Event)  # set: the client is gone
+    deadline: float | None = None  # time.monotonic() after which generation stops ("length")
 
     def batch_key(self):
         if self.on_text is not None or not self.params.greedy or not self.target.batchable:
@@ -183,8 +185,10 @@ class Engine:
         return self.models.tokenizer(target.run if target else None)(prompt)["input_ids"]
 
     def submit(self, target: Target, prompt_ids: list[int], params: GenerationParams,
-               on_text: Callable[[str], None] | None = None) -> _Job:
-        job = _Job(target, list(prompt_ids), params, on_text)
+               on_text: Callable[[str], None] | None = None, deadline: float | None = None) -> _Job:
+        """Queue one request. Setting `job.cancelled` stops its generation at the next token (or
+        skips it while it waits); past `deadline` (time.monotonic) it stops with "length"."""
+        job = _Job(target, list(prompt_ids), params, on_text, deadline=deadline)
         with self._cv:
             if self._stopping:
                 raise Overloaded("the server is shutting down")
@@ -230,6 +234,9 @@ class Engine:
     def _serve_jobs(self) -> None:
         while (batch := self._next_batch()) is not None:
             live = [j for j in batch if j.future.set_running_or_notify_cancel()]
+            for job in [j for j in live if self._expired(j)]:
+                live.remove(job)  # nobody waits for it, or its time ran out in the queue
+                job.future.set_result(GenerationResult("", len(job.prompt_ids), 0, "length"))
             if not live:
                 continue
             self.batch_sizes[len(live)] = self.batch_sizes.get(len(live), 0) + 1
@@ -241,6 +248,10 @@ class Engine:
                 continue
             for job, result in zip(live, results):
                 job.future.set_result(result)
+
+    @staticmethod
+    def _expired(job: _Job) -> bool:
+        return job.cancelled.is_set() or (job.deadline is not None and time.monotonic() >= job.deadline)
 
     def _generate(self, jobs: list[_Job]) -> list[GenerationResult]:
         import torch
@@ -265,8 +276,10 @@ class Engine:
             kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=None)
             if params.seed is not None:
                 torch.manual_seed(params.seed)  # only this thread samples, so the stream is the request's
-        if params.stop:
-            kwargs.update(stop_strings=list(params.stop), tokenizer=tokenizer)
+        # Every row stops on its own when its client leaves, its time is up or a stop string shows
+        # (a batch shares its stop strings: they are part of the batch key).
+        kwargs["stopping_criteria"] = [RowStops(width, [j.cancelled for j in jobs],
+                                                [j.deadline for j in jobs], params.stop, tokenizer)]
         decoder = streamer = None
         if jobs[0].on_text is not None:
             job = jobs[0]
@@ -278,7 +291,6 @@ class Engine:
                     job.on_text(piece)
 
             streamer = kwargs["streamer"] = TokenStreamer(on_ids)
-            kwargs["stopping_criteria"] = [StopWhenCancelled(job.cancelled)]
         device = next(active.model.parameters()).device
         with active.context, torch.inference_mode():
             out = active.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)

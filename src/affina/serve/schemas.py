@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import time
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError,
+                      field_validator)
 
 __all__ = ["ApiError", "ChatRequest", "CompletionRequest", "parse_request", "error_body",
            "chat_response", "chat_chunk", "completion_response", "completion_chunk", "usage"]
@@ -16,7 +17,7 @@ class ApiError(Exception):
 
     TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
              404: "invalid_request_error", 413: "invalid_request_error", 429: "rate_limit_error",
-             503: "server_error", 500: "server_error"}
+             503: "server_error", 500: "server_error", 499: "invalid_request_error"}
 
     def __init__(self, status: int, message: str, code: str | None = None, param: str | None = None):
         super().__init__(message)
@@ -28,20 +29,42 @@ def error_body(error: ApiError) -> dict:
                       "param": error.param, "code": error.code}}
 
 
+# Strict types: `"4"`, `true` or `4.0` for max_tokens, or `"yes"` for stream, are refused rather
+# than coerced, so a client's bug shows up as a 400 naming the field instead of a surprise.
+_Tokens = Annotated[int, Field(strict=True, ge=1)]
+_Float = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+
+MIN_TEMPERATURE = 0.01
+"""Temperatures in (0, MIN_TEMPERATURE) are answered greedily: dividing logits by a value that
+small overflows to inf/nan inside sampling, and the distribution is one-hot anyway."""
+
+MAX_SEED = 2**63 - 1  # torch's generator takes a signed 64-bit seed
+
+# OpenAI parameters that would change the answer's shape or content, and that this server does
+# not implement: refused, so a client never mistakes a missing feature for an empty result.
+# Each maps to the values that mean "not asked for" and are therefore accepted.
+UNSUPPORTED = {
+    "logprobs": (None, False, 0), "top_logprobs": (None, 0), "n": (None, 1), "best_of": (None, 1),
+    "tools": (None, []), "tool_choice": (None, "none"), "functions": (None, []),
+    "function_call": (None, "none"), "logit_bias": (None, {}), "echo": (None, False),
+    "suffix": (None, ""), "response_format": (None, {"type": "text"}), "audio": (None,),
+    "modalities": (None, ["text"]), "prediction": (None,), "parallel_tool_calls": (None, False, True),
+}
+
+
 class _Sampling(BaseModel):
     # Unknown OpenAI parameters (frequency_penalty, user, ...) are accepted and ignored, as
     # other OpenAI-compatible servers do; the ones that would change the answer are checked.
     model_config = ConfigDict(extra="ignore")
 
-    model: str
-    max_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    stream: bool = False
+    model: StrictStr
+    max_tokens: _Tokens | None = None
+    temperature: Annotated[_Float, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[_Float, Field(gt=0, le=1)] | None = None
+    stop: StrictStr | list[StrictStr] | None = None
+    seed: Annotated[int, Field(strict=True, ge=0, le=MAX_SEED)] | None = None
+    stream: StrictBool = False
     stream_options: dict | None = None
-    n: int = Field(1, ge=1, le=1, description="one choice per request")
 
     @field_validator("stop")
     @classmethod
@@ -55,22 +78,35 @@ class _Sampling(BaseModel):
     def include_usage(self) -> bool:
         return bool((self.stream_options or {}).get("include_usage"))
 
+    @property
+    def effective_temperature(self) -> float:
+        """1 when unset (OpenAI's default); 0 (greedy) for anything below MIN_TEMPERATURE."""
+        t = 1.0 if self.temperature is None else self.temperature
+        return 0.0 if t < MIN_TEMPERATURE else t
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["text"]  # image, audio and file parts are refused: this server reads text
+    text: StrictStr
+
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[dict] | None = None
+    content: StrictStr | list[TextPart] | None = None
 
     def text(self) -> str:
-        if isinstance(self.content, list):  # content parts: only text parts carry meaning here
-            return "".join(p.get("text", "") for p in self.content if p.get("type") == "text")
+        if isinstance(self.content, list):
+            return "".join(p.text for p in self.content)
         return self.content or ""
 
 
 class ChatRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: _Tokens | None = None
 
     def as_messages(self) -> list[dict]:
         # Templates know system/user/assistant; "developer" is OpenAI's newer name for system.
@@ -82,7 +118,9 @@ class ChatRequest(_Sampling):
 
 
 class CompletionRequest(_Sampling):
-    prompt: str | list[str]
+    # An empty prompt is refused (400) rather than generated from BOS: not every tokenizer has
+    # a BOS token, and a model continuing nothing is rarely what a client meant.
+    prompt: Annotated[str, Field(strict=True, min_length=1)] | list[StrictStr]
 
     @field_validator("prompt")
     @classmethod
@@ -90,23 +128,55 @@ class CompletionRequest(_Sampling):
         if isinstance(value, list):
             if len(value) != 1:
                 raise ValueError("send one prompt per request")
-            return value[0]
+            value = value[0]
+        if not value:
+            raise ValueError("the prompt is empty")
         return value
 
     def requested_max_tokens(self) -> int | None:
         return self.max_tokens
 
 
+def _has_lone_surrogate(value) -> bool:
+    """JSON's \ud800 escapes decode to str that cannot be encoded as UTF-8 (log, tokenizer)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_lone_surrogate(v) for v in value)
+    return False
+
+
 def parse_request(model_class, payload) -> _Sampling:
     if not isinstance(payload, dict):
         raise ApiError(400, "the request body must be a JSON object", "invalid_request")
+    if _has_lone_surrogate(payload):
+        raise ApiError(400, "the request holds text that is not valid Unicode (a lone surrogate "
+                       "escape such as \\ud800)", "invalid_unicode")
+    for name, accepted in UNSUPPORTED.items():
+        if name in payload and not any(payload[name] == a and type(payload[name]) is type(a)
+                                       for a in accepted):
+            raise ApiError(400, f"{name}: not supported by this server", "unsupported_parameter", name)
     try:
         return model_class.model_validate(payload)
     except ValidationError as e:
         first = e.errors()[0]
-        param = ".".join(str(p) for p in first.get("loc", ())) or None
+        # Union members add their type name to the location; the client only needs the field.
+        loc = [str(p) for p in first.get("loc", ()) if not _is_type_tag(p)]
+        param = ".".join(loc) or None
         raise ApiError(400, f"{param}: {first.get('msg')}" if param else first.get("msg", str(e)),
                        "invalid_request", param) from None
+
+
+def _is_type_tag(part) -> bool:
+    return isinstance(part, str) and (part in ("str", "int", "float", "bool", "list[str]",
+                                               "constrained-str", "list[TextPart]", "TextPart")
+                                      or part.startswith(("list[", "function-")))
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict:
