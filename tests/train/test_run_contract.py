@@ -171,3 +171,28 @@ def test_promoting_a_classification_run_uses_the_one_evaluator(tmp_path, tiny_mo
     assert decision["decision"] == "promoted"
     assert "accuracy" in decision["results"]["candidate"]
     assert "base" not in decision["results"]  # a new head has no base to compare with
+
+
+def test_a_truncated_latest_checkpoint_falls_back_to_the_intact_one(tmp_path, tiny_model_dir,
+                                                                    monkeypatch, capsys):
+    """A kill while the newest checkpoint was being written leaves it truncated: resume warns,
+    skips it and continues from the newest intact one, to the asked number of steps."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "train.jsonl").write_text(_chat(16))
+    assert main(["train", "-q", f"model.spec={tiny_model_dir}", "train.output_dir=runs",
+                 "train.run_name=cut", "train.batch_size=4", "train.lr=5e-3", "method.r=2",
+                 "track.mlflow=false", "data.train=train.jsonl", "data.val_fraction=0",
+                 "train.max_steps=6", "train.save_steps=2", "train.save_total_limit=3",
+                 "train.eval_steps=0", "data.max_length=96"]) == 0
+    run = tmp_path / "runs" / "cut"
+    # as a crash mid-write would leave it: no finished record, a half-written last checkpoint
+    (run / "affina.json").unlink()
+    shutil.rmtree(run / "adapter")
+    weights = run / "checkpoints" / "checkpoint-6" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    capsys.readouterr()
+    assert main(["train", "-q", "--resume", str(run)]) == 0
+    err = capsys.readouterr().err
+    assert "skipping checkpoint checkpoint-6" in err
+    record = json.loads((run / "affina.json").read_text())
+    assert record["train"]["global_step"] == 6
