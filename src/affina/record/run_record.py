@@ -67,8 +67,9 @@ class DataInfo:
     train: SplitInfo = field(default_factory=SplitInfo)
     validation: SplitInfo = field(default_factory=SplitInfo)
     packing: dict | None = None
-    chat_template: str = "tokenizer"  # "tokenizer" or "fallback (ChatML)"
+    chat_template: str = "tokenizer"  # how the template was chosen, e.g. "tokenizer", "builtin chatml"
     warnings: list[str] = field(default_factory=list)
+    mix: list[dict] | None = None  # data.mix: per file path, weight, rows and examples drawn
 
 
 @dataclass
