@@ -70,6 +70,18 @@ def test_optimizer_attention_and_neftune_reach_the_trainer(tmp_path, tiny_model_
     assert plain.losses[0] != pytest.approx(noisy.losses[0], rel=1e-6)
 
 
+@pytest.mark.parametrize("name,cls", [("adafactor", "transformers.optimization.Adafactor"),
+                                      ("adamw_bnb_8bit", "bitsandbytes.optim.adamw.AdamW")])
+def test_other_optimizers_train_on_cpu(tmp_path, tiny_model_dir, name, cls):
+    spy = _Spy()
+    train(_config(tmp_path, tiny_model_dir, name, **{"train.optimizer": name, "train.max_steps": 2,
+                                                      "train.eval_steps": 0}), callbacks=(spy,))
+    inner = getattr(spy.optimizer, "optimizer", spy.optimizer)
+    assert f"{type(inner).__module__}.{type(inner).__name__}" == cls and spy.losses
+    if name == "adamw_bnb_8bit":  # bitsandbytes' AdamW with 8-bit optimizer state
+        assert inner.args.optim_bits == 8
+
+
 @pytest.mark.parametrize("key,value,match", [
     ("train.optimizer", "lion", "train.optimizer"),
     ("train.neftune_alpha", -1, "train.neftune_alpha"),
@@ -95,6 +107,9 @@ def test_template_system_prompt_and_mix_are_saved_with_the_run(tmp_path, tiny_mo
     prompt = saved.apply_chat_template([{"role": "user", "content": "q"}], tokenize=False,
                                        add_generation_prompt=True)
     assert prompt == "<|im_start|>system\n<|im_end|>\n<|im_start|>user\nq<|im_end|>\n<|im_start|>assistant\n"
+    from affina.runs import open_model  # what generate, chat and the server open
+
+    assert open_model(run).tokenizer.chat_template == saved.chat_template
     record = json.loads((run / "affina.json").read_text())
     assert record["data"]["chat_template"] == "file custom.jinja, no default system prompt"
     assert [(m["weight"], m["rows"], m["drawn"]) for m in record["data"]["mix"]] == [(1.0, 12, 8), (1.0, 4, 8)]
