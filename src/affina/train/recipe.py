@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-
 from ..config import RunConfig, config_to_dict
 from ..data.loading import load_records
 from ..data.prepare import PreparedData
@@ -63,7 +62,8 @@ def validate_run_config(cfg: RunConfig):
             if not Path(path).exists():
                 raise ConfigError(f"{key}: file not found: {path}")
     if not (cfg.data.train or cfg.data.mix):
-        raise ConfigError("no training data: set data.train (e.g. data.train=examples/product_json/train.jsonl)")
+        raise ConfigError("no training data: set data.train (e.g. data.train=examples/product_json/train.jsonl) "
+                          "or data.mix")
     return method, method_cfg
 
 
