@@ -152,6 +152,13 @@ def test_chat_template_builtin_file_and_inline(tmp_path, tokenizer):
     assert tokenizer.chat_template == custom
 
 
+def test_builtin_template_names_match_their_texts():
+    from affina import config
+    from affina.data import templates
+
+    assert set(config.BUILTIN_TEMPLATES) == set(templates.BUILTIN_TEMPLATES)
+
+
 def test_chat_template_config_refusals(tmp_path):
     with pytest.raises(ConfigError, match="data.chat_template"):
         load_config(None, ["data.chat_template=no_such_builtin"])
