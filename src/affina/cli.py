@@ -33,7 +33,7 @@ def _cmd_train(args) -> int:
         if args.config or args.overrides:
             raise AffinaError("--resume continues a run with the config saved in it; "
                               "drop -c and key=value overrides")
-        train(load_config(), resume=Path(args.resume), display=display)
+        train(load_config(), resume=Path(args.resume), checkpoint=args.checkpoint, display=display)
         return 0
     from .methods import method_field_names
 
@@ -155,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("-c", "--config", help="YAML run config")
     t.add_argument("overrides", nargs="*", metavar="section.key=value", help="override config keys")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    t.add_argument("--checkpoint", metavar="checkpoint-N", help="with --resume: continue from this "
+                   "checkpoint instead of the newest (also: --resume RUN_DIR/checkpoints/checkpoint-N)")
     t.add_argument("--log-format", choices=("bar", "jsonl"), default="bar",
                    help="bar: one progress bar (loss, validation loss, tokens/s, ETA); jsonl: one "
                         "JSON object per training event on stdout, for scripts (default: bar)")

@@ -25,6 +25,10 @@ __all__ = [
 
 
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
+BUILTIN_TEMPLATES = ("chatml",)  # data.chat_template names; their texts: affina.data.templates
+_ATTENTION = ("auto", "eager", "sdpa", "flash_attention_2")
+_OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adafactor", "sgd", "adamw_bnb_8bit",
+               "paged_adamw_8bit", "paged_adamw_32bit")
 _SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
                "constant_with_warmup", "inverse_sqrt", "cosine_with_min_lr", "warmup_stable_decay")
 
@@ -45,10 +49,39 @@ class DataConfig:
     packing: bool = _f(False, "Pack short examples into rows of `max_length` tokens; attention and loss never cross examples.")
     train_on_prompt: bool = _f(False, "Compute loss on prompt tokens too (default: only on assistant replies; raw text always trains on every token).")
     dedupe: bool = _f(False, "Drop exact duplicate examples (they are always counted and reported).")
+    mix: list | dict = _f([], "Weighted mix of training files instead of data.train: a list of {path: FILE, weight: W} or a mapping FILE: W. Examples are drawn per file in proportion to the weights (seeded; without replacement, repeating a file only when its share exceeds its size).")
+    mix_size: int | None = _f(None, "Number of examples drawn for data.mix; default the total rows of its files.")
+    chat_template: str | None = _f(None, "Chat template replacing the tokenizer's: a Jinja template string, a path to a .jinja file, or a builtin name (chatml). Saved with the artifact, so generation and serving use it.")
+    system_prompt: str | None = _f(None, "System message put first in every conversation that has none (training, evaluation, generation and serving: it becomes part of the saved chat template); `none`: an empty one, so a template's own default system prompt is not injected.")
 
     def validate(self) -> None:
         _check(0 <= self.val_fraction < 1, "data.val_fraction", self.val_fraction, "in [0, 1)")
         _check(self.max_length >= 2, "data.max_length", self.max_length, ">= 2")
+        if self.mix and self.train:
+            raise ConfigError("set data.train or data.mix, not both (data.mix lists every training "
+                              "file with its weight)")
+        self.mix_entries()
+        _check(self.mix_size is None or self.mix_size >= 1, "data.mix_size", self.mix_size, ">= 1 (or unset)")
+        if self.chat_template is not None:
+            _check_chat_template(self.chat_template)
+
+    def mix_entries(self) -> list[tuple[str, float]]:
+        """`data.mix` as (path, weight) pairs, in order; ConfigError on a malformed entry."""
+        items = list(self.mix.items()) if isinstance(self.mix, dict) else []
+        if isinstance(self.mix, list):
+            for entry in self.mix:
+                if not (isinstance(entry, dict) and set(entry) == {"path", "weight"}):
+                    raise ConfigError(f"data.mix entries must look like {{path: FILE, weight: W}}, "
+                                      f"got {entry!r}")
+                items.append((entry["path"], entry["weight"]))
+        elif not isinstance(self.mix, dict):
+            raise ConfigError(f"data.mix must be a list of {{path, weight}} or a mapping FILE: W, got {self.mix!r}")
+        out = []
+        for path, weight in items:
+            ok = isinstance(weight, (int, float)) and not isinstance(weight, bool) and weight > 0
+            _check(ok, f"data.mix[{path}].weight", weight, "a number > 0")
+            out.append((str(path), float(weight)))
+        return out
 
 
 @dataclass
@@ -56,11 +89,23 @@ class ModelConfig:
     spec: str = _f("default", "Base model: `default` (SmolLM2-135M-Instruct, embedded), a local HF directory, a .gguf file or a hub id.")
     device: str = _f("auto", "`auto` (CUDA when available, else CPU), `cpu` or `cuda[:N]`.")
     dtype: str = _f("auto", "`auto` (bf16 on CUDA where supported, float32 on CPU), `float32`, `bfloat16` or `float16`.")
+    attn_implementation: str = _f("auto", "Attention kernel for training: `auto` (the model's default), `eager`, `sdpa` or `flash_attention_2` (needs the flash-attn package and a CUDA device).")
 
     def validate(self) -> None:
         _check(self.device in ("auto", "cpu", "cuda", "mps") or re.fullmatch(r"cuda:\d+", self.device),
                "model.device", self.device, "auto, cpu, cuda, cuda:N or mps")
         _check(self.dtype in _DTYPES, "model.dtype", self.dtype, ", ".join(_DTYPES))
+        _check(self.attn_implementation in _ATTENTION, "model.attn_implementation",
+               self.attn_implementation, ", ".join(_ATTENTION))
+        if self.attn_implementation == "flash_attention_2":
+            import importlib.util
+
+            if importlib.util.find_spec("flash_attn") is None:
+                raise ConfigError("model.attn_implementation=flash_attention_2 needs the flash-attn "
+                                  "package (pip install flash-attn) and a CUDA device; use sdpa")
+            if self.device in ("cpu", "mps"):
+                raise ConfigError(f"model.attn_implementation=flash_attention_2 needs a CUDA device, "
+                                  f"not model.device={self.device}; use sdpa")
 
 
 @dataclass
@@ -93,8 +138,19 @@ class TrainConfig:
     metric_for_best: str = _f("eval_loss", "Validation measure that picks the best checkpoint and drives early stopping (`eval_loss`, or another `eval_*` key the trainer reports).")
     greater_is_better: bool = _f(False, "Whether a higher `metric_for_best` is better (false for losses).")
     load_best: bool = _f(True, "With early stopping on, restore the best checkpoint's weights at the end (recorded in the run record as best_checkpoint).")
+    optimizer: str = _f("adamw_torch", "Optimizer (TrainingArguments.optim): adamw_torch, adamw_torch_fused, adafactor, sgd, adamw_bnb_8bit, paged_adamw_8bit, paged_adamw_32bit (the last three from bitsandbytes).")
+    neftune_alpha: float | None = _f(None, "NEFTune noise scale on the input embeddings during training (Jain et al. 2023, arXiv:2310.05914; the paper uses 5-15); unset or 0: off.")
 
     def validate(self) -> None:
+        _check(self.optimizer in _OPTIMIZERS, "train.optimizer", self.optimizer, ", ".join(_OPTIMIZERS))
+        _check(self.neftune_alpha is None or self.neftune_alpha >= 0, "train.neftune_alpha",
+               self.neftune_alpha, ">= 0 (0 or unset: off)")
+        if "bnb" in self.optimizer or "paged" in self.optimizer:
+            import importlib.util
+
+            if importlib.util.find_spec("bitsandbytes") is None:
+                raise ConfigError(f"train.optimizer={self.optimizer} needs the bitsandbytes package "
+                                  "(pip install bitsandbytes)")
         _check(self.max_steps == -1 or self.max_steps >= 1, "train.max_steps", self.max_steps, "-1 or >= 1")
         _check(self.max_steps >= 1 or self.epochs > 0, "train.epochs", self.epochs, "> 0")
         for key in ("batch_size", "grad_accum", "save_steps", "save_total_limit", "logging_steps"):
@@ -137,9 +193,22 @@ class TrackConfig:
     uri: str | None = _f(None, "MLflow tracking URI; default a sqlite store under $AFFINA_HOME.")
     experiment: str = _f("affina", "MLflow experiment name.")
     log_checkpoints: bool = _f(False, "Also upload the trainer checkpoints (optimizer state included) to MLflow; by default only the artifact, record, config, history and plots go there.")
+    tensorboard: bool = _f(False, "Also write TensorBoard event files (params, per-step metrics) under the run's tb/ directory; needs `pip install tensorboard` (or tensorboardX).")
+    wandb: bool = _f(False, "Also log to Weights & Biases; offline (files under the run's wandb/) unless WANDB_MODE is set; needs `pip install wandb`.")
+    wandb_project: str = _f("affina", "W&B project name.")
 
     def validate(self) -> None:
         _check(bool(self.experiment), "track.experiment", self.experiment, "a non-empty name")
+        import importlib.util
+
+        if self.tensorboard and not (importlib.util.find_spec("tensorboard")
+                                     or importlib.util.find_spec("tensorboardX")):
+            raise ConfigError("track.tensorboard=true needs the tensorboard package: "
+                              "pip install tensorboard (or pip install 'affina[trackers]')")
+        if self.wandb and importlib.util.find_spec("wandb") is None:
+            raise ConfigError("track.wandb=true needs the wandb package: pip install wandb "
+                              "(or pip install 'affina[trackers]')")
+        _check(bool(self.wandb_project), "track.wandb_project", self.wandb_project, "a non-empty name")
 
 
 @dataclass
@@ -174,6 +243,22 @@ _SECTIONS = {f.name: f.type for f in fields(RunConfig)}
 def _check(ok, key: str, value, expected: str) -> None:
     if not ok:
         raise ConfigError(f"config key '{key}' must be {expected}, got {value!r}")
+
+
+def looks_like_template(value: str) -> bool:
+    """A `data.chat_template` value that is Jinja text rather than a file path or builtin name."""
+    return "{{" in value or "{%" in value
+
+
+def _check_chat_template(value: str) -> None:
+    """A Jinja string, an existing .jinja file, or a builtin name (texts in affina.data.templates)."""
+    if looks_like_template(value) or value in BUILTIN_TEMPLATES:
+        return
+    if value.endswith(".jinja") or "/" in value or "\\" in value:
+        _check(Path(value).expanduser().is_file(), "data.chat_template", value, "an existing .jinja file")
+        return
+    _check(False, "data.chat_template", value,
+           "a Jinja template, a .jinja file or one of: " + ", ".join(BUILTIN_TEMPLATES))
 
 
 def _section_types() -> dict[str, type]:
@@ -344,6 +429,10 @@ def _resolve_relative_paths(cfg: RunConfig, base: Path) -> None:
     cfg.data.train = fix(cfg.data.train)
     cfg.data.validation = fix(cfg.data.validation)
     cfg.eval.data = fix(cfg.eval.data)
+    if cfg.data.mix:
+        cfg.data.mix = [{"path": fix([path])[0], "weight": weight} for path, weight in cfg.data.mix_entries()]
+    if cfg.data.chat_template and cfg.data.chat_template.endswith(".jinja"):
+        cfg.data.chat_template = fix([cfg.data.chat_template])[0]
 
 
 def config_to_dict(cfg: RunConfig) -> dict:

@@ -189,13 +189,13 @@ def test_undecodable_bytes_name_the_line(tmp_path, name):
 
 
 def test_unknown_extension_lists_supported(tmp_path):
-    path = tmp_path / "notes.txt"
+    path = tmp_path / "notes.md"
     path.write_text("hello")
     with pytest.raises(DataError) as e:
         read_rows(path)
     message = str(e.value)
-    assert "notes.txt" in message and "'.txt'" in message
-    for suffix in (".jsonl", ".ndjson", ".json", ".csv", ".parquet", "save_to_disk"):
+    assert "notes.md" in message and "'.md'" in message
+    for suffix in (".jsonl", ".ndjson", ".json", ".csv", ".parquet", ".txt", "save_to_disk"):
         assert suffix in message
 
 

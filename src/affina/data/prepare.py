@@ -8,9 +8,11 @@ from pathlib import Path
 from ..config import DataConfig
 from ..errors import DataError
 from .loading import dataset_fingerprint, load_records, split_records
+from .mixing import load_mix
 from .packing import PackedRow, pack_examples, packing_efficiency
 from .records import Record
-from .tokenize import Example, TokenizeStats, ensure_chat_template, tokenize_records
+from .templates import configure_chat_template
+from .tokenize import Example, TokenizeStats, tokenize_records
 
 __all__ = ["PreparedData", "prepare_data"]
 
@@ -29,6 +31,8 @@ class PreparedData:
     packing: dict | None = None
     labels: list[str] | None = None  # the label set of text+label data, in output order
     source_fingerprint: str | None = None  # all training files' records before split (lineage)
+    template_origin: str | None = None  # how the chat template was chosen (data/templates.py)
+    mix: list[dict] | None = None  # data.mix: per file its weight, rows and examples drawn
 
     def summary(self) -> dict:
         """What the run record keeps about its data (lineage)."""
@@ -41,7 +45,9 @@ class PreparedData:
                            "fingerprint": dataset_fingerprint(self.val_records) if self.val_records else None,
                            **self.val_stats.as_dict()},
             "packing": self.packing,
-            "chat_template": "fallback (ChatML)" if self.template_fallback else "tokenizer",
+            "chat_template": self.template_origin or ("fallback (ChatML)" if self.template_fallback
+                                                      else "tokenizer"),
+            "mix": self.mix,
             "warnings": self.warnings,
         }
 
@@ -52,11 +58,16 @@ def _absolute(file_info: dict, role: str) -> dict:
 
 
 def prepare_data(cfg: DataConfig, tokenizer, seed: int, progress: bool = True) -> PreparedData:
-    if not cfg.train:
+    if not (cfg.train or cfg.mix):
         raise DataError("no training data: set data.train (e.g. data.train=examples/product_json/train.jsonl)")
-    loaded = load_records(cfg.train, format=cfg.format, dedupe=cfg.dedupe)
+    mix = None
+    if cfg.mix:
+        loaded, mix = load_mix(cfg.mix_entries(), size=cfg.mix_size, seed=seed, format=cfg.format,
+                               dedupe=cfg.dedupe)
+    else:
+        loaded = load_records(cfg.train, format=cfg.format, dedupe=cfg.dedupe)
     warnings = list(loaded.warnings)
-    files = [_absolute(f, "train") for f in loaded.files]
+    files = [_absolute(f, "mix" if mix else "train") for f in loaded.files]
     if cfg.validation:
         val_loaded = load_records(cfg.validation, format=cfg.format, dedupe=cfg.dedupe)
         train_records, val_records = loaded.records, val_loaded.records
@@ -65,14 +76,14 @@ def prepare_data(cfg: DataConfig, tokenizer, seed: int, progress: bool = True) -
     else:
         train_records, val_records = split_records(loaded.records, cfg.val_fraction, seed)
 
-    fallback = ensure_chat_template(tokenizer)
+    origin = configure_chat_template(tokenizer, cfg.chat_template, cfg.system_prompt)
     train, train_stats = tokenize_records(train_records, tokenizer, cfg.max_length,
                                           cfg.train_on_prompt, progress)
     val, val_stats = tokenize_records(val_records, tokenizer, cfg.max_length, cfg.train_on_prompt,
                                       progress)
     if not train:
         raise DataError("no training example has any token to learn from after truncation; "
-                        "raise data.max_length", source=cfg.train[0])
+                        "raise data.max_length", source=files[0]["path"])
     for name, stats in (("training", train_stats), ("validation", val_stats)):
         if stats.truncated:
             warnings.append(f"{stats.truncated} {name} examples longer than data.max_length="
@@ -87,4 +98,5 @@ def prepare_data(cfg: DataConfig, tokenizer, seed: int, progress: bool = True) -
                    "efficiency": round(packing_efficiency(rows, cfg.max_length), 4)}
         train = rows
     return PreparedData(train_records, val_records, train, val, train_stats, val_stats, files,
-                        warnings, fallback, packing, source_fingerprint=loaded.source_fingerprint)
+                        warnings, origin.startswith("fallback"), packing, template_origin=origin,
+                        mix=mix, source_fingerprint=getattr(loaded, "source_fingerprint", None))

@@ -1,9 +1,14 @@
 """Read a data file into plain rows: `(position, dict)` pairs, whatever the file type.
 
 Positions are what a user needs to find the row again: the real file line for `.jsonl` and
-`.csv`, the 1-based item in the list for `.json`, the 1-based row for Parquet and for a
+`.csv`, the line a paragraph starts on for `.txt`, the 1-based item in the list for `.json`, the 1-based row for Parquet and for a
 `datasets` directory. `where` and `data_error` turn a position into the matching wording
 (`a.jsonl:3`, `a.json[item 3]`, `a.parquet[row 3]`) so every message about a row reads the same.
+
+A `.txt` file is raw text for continued pretraining: each paragraph (text between blank lines)
+is one `{"text": ...}` row. Paragraphs rather than one document per file, because an example
+longer than `data.max_length` is truncated, not split: a whole book as one example would train
+on its first page only. With `data.packing=true` short paragraphs fill rows of `max_length`.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from affina.errors import DataError
 __all__ = ["SUPPORTED", "read_rows", "where", "data_error"]
 
 # Suffix -> what a position means in that file type.
-_LINE_SUFFIXES = (".jsonl", ".ndjson", ".csv")
+_LINE_SUFFIXES = (".jsonl", ".ndjson", ".csv", ".txt")
 _ITEM_SUFFIXES = (".json",)
 _ROW_SUFFIXES = (".parquet",)
 SUPPORTED = (*_LINE_SUFFIXES, *_ITEM_SUFFIXES, *_ROW_SUFFIXES,
@@ -75,6 +80,8 @@ def read_rows(path: str | Path) -> Iterator[tuple[int, dict]]:
         reader = _read_csv
     elif suffix == ".parquet":
         reader = _read_parquet
+    elif suffix == ".txt":
+        reader = _read_txt
     else:
         raise DataError(f"unsupported file type '{suffix or path.name}'; supported: "
                         + ", ".join(SUPPORTED), source=source)
@@ -186,6 +193,19 @@ def _read_csv(path: Path, source: str) -> Iterator[tuple[int, dict]]:
             yield start, dict(zip(header, cells))
     except csv.Error as e:
         raise DataError(f"malformed CSV: {e}", source=source, line=reader.line_num) from None
+
+
+def _read_txt(path: Path, source: str) -> Iterator[tuple[int, dict]]:
+    start, lines = 0, []
+    for number, text in _text_lines(path, source):
+        if text.strip():
+            start = start or number
+            lines.append(text)
+        elif lines:
+            yield start, {"text": "".join(lines).rstrip("\r\n")}
+            start, lines = 0, []
+    if lines:
+        yield start, {"text": "".join(lines).rstrip("\r\n")}
 
 
 def _read_parquet(path: Path, source: str) -> Iterator[tuple[int, dict]]:

@@ -107,6 +107,8 @@ class HeadMethod(Method):
         from ..data.loading import load_records, split_records
         from ..data.prepare import PreparedData
 
+        if data_cfg.mix:  # class balance is the label set's business, not a file mix's
+            raise ConfigError("method head does not take data.mix; list its files in data.train")
         loaded = load_records(data_cfg.train, format=data_cfg.format, dedupe=data_cfg.dedupe)
         records, files, warnings = loaded.records, [dict(f, role="train") for f in loaded.files], list(loaded.warnings)
         if records and records[0].kind != "label":

@@ -71,13 +71,15 @@ def resolve_model_path(spec: str) -> Path:
 
 def load_model(spec: str, *, device: "torch.device | str | None" = None,
                dtype: "torch.dtype | str | None" = None, for_training: bool = False,
-               quantization_config: Any = None) -> LoadedModel:
+               quantization_config: Any = None, attn_implementation: str | None = None) -> LoadedModel:
     """Resolve `spec`, then load its model and tokenizer onto `device` in `dtype`.
 
     `device`/`dtype` default to `pick_device()` / `pick_dtype(device)`. The model comes back in
     eval mode; `for_training` turns off the KV cache, which training does not use and which
     conflicts with gradient checkpointing. `quantization_config` (a transformers
     `BitsAndBytesConfig`) quantises the weights while loading, placed directly on `device`.
+    `attn_implementation` (eager, sdpa, flash_attention_2) picks the attention kernel; None keeps
+    the model's default.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -91,7 +93,8 @@ def load_model(spec: str, *, device: "torch.device | str | None" = None,
         tokenizer = AutoTokenizer.from_pretrained(path)
         quantized = {} if quantization_config is None else {
             "quantization_config": quantization_config, "device_map": str(device)}
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **quantized)
+        attention = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **quantized, **attention)
     except (OSError, ValueError, KeyError) as e:
         raise ModelError(f"{spec}: cannot load the model in {path} ({_first_line(e)})") from e
     if tokenizer.pad_token is None:

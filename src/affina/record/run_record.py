@@ -67,11 +67,12 @@ class DataInfo:
     train: SplitInfo = field(default_factory=SplitInfo)
     validation: SplitInfo = field(default_factory=SplitInfo)
     packing: dict | None = None
-    chat_template: str = "tokenizer"  # "tokenizer" or "fallback (ChatML)"
+    chat_template: str = "tokenizer"  # how the template was chosen, e.g. "tokenizer", "builtin chatml"
     warnings: list[str] = field(default_factory=list)
     # The fingerprint of every training-file record before the split, as `affina data inspect`
     # prints it; None in records written before it was kept.
     source_fingerprint: str | None = None
+    mix: list[dict] | None = None  # data.mix: per file path, weight, rows and examples drawn
 
 
 @dataclass

@@ -16,9 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-import yaml
-
-from ..config import RunConfig, config_from_dict, config_to_dict
+from ..config import RunConfig, config_to_dict
 from ..data.loading import load_records
 from ..data.prepare import PreparedData
 from ..data.tokenize import stop_token_ids, template_sha256
@@ -28,18 +26,17 @@ from ..evaluate.metrics import check_metric_names
 from ..evaluate.report import compare_rows
 from ..methods import build_method_config, get_method, trainable_report
 from ..models import load_model
-from ..record import (MANIFEST_NAME, BaseModelInfo, DataInfo, MethodInfo, MetricsInfo, MlflowRun, RunRecord, SplitInfo, TemplateInfo, TrainInfo,
-                      data_file, git_commit, library_versions, write_inputs, write_record)
-from ..record.datafiles import resolve_inputs
+from ..record import (BaseModelInfo, DataInfo, MethodInfo, MetricsInfo, RunRecord, SplitInfo, TemplateInfo, TrainInfo,
+                      data_file, git_commit, library_versions, write_record)
+from ..record.trackers import WANDB_DIR, Trackers, open_trackers
 from ..runs import OpenedModel
 from ..ui import info, print_table, warn
 from .callbacks import HistoryCallback
 from .display import TrainingDisplay
 from .plots import plot_learning_curve
+from .rundir import CONFIG_NAME, chosen_checkpoint, config_of_run, make_run_dir, resume_checkpoint, split_resume_target
 
 __all__ = ["train", "TrainResult", "CONFIG_NAME", "validate_run_config"]
-
-CONFIG_NAME = "config.yaml"
 
 
 @dataclass
@@ -60,33 +57,37 @@ def validate_run_config(cfg: RunConfig):
     except ConfigError as e:
         raise ConfigError(f"eval.metrics: {e}") from None
     for key, paths in (("data.train", cfg.data.train), ("data.validation", cfg.data.validation),
-                       ("eval.data", cfg.eval.data)):
+                       ("data.mix", [p for p, _ in cfg.data.mix_entries()]), ("eval.data", cfg.eval.data)):
         for path in paths:
             if not Path(path).exists():
                 raise ConfigError(f"{key}: file not found: {path}")
-    if not cfg.data.train:
-        raise ConfigError("no training data: set data.train (e.g. data.train=examples/product_json/train.jsonl)")
+    if not (cfg.data.train or cfg.data.mix):
+        raise ConfigError("no training data: set data.train (e.g. data.train=examples/product_json/train.jsonl) "
+                          "or data.mix")
     return method, method_cfg
 
 
-def train(cfg: RunConfig, *, resume: Path | None = None, callbacks: tuple = (),
-          display: str = "bar", evaluate_after=None) -> TrainResult:
+def train(cfg: RunConfig, *, resume: Path | None = None, checkpoint: str | None = None,
+          callbacks: tuple = (), display: str = "bar", evaluate_after=None) -> TrainResult:
     """Run one fine-tuning job. With `resume`, continue the run in that directory from its last
-    checkpoint, using the config and the (verified) data files saved there. `display`: bar,
-    jsonl or quiet (see train/display.py). `evaluate_after`: called once training ends, False
-    skips the held-out evaluation of the tuned model (a sweep's pruned trial)."""
+    intact checkpoint (or from `checkpoint`, `checkpoint-N`; `resume` may also be that checkpoint's
+    directory), using the config and the (verified) data files saved there. `display`: bar,
+    jsonl or quiet (see train/display.py). `evaluate_after`: False skips the held-out evaluation
+    of the tuned model (a sweep's pruned trial)."""
     started = time.time()
     if resume is not None:
-        cfg = _config_of_run(Path(resume))
+        resume, checkpoint = split_resume_target(Path(resume), checkpoint)
+        cfg = config_of_run(resume)
     method, method_cfg = validate_run_config(cfg)
-    run_dir = _make_run_dir(cfg, resume)
+    run_dir = make_run_dir(cfg, resume, checkpoint)
     info(f"run directory: {run_dir}")
 
     from transformers import set_seed
 
     set_seed(cfg.train.seed)
+    attention = None if cfg.model.attn_implementation == "auto" else cfg.model.attn_implementation
     loaded = load_model(cfg.model.spec, device=_device(cfg), dtype=_dtype(cfg), for_training=True,
-                        **method.load_options(method_cfg))
+                        attn_implementation=attention, **method.load_options(method_cfg))
     data = method.prepare_data(method_cfg, cfg.data, loaded.tokenizer, cfg.train.seed)
     method_cfg = method.resolve_config(method_cfg, data)
     for message in data.warnings:
@@ -99,8 +100,7 @@ def train(cfg: RunConfig, *, resume: Path | None = None, callbacks: tuple = (),
                             [loaded.tokenizer.convert_ids_to_tokens(i) for i in stops])
 
     continued = _mlflow_run_of(run_dir)
-    with MlflowRun(cfg.track.mlflow, cfg.track.uri, cfg.track.experiment, run_dir.name,
-                   run_id=continued) as tracker:
+    with open_trackers(cfg.track, run_dir, mlflow_run_id=continued) as tracker:
         if continued is None:
             # MLflow refuses changed param values; a resumed run's data paths are re-resolved
             # (absolute, possibly moved), so its params stay those logged when it started.
@@ -131,7 +131,8 @@ def train(cfg: RunConfig, *, resume: Path | None = None, callbacks: tuple = (),
                                  method.collator(method_cfg, loaded.tokenizer),
                                  method.compute_metrics(method_cfg))
         if method.trains:  # fewshot: nothing to optimise, the run is its prompt recipe
-            trainer.train(resume_from_checkpoint=_resume_checkpoint(run_dir) if resume is not None else None)
+            trainer.train(resume_from_checkpoint=None if resume is None else
+                          chosen_checkpoint(run_dir, checkpoint) if checkpoint else resume_checkpoint(run_dir))
         val_metrics = trainer.evaluate() if data.val else {}
 
         artifact_dir = run_dir / "adapter"
@@ -183,81 +184,6 @@ def train(cfg: RunConfig, *, resume: Path | None = None, callbacks: tuple = (),
 # -- setup ---------------------------------------------------------------------------------
 
 
-def _config_of_run(run_dir: Path) -> RunConfig:
-    """The config saved in a run, its data paths re-resolved from the run directory (absolute,
-    else relative to the run) and checked against the sha256 recorded when the run started."""
-    path = run_dir / CONFIG_NAME
-    if not path.is_file():
-        raise AffinaError(f"cannot resume: {path} not found (is {run_dir} a run directory?)")
-    cfg = config_from_dict(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
-    resolved = resolve_inputs(run_dir)
-    if resolved:
-        cfg.data.train = resolved.get("train", [])
-        cfg.data.validation = resolved.get("validation", [])
-        cfg.eval.data = resolved.get("eval", [])
-    return cfg
-
-
-def _make_run_dir(cfg: RunConfig, resume: Path | None) -> Path:
-    """The run directory with `config.yaml` (data paths absolute) and `inputs.json` (each data
-    file's absolute path, path relative to the run, sha256). A directory left by a run that failed
-    before its first checkpoint is reused; one with a checkpoint or a finished record is not."""
-    if resume is not None:
-        run_dir = Path(resume)
-        if _resume_checkpoint(run_dir) is None:
-            raise AffinaError(f"cannot resume: {run_dir} has no intact checkpoint yet; start it again "
-                              f"with the same train.run_name (the directory is reused)")
-        state = json.loads((Path(_resume_checkpoint(run_dir)) / "trainer_state.json").read_text())
-        if (run_dir / MANIFEST_NAME).exists() and 0 < state.get("max_steps", 0) <= state.get("global_step", 0):
-            # The trainer would take one step past the end from a final checkpoint.
-            raise AffinaError(f"cannot resume: {run_dir} already finished (step {state['global_step']} "
-                              f"of {state['max_steps']}); start a new run to train further")
-        return run_dir
-    name = cfg.train.run_name or f"{cfg.method.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    run_dir = Path(cfg.train.output_dir) / name
-    if (run_dir / MANIFEST_NAME).exists() or any((run_dir / "checkpoints").glob("checkpoint-*")):
-        raise ConfigError(f"run directory {run_dir} already holds a run; pick another train.run_name "
-                          f"or continue it with --resume {run_dir}")
-    if (run_dir / CONFIG_NAME).exists():
-        info(f"reusing {run_dir}: its earlier attempt stopped before the first checkpoint")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    files = ([data_file(p, "train", run_dir) for p in cfg.data.train]
-             + [data_file(p, "validation", run_dir) for p in cfg.data.validation]
-             + [data_file(p, "eval", run_dir) for p in cfg.eval.data])
-    saved = config_to_dict(cfg)
-    by_role = {role: [f.path for f in files if f.role == role] for role in ("train", "validation", "eval")}
-    saved["data"]["train"], saved["data"]["validation"] = by_role["train"], by_role["validation"]
-    saved["eval"]["data"] = by_role["eval"]
-    (run_dir / CONFIG_NAME).write_text(yaml.safe_dump(saved, sort_keys=False, width=1000))
-    write_inputs(run_dir, files)
-    return run_dir
-
-
-def _resume_checkpoint(run_dir: Path) -> str | None:
-    """The newest checkpoint that is intact (its trainer state and weights readable); a newer,
-    truncated one (a kill while it was written) is skipped with a warning."""
-    checkpoints = sorted((Path(run_dir) / "checkpoints").glob("checkpoint-*"),
-                         key=lambda p: int(p.name.rsplit("-", 1)[-1]) if p.name.rsplit("-", 1)[-1].isdigit() else -1,
-                         reverse=True)
-    for ckpt in checkpoints:
-        try:
-            json.loads((ckpt / "trainer_state.json").read_text())
-            weights = [p for p in ckpt.iterdir() if p.suffix in (".safetensors", ".bin")]
-            if not weights or any(p.stat().st_size == 0 for p in weights):
-                raise ValueError("no weights")
-            for p in weights:
-                if p.suffix == ".safetensors":
-                    from safetensors import safe_open
-
-                    with safe_open(str(p), framework="pt"):
-                        pass
-        except Exception as e:  # noqa: BLE001 — any unreadable piece makes the checkpoint unusable
-            warn(f"skipping checkpoint {ckpt.name}: it is incomplete or corrupt ({type(e).__name__})")
-            continue
-        return str(ckpt)
-    return None
-
-
 def _mlflow_run_of(run_dir: Path) -> str | None:
     """A resumed run continues its own MLflow run instead of opening a second one."""
     marker = run_dir / ".mlflow_run_id"
@@ -302,6 +228,7 @@ def _build_trainer(model, tokenizer, data: PreparedData, cfg: RunConfig, run_dir
         eval_strategy="steps" if has_val and t.eval_steps > 0 else "no",
         eval_steps=t.eval_steps if t.eval_steps > 0 else None,
         save_strategy="steps", save_steps=t.save_steps, save_total_limit=t.save_total_limit,
+        optim=t.optimizer, neftune_noise_alpha=t.neftune_alpha or None,
         **({"gradient_checkpointing": True} if t.gradient_checkpointing else {}),
         use_cpu=device.type == "cpu", bf16=bf16,
         report_to="none", remove_unused_columns=False, dataloader_num_workers=0,
@@ -345,7 +272,7 @@ def _stopping_record(trainer, run_dir: Path) -> dict:
             "stop_step": state.global_step}
 
 
-def _log_datasets(tracker: MlflowRun, data: PreparedData) -> None:
+def _log_datasets(tracker: Trackers, data: PreparedData) -> None:
     summary = data.summary()
     sources = ",".join(f["path"] for f in data.files if f.get("role") == "train")
     tracker.log_dataset(data.train_records, name="train", source=sources,
@@ -366,7 +293,8 @@ def _data_info(data: PreparedData, run_dir: Path) -> DataInfo:
 
     return DataInfo(files=files, train=split(summary["train"]), validation=split(summary["validation"]),
                     packing=summary["packing"], chat_template=summary["chat_template"],
-                    warnings=list(summary["warnings"]), source_fingerprint=summary.get("source_fingerprint"))
+                    warnings=list(summary["warnings"]), mix=summary.get("mix"),
+                    source_fingerprint=summary.get("source_fingerprint"))
 
 
 def _check_saved_template(artifact_dir: Path, template: TemplateInfo) -> None:
@@ -385,13 +313,13 @@ def _check_saved_template(artifact_dir: Path, template: TemplateInfo) -> None:
              "recorded in the run record, which generation and serving use")
 
 
-def _log_run_files(tracker: MlflowRun, run_dir: Path, checkpoints: bool) -> None:
+def _log_run_files(tracker: Trackers, run_dir: Path, checkpoints: bool) -> None:
     """The artifact, record, config, history, plots and eval reports go to MLflow; trainer
     checkpoints (optimizer state: several times the artifact) only when asked for."""
     for path in sorted(run_dir.iterdir()):
         if path.name == "checkpoints" and not checkpoints:
             continue
-        if path.name.startswith("."):
+        if path.name.startswith(".") or path.name == WANDB_DIR:  # W&B keeps its own files
             continue
         if path.is_dir():
             tracker.log_artifacts(path, artifact_path=f"run/{path.name}")
