@@ -196,3 +196,27 @@ def test_a_truncated_latest_checkpoint_falls_back_to_the_intact_one(tmp_path, ti
     assert "skipping checkpoint checkpoint-6" in err
     record = json.loads((run / "affina.json").read_text())
     assert record["train"]["global_step"] == 6
+
+
+def test_a_run_killed_after_its_final_checkpoint_finishes_without_an_extra_step(
+        tmp_path, tiny_model_dir, monkeypatch):
+    """Killed after the last checkpoint was saved but before the record was written: resume
+    restores that checkpoint and finishes at the asked step, with the same weights."""
+    from safetensors.torch import load_file
+    import torch
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "train.jsonl").write_text(_chat(16))
+    args = ["train", "-q", f"model.spec={tiny_model_dir}", "train.output_dir=runs",
+            "train.run_name=end", "train.batch_size=4", "train.lr=5e-3", "method.r=2",
+            "track.mlflow=false", "data.train=train.jsonl", "data.val_fraction=0",
+            "train.max_steps=4", "train.save_steps=2", "train.eval_steps=0", "data.max_length=96"]
+    assert main(args) == 0
+    run = tmp_path / "runs" / "end"
+    finished = load_file(str(run / "adapter" / "adapter_model.safetensors"))
+    (run / "affina.json").unlink()
+    shutil.rmtree(run / "adapter")
+    assert main(["train", "-q", "--resume", str(run)]) == 0
+    assert json.loads((run / "affina.json").read_text())["train"]["global_step"] == 4
+    resumed = load_file(str(run / "adapter" / "adapter_model.safetensors"))
+    assert all(torch.equal(finished[k], resumed[k]) for k in finished)

@@ -131,8 +131,8 @@ def train(cfg: RunConfig, *, resume: Path | None = None, checkpoint: str | None 
                                  method.collator(method_cfg, loaded.tokenizer),
                                  method.compute_metrics(method_cfg))
         if method.trains:  # fewshot: nothing to optimise, the run is its prompt recipe
-            trainer.train(resume_from_checkpoint=None if resume is None else
-                          chosen_checkpoint(run_dir, checkpoint) if checkpoint else resume_checkpoint(run_dir))
+            _train(trainer, None if resume is None else
+                   chosen_checkpoint(run_dir, checkpoint) if checkpoint else resume_checkpoint(run_dir))
         val_metrics = trainer.evaluate() if data.val else {}
 
         artifact_dir = run_dir / "adapter"
@@ -182,6 +182,21 @@ def train(cfg: RunConfig, *, resume: Path | None = None, checkpoint: str | None 
 
 
 # -- setup ---------------------------------------------------------------------------------
+
+
+def _train(trainer, checkpoint: str | None) -> None:
+    """Train, or continue from `checkpoint`. A checkpoint taken at the last step (a run killed
+    after saving it, before its record was written) is restored without training: the trainer
+    would otherwise take one step past the end, as it checks for the end only after a step."""
+    if checkpoint is not None:
+        from transformers import TrainerState
+
+        state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
+        if 0 < state.max_steps <= state.global_step:
+            trainer._load_from_checkpoint(checkpoint)  # the weights only; nothing is left to train
+            trainer.state = state
+            return
+    trainer.train(resume_from_checkpoint=checkpoint)
 
 
 def _mlflow_run_of(run_dir: Path) -> str | None:
