@@ -225,7 +225,11 @@ class Engine:
             batch, key = [first], first.batch_key(peft)
             adapters = {first.target.name} if first.target.run is not None else set()
             if key is not None:
-                for job in list(self._jobs):
+                # Same-target rows first, then other adapters': a mixed forward pass costs some
+                # work per distinct adapter in every LoRA layer, so deep queues still form batches
+                # of one adapter, and mixing fills the batches that would otherwise run short.
+                waiting = sorted(self._jobs, key=lambda j: j.target.name != first.target.name)
+                for job in waiting:
                     if len(batch) >= self.max_batch:
                         break
                     if job.batch_key(peft) != key:
