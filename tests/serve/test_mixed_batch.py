@@ -6,6 +6,7 @@ import pytest
 
 from affina.serve.engine import GenerationParams
 from affina.serve.server import ServeOptions, build_engine
+from affina.serve.store import UnservableModel
 from tests.serve.conftest import make_lora_run
 
 PROMPTS = ["hi", "what is the number seven", "tell me a long story about cats, dogs and a mouse", "zz",
@@ -70,3 +71,29 @@ def test_a_batch_never_holds_more_adapters_than_are_kept_loaded(mixed_store):
     assert batched == alone
     assert max(batch_models) == 3  # two adapters and the base
     assert len(engine.loaded_adapters()) == 2
+
+
+def test_an_adapter_that_cannot_load_fails_only_its_own_rows(mixed_store, tmp_path):
+    base, _ = mixed_store
+    store = tmp_path / "runs"
+    store.mkdir()
+    for seed, name in ((11, "a1"), (12, "a2")):
+        make_lora_run(store, name, base, seed=seed)
+    broken = make_lora_run(store, "broken", base, seed=31)
+    (broken / "adapter" / "adapter_model.safetensors").write_bytes(b"not safetensors")
+    engine = build_engine(ServeOptions(store=store, base=str(base), threads=1))
+    params = GenerationParams(max_tokens=8, temperature=0)
+    ids = engine.chat_prompt_ids([{"role": "user", "content": "hello"}])
+    engine.models.activate(engine.resolve("a1").run)
+    jobs = {m: engine.submit(engine.resolve(m), ids, params) for m in ("a1", "broken", "base", "a2")}
+    engine.start()
+    try:
+        with pytest.raises(UnservableModel, match="broken"):
+            jobs["broken"].future.result(timeout=60)
+        answers = {m: jobs[m].future.result(timeout=60).text for m in ("a1", "base", "a2")}
+        assert engine.batch_models == {3: 1}  # the three others still ran together
+        alone = {m: engine.submit(engine.resolve(m), ids, params).future.result(timeout=60).text
+                 for m in answers}
+        assert answers == alone
+    finally:
+        engine.stop()

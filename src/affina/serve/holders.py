@@ -233,7 +233,7 @@ class ModelHolder:
                                                        adapter_name=internal)
             else:
                 self._peft.load_adapter(str(run.artifact_dir), adapter_name=internal)
-        except (OSError, ValueError, KeyError, RuntimeError) as e:
+        except Exception as e:  # e.g. a SafetensorError for corrupt weights: fails its own requests
             raise UnservableModel(f"model {run.name!r}: cannot load its adapter from "
                                   f"{run.artifact_dir} ({_first_line(e)})") from e
         self._peft.eval()
