@@ -1,16 +1,17 @@
-"""`affina serve` throughput: requests/s and generated tokens/s at 1, 4 and 16 concurrent clients.
+"""`affina serve` throughput: requests/s and generated tokens/s at 1, 4, 16 and 64 concurrent clients.
 
     python benchmarks/serve.py                  # CPU, the embedded default model (SmolLM2-135M)
     python benchmarks/serve.py --model tiny     # the 2-layer test model, for a quick look
     python benchmarks/serve.py --device cuda
     python benchmarks/serve.py --model tiny --hostile 60   # only the hostile mix, for 60 s
+    python benchmarks/serve.py --model tiny --clients 16 --cases one,mixed,mixed8
 
-A real server on loopback (uvicorn in a thread of this process) over the base and two LoRA
+A real server on loopback (uvicorn in a thread of this process) over the base and eight LoRA
 adapters (r=8 on q/k/v/o, random weights, so their answers differ from the base's). Clients are
-threads using the official openai client, each sending greedy chat requests back to back. "one
-adapter" sends every request to the same adapter, so the server can batch them; "mixed" cycles
-through base, alpha and beta, so consecutive requests need different weights. Prints a markdown
-table; docs/benchmarks.md keeps the measured figures.
+threads using the official openai client, each sending greedy chat requests back to back. "one"
+sends every request to the same adapter; "mixed" cycles through base, alpha and beta; "mixed8"
+cycles through the eight adapters, so consecutive requests need different weights. Prints a
+markdown table; docs/benchmarks.md keeps the measured figures.
 
 `--hostile SECONDS` runs the hostile mix instead: normal clients (as above, one adapter) beside
 clients that send the worst a request may ask within the server's limits (4 stop strings at the
@@ -49,6 +50,9 @@ PROMPTS = ["Write a product title for a red ceramic mug.", "What is the capital 
            "Give me three words that rhyme with cat.", "Summarise: the meeting moved to Friday.",
            "Translate 'good morning' into Spanish.", "Name a prime number bigger than ten.",
            "Suggest a name for a grey kitten.", "What colour is the sky on a clear day?"]
+ADAPTERS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"]
+CASES = {"one": ("one adapter", ["alpha"]), "mixed": ("mixed (base, alpha, beta)", ["base", "alpha", "beta"]),
+         "mixed8": ("mixed (8 adapters)", ADAPTERS)}
 
 
 def make_store(root: Path, base_spec: str) -> Path:
@@ -57,7 +61,7 @@ def make_store(root: Path, base_spec: str) -> Path:
 
     base_dir = resolve_model_path(base_spec)
     store = root / "runs"
-    for seed, name in ((1, "alpha"), (2, "beta")):
+    for seed, name in enumerate(ADAPTERS, start=1):
         model = AutoModelForCausalLM.from_pretrained(base_dir)
         torch.manual_seed(seed)
         config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
@@ -193,7 +197,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=["default", "tiny"], default="default")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--clients", default="1,4,16")
+    parser.add_argument("--clients", default="1,4,16,64")
+    parser.add_argument("--cases", default="one,mixed,mixed8", help=f"of {','.join(CASES)}")
     parser.add_argument("--requests", type=int, default=32, help="requests per case")
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--max-batch", type=int, default=8)
@@ -221,8 +226,12 @@ def main() -> None:
                            limits=make_limits(max_tokens=args.max_tokens) if args.hostile is None
                            else make_limits())
     engine = build_engine(options).start()
+    import inspect
+
+    # Loopback only: no API keys (servers that require keys even on loopback have `auth`).
+    auth = {"auth": "open"} if "auth" in inspect.signature(create_app).parameters else {}
     app = create_app(engine, KeyStore(tmp / "keys.db"), RequestLog(f"sqlite:///{tmp / 'requests.db'}"),
-                     options.limits)
+                     options.limits, **auth)
     import socket
 
     with socket.socket() as s:
@@ -247,15 +256,16 @@ def main() -> None:
               f"| {r['rss_peak']:.0f} | {sent} |")
         os._exit(0)  # the worker may still be busy with an old server's hostile request
 
-    cases = {"one adapter": ["alpha"], "mixed (base, alpha, beta)": ["base", "alpha", "beta"]}
+    run_case(url, ADAPTERS, 8, 8, args.max_tokens)  # all eight loaded (the default --max-adapters)
     rows = []
-    for label, models in cases.items():
+    for label, models in (CASES[c] for c in args.cases.split(",")):
         for clients in [int(c) for c in args.clients.split(",")]:
             engine.batch_sizes.clear()
-            r = run_case(url, models, clients, args.requests, args.max_tokens)
+            r = run_case(url, models, clients, max(args.requests, 2 * clients), args.max_tokens)
             batches = sum(engine.batch_sizes.values())
             mean_batch = sum(k * v for k, v in engine.batch_sizes.items()) / max(batches, 1)
-            rows.append([label, clients, args.requests, f"{r['wall']:.1f}", f"{r['rps']:.2f}",
+            requests = max(args.requests, 2 * clients)  # every client sends at least twice
+            rows.append([label, clients, requests, f"{r['wall']:.1f}", f"{r['rps']:.2f}",
                          f"{r['tps']:.1f}", f"{r['p50']:.2f}", f"{r['p95']:.2f}", f"{mean_batch:.1f}"])
             print(f"  {label}, {clients} clients: {r['rps']:.2f} req/s", file=sys.stderr)
     server.should_exit = True

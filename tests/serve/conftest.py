@@ -10,7 +10,7 @@ import torch
 from tests.helpers import make_tiny_model
 
 
-def make_lora_run(store: Path, name: str, base_dir: Path, seed: int) -> Path:
+def make_lora_run(store: Path, name: str, base_dir: Path, seed: int, dora: bool = False) -> Path:
     """A run directory as `affina train` leaves it: affina.json + a PEFT LoRA adapter.
 
     Random (not zero) LoRA weights, so each adapter changes the base's greedy answers its own way.
@@ -25,11 +25,11 @@ def make_lora_run(store: Path, name: str, base_dir: Path, seed: int) -> Path:
     base = AutoModelForCausalLM.from_pretrained(base_dir)
     torch.manual_seed(seed)
     config = LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj", "o_proj", "down_proj"],
-                        init_lora_weights=False)
+                        init_lora_weights=False, use_dora=dora)
     get_peft_model(base, config).save_pretrained(run / "adapter")
     write_record(run, RunRecord(kind="adapter", artifact="adapter",
                                 base_model=BaseModelInfo(str(base_dir), fingerprint=model_fingerprint(base_dir)),
-                                method=MethodInfo("lora", {"r": 4})))
+                                method=MethodInfo("dora" if dora else "lora", {"r": 4})))
     return run
 
 

@@ -23,7 +23,8 @@ def test_waiting_requests_are_batched_without_changing_answers(serve_store):
     engine.start()
     try:
         batched = [(m, i, j.future.result(timeout=120)) for m, i, j in jobs]
-        assert engine.batch_sizes == {5: 1, 4: 2}
+        # alpha and beta share a batch; the base joins adapters once the PeftModel exists.
+        assert engine.batch_sizes == {8: 1, 5: 1} and engine.batch_models == {2: 2}
         alone = {}
         for m in ("alpha", "base", "beta"):
             for i in range(len(PROMPTS)):

@@ -4,9 +4,13 @@ Why one worker: a PEFT model has one active adapter at a time, held in module st
 worker thread ever touches the models, and it activates the model of each batch right before
 generating it, so no request can run under another request's adapter. Requests wait in a bounded
 queue; the worker takes the oldest one plus any waiting requests that can share its forward pass
-(the base or the same shared adapter, greedy, same stop strings, not streamed), left-pads them
-into one batch and generates them together. Runs served through their method's own model (a
+(greedy, same stop strings, not streamed), left-pads them into one batch and generates them
+together. Requests share a forward pass when they ask for the same target, or, once the PeftModel
+exists, for any LoRA/rsLoRA adapters and the base together (PEFT's per-row `adapter_names`, at
+most --max-adapters distinct adapters per batch, so all of them stay loaded while it runs). DoRA
+runs batch per adapter (PEFT cannot mix them). Runs served through their method's own model (a
 wrapper of the base, or an own copy) generate one request at a time, as `affina generate` does.
+Batches are static: a batch runs until its last row is done, and new requests wait for the next.
 """
 
 from __future__ import annotations
@@ -84,10 +88,16 @@ class _Job:
     future: Future = field(default_factory=Future)
     cancelled: threading.Event = field(default_factory=threading.Event)  # set: the client is gone
     deadline: float | None = None  # time.monotonic() after which generation stops ("length")
+    # Set for a target whose rows can run beside other adapters' rows in the PeftModel: what
+    # those rows must also share (the token ids that end a row, the tokenizer that decodes it).
+    mix: tuple | None = None
 
-    def batch_key(self):
+    def batch_key(self, peft_exists: bool = False):
         if self.on_text is not None or not self.params.greedy or not self.target.batchable:
             return None  # streamed or sampled requests run alone (their own RNG stream)
+        if self.mix is not None and (self.target.run is not None or peft_exists):
+            # Until an adapter made the PeftModel, the base batches alone, on the plain model.
+            return ("peft-shared", self.params.stop, self.mix)
         return (self.target.name, self.params.stop)
 
 
@@ -111,6 +121,7 @@ class Engine:
         self._cv = threading.Condition()
         self._stopping = False
         self.batch_sizes: dict[int, int] = {}  # batch size → how many batches had it
+        self.batch_models: dict[int, int] = {}  # distinct targets in a batch → how many batches had it
         self._worker = threading.Thread(target=self._run, name="affina-generate", daemon=True)
 
     # -- request side (any thread) ---------------------------------------------------------
@@ -189,6 +200,9 @@ class Engine:
         """Queue one request. Setting `job.cancelled` stops its generation at the next token (or
         skips it while it waits); past `deadline` (time.monotonic) it stops with "length"."""
         job = _Job(target, list(prompt_ids), params, on_text, deadline=deadline)
+        if on_text is None and params.greedy and not target.answers_label and self.models.mixable(target.run):
+            run = target.run
+            job.mix = (tuple(self.models.stops(run)), id(self.models.tokenizer(run)))
         with self._cv:
             if self._stopping:
                 raise Overloaded("the server is shutting down")
@@ -207,14 +221,26 @@ class Engine:
             if self._stopping:
                 return None
             first = self._jobs.popleft()
-            batch, key = [first], first.batch_key()
+            peft = self.models.has_peft
+            batch, key = [first], first.batch_key(peft)
+            adapters = {first.target.name} if first.target.run is not None else set()
             if key is not None:
-                for job in list(self._jobs):
+                # Same-target rows first, then other adapters': a mixed forward pass costs some
+                # work per distinct adapter in every LoRA layer, so deep queues still form batches
+                # of one adapter, and mixing fills the batches that would otherwise run short.
+                waiting = sorted(self._jobs, key=lambda j: j.target.name != first.target.name)
+                for job in waiting:
                     if len(batch) >= self.max_batch:
                         break
-                    if job.batch_key() == key:
-                        self._jobs.remove(job)
-                        batch.append(job)
+                    if job.batch_key(peft) != key:
+                        continue
+                    name = job.target.name if job.target.run is not None else None
+                    if name is not None and name not in adapters:
+                        if len(adapters) >= self.models.max_adapters:
+                            continue  # it would evict an adapter of this batch: the next batch
+                        adapters.add(name)
+                    self._jobs.remove(job)
+                    batch.append(job)
             return batch
 
     def _run(self) -> None:
@@ -237,9 +263,12 @@ class Engine:
             for job in [j for j in live if self._expired(j)]:
                 live.remove(job)  # nobody waits for it, or its time ran out in the queue
                 job.future.set_result(GenerationResult("", len(job.prompt_ids), 0, "length"))
+            live = self._load_each(live)
             if not live:
                 continue
             self.batch_sizes[len(live)] = self.batch_sizes.get(len(live), 0) + 1
+            targets = len({j.target.name for j in live})
+            self.batch_models[targets] = self.batch_models.get(targets, 0) + 1
             try:
                 results = self._generate(live)
             except Exception as e:  # a failed batch fails its own requests, not the server
@@ -249,6 +278,22 @@ class Engine:
             for job, result in zip(live, results):
                 job.future.set_result(result)
 
+    def _load_each(self, jobs: list[_Job]) -> list[_Job]:
+        """The jobs of a mixed batch whose adapters load; a run whose adapter cannot load fails
+        its own requests, not the other rows it was batched with."""
+        runs = {j.target.name: j.target.run for j in jobs if j.target.run is not None}
+        if len({j.target.name for j in jobs}) < 2 or not runs:
+            return jobs  # one target: `_generate` loads it and fails the batch, which is all its own
+        failed = {}
+        for name, run in runs.items():
+            try:
+                self.models.activate(run)
+            except Exception as e:
+                failed[name] = e
+        for job in [j for j in jobs if j.target.name in failed]:
+            job.future.set_exception(failed[job.target.name])
+        return [j for j in jobs if j.target.name not in failed]
+
     @staticmethod
     def _expired(job: _Job) -> bool:
         return job.cancelled.is_set() or (job.deadline is not None and time.monotonic() >= job.deadline)
@@ -257,9 +302,15 @@ class Engine:
         import torch
 
         params, target = jobs[0].params, jobs[0].target
-        tokenizer = self.models.tokenizer(target.run)
+        tokenizer = self.models.tokenizer(target.run)  # one for all rows: part of the batch key
         stops = self.models.stops(target.run)
-        active = self.models.activate(target.run)  # first: loading may fail this batch alone
+        adapter_names = None
+        # First: loading may fail this batch alone.
+        if len({j.target.name for j in jobs}) > 1:  # rows of several adapters and/or the base
+            active, adapter_names, versions = self.models.activate_mixed([j.target.run for j in jobs])
+        else:
+            active = self.models.activate(target.run)
+            versions = [active.version] * len(jobs)
         pad = tokenizer.pad_token_id
         width = max(len(j.prompt_ids) for j in jobs)
         # Left padding, so every row's next token comes right after its own prompt. (B, T)
@@ -270,6 +321,8 @@ class Engine:
             mask[row, width - len(job.prompt_ids):] = 1
         kwargs = dict(max_new_tokens=max(j.params.max_tokens for j in jobs), pad_token_id=pad,
                       eos_token_id=list(stops))
+        if adapter_names is not None:
+            kwargs["adapter_names"] = adapter_names  # PeftModel.generate routes each row to its adapter
         if params.greedy:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         else:
@@ -294,7 +347,7 @@ class Engine:
         device = next(active.model.parameters()).device
         with active.context, torch.inference_mode():
             out = active.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
-        results = [self._result(job, out[row, width:].tolist(), active.version, tokenizer, stops)
+        results = [self._result(job, out[row, width:].tolist(), versions[row], tokenizer, stops)
                    for row, job in enumerate(jobs)]
         if decoder is not None:
             tail = ""

@@ -2,7 +2,8 @@
 
 - the base model, loaded once;
 - LoRA-family adapters (`PEFT_ADAPTER`): loaded side by side into one PeftModel over the base,
-  at most `max_adapters` of them (LRU); a request activates its own adapter;
+  at most `max_adapters` of them (LRU); a batch of one adapter activates it, a batch of several
+  adapters and the base runs them in one forward pass (`activate_mixed`, PEFT's `adapter_names`);
 - wrappers of the base (`WRAPS_BASE`: few-shot, a frozen head): the run's method wraps the
   server's base without changing it; at most `max_adapters` of them (LRU);
 - runs that change the base's modules or weights (`OWN_COPY`): opened with their own copy of the
@@ -16,6 +17,7 @@ Only the engine's worker thread calls `activate`, so no two requests ever share 
 from __future__ import annotations
 
 import gc
+import json
 import threading
 from collections import OrderedDict
 from contextlib import nullcontext
@@ -74,6 +76,7 @@ class ModelHolder:
         self._lock = threading.Lock()  # guards the tokenizer/stop caches (request threads)
         self._tokenizers: dict[tuple, Any] = {}
         self._stops: dict[tuple, list[int]] = {}
+        self._dora: dict[tuple, bool] = {}
         self.loaded_adapters: tuple[str, ...] = ()  # snapshots, replaced whole: safe to read anywhere
         self.loaded_models: tuple[str, ...] = ()
 
@@ -122,7 +125,52 @@ class ModelHolder:
                 self._stops[key] = stops
         return self._stops[key]
 
+    def mixable(self, run: ServedRun | None) -> bool:
+        """Whether `run`'s rows may share a forward pass with other adapters' rows and the base's.
+
+        PEFT mixes LoRA and rsLoRA adapters in one batch (each row names its adapter), but refuses
+        DoRA there ("Cannot pass `adapter_names` when DoRA is enabled", peft 0.21): the weight
+        norm DoRA divides by belongs to one adapter. DoRA runs keep batches of their own."""
+        if run is None:
+            return True
+        if run.sharing is not Sharing.PEFT_ADAPTER:
+            return False
+        key = self._key(run)
+        if key not in self._dora:
+            try:
+                config = json.loads((run.artifact_dir / "adapter_config.json").read_text())
+                dora = bool(config.get("use_dora")) or config.get("peft_type") != "LORA"
+            except (OSError, ValueError, AttributeError):
+                dora = True  # unreadable: batched alone, and loading it reports why
+            with self._lock:
+                self._dora[key] = dora
+        return not self._dora[key]
+
+    @property
+    def has_peft(self) -> bool:
+        """Whether the PeftModel exists, i.e. the base's rows can run in it as `__base__`."""
+        return self._peft is not None
+
     # -- models (the worker thread only) ---------------------------------------------------
+
+    def activate_mixed(self, runs: list[ServedRun | None]) -> tuple[Active, list[str], list[str | None]]:
+        """The PeftModel, the PEFT adapter name of each row ("__base__" for the base) and each
+        row's artifact version, for one forward pass over rows of different adapters.
+
+        Every adapter of the batch is loaded (or touched) first. A batch holds at most
+        `max_adapters` distinct adapters, and each one touched becomes the most recently used, so
+        loading a later one of the batch never evicts an earlier one."""
+        held = {}
+        for run in runs:
+            if run is not None and run.name not in held:
+                held[run.name] = self._adapter(run)
+        gone = [name for name, h in held.items() if self._adapters.get(name) is not h]
+        if gone:  # the engine caps a batch's adapters, so this is a bug, never a wrong answer
+            raise RuntimeError(f"adapters {gone} were evicted while their batch was loading")
+        names = [held[r.name].internal_name if r is not None else "__base__" for r in runs]
+        versions = [held[r.name].version if r is not None else None for r in runs]
+        return Active(self._peft, nullcontext(), None), names, versions
+
 
     def _base_context(self):
         """The shared base as it was loaded: with any LoRA layers of other adapters switched off."""
@@ -185,7 +233,7 @@ class ModelHolder:
                                                        adapter_name=internal)
             else:
                 self._peft.load_adapter(str(run.artifact_dir), adapter_name=internal)
-        except (OSError, ValueError, KeyError, RuntimeError) as e:
+        except Exception as e:  # e.g. a SafetensorError for corrupt weights: fails its own requests
             raise UnservableModel(f"model {run.name!r}: cannot load its adapter from "
                                   f"{run.artifact_dir} ({_first_line(e)})") from e
         self._peft.eval()
