@@ -123,3 +123,13 @@ def test_dpo_refuses_unpaired_rows_and_sft_refuses_preference_data(tmp_path, tin
             train(load_config(None, [f"model.spec={tiny_model_dir}", f"data.train={data}",
                                      f"train.output_dir={tmp_path / 'runs'}", "track.mlflow=false",
                                      f"method.name={method}"]), display="quiet")
+
+
+def test_data_inspect_shows_the_format_and_both_replies(tmp_path, tiny_model_dir, capsys):
+    from affina.data.inspect import inspect_data
+
+    out = inspect_data([str(_write(tmp_path / "p.jsonl", PAIRS))], model_spec=str(tiny_model_dir))
+    text = capsys.readouterr().out
+    assert out["rows"] == len(PAIRS) and out["files"][0]["format"] == "preference"
+    assert "preference" in text and f"chosen reply: {PAIRS[0]['chosen']}" in text
+    assert f"rejected reply: {PAIRS[0]['rejected']}" in text
