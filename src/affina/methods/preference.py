@@ -15,6 +15,7 @@ artifact is a plain PEFT LoRA directory, served and merged like `lora`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 
 from ..errors import ConfigError, DataError
@@ -37,7 +38,9 @@ class PreferenceConfig(LoraMethodConfig):
             raise ConfigError(f"method.beta must be > 0, got {self.beta}")
 
 
+@functools.cache
 def _prepared_class():
+    # Defined on first use: the data modules load lazily, as in every method module.
     from ..data.prepare import PreparedData
 
     @dataclass
