@@ -43,8 +43,11 @@ def _train(tmp_path, model_dir, method: str):
     return train(load_config(None, overrides))
 
 
+PREFERENCE = ["dpo", "orpo", "kto"]  # preference data: trained in test_preference.py
+
+
 def test_registry_lists_every_method_and_the_cli_uses_it(capsys):
-    assert set(method_names()) == set(METHODS)
+    assert set(method_names()) == set(METHODS + PREFERENCE)
     assert main(["methods"]) == 0
     out = capsys.readouterr().out
     assert all(name in out for name in METHODS)

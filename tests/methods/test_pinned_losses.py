@@ -77,8 +77,11 @@ def test_lora_bfloat16_losses_on_cpu(model_dirs):
 
 
 def test_every_training_method_in_the_registry_has_pinned_losses():
-    from affina.methods import get_method, method_names
+    from affina.methods import Method, get_method, method_names
 
-    training = {n for n in method_names() if get_method(n).trains}
+    # Methods with a trainer of their own (preference tuning) do not train on this SFT batch;
+    # their first losses are pinned in closed form in test_preference.py.
+    training = {n for n in method_names() if get_method(n).trains
+                and type(get_method(n)).build_trainer is Method.build_trainer}
     pinned = {c.method for c in TRAINING if c.id in PINNED}
     assert training <= pinned, f"methods without pinned losses: {sorted(training - pinned)}"

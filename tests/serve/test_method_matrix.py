@@ -43,9 +43,14 @@ def matrix(tmp_path_factory):
     base = make_tiny_model(root / "tiny-base", seed=3, initializer_range=0.3)
     (root / "chat.jsonl").write_text(_rows(False))
     (root / "labels.jsonl").write_text(_rows(True))
+    (root / "pairs.jsonl").write_text("".join(json.dumps(
+        {"prompt": f"say the number {i}", "chosen": f"number {i}", "rejected": f"a long story about {i}"}) + "\n"
+        for i in range(16)))
     store = root / "runs"
     for method in method_names():
-        data = root / ("labels.jsonl" if get_method(method).task.output == "label" else "chat.jsonl")
+        task = get_method(method).task
+        data = root / ("labels.jsonl" if task.output == "label" else
+                       "pairs.jsonl" if task.name == "prefer" else "chat.jsonl")
         train(load_config(None, [
             f"model.spec={base}", f"data.train={data}", "data.val_fraction=0.25",
             f"train.output_dir={store}", f"train.run_name={method}", "train.max_steps=2",

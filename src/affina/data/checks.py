@@ -61,6 +61,8 @@ def data_stats(records: list[Record]) -> DataStats:
     def chars(r: Record) -> int:
         if r.messages is not None:
             return sum(len(m["content"]) for m in r.messages)
+        if r.prompt is not None:
+            return sum(len(m["content"]) for m in r.prompt) + len(r.chosen or "") + len(r.rejected or "")
         return len(r.text or "")
 
     chats = [r for r in records if r.messages is not None]

@@ -75,6 +75,7 @@ def detect_format(rows: Iterable[tuple[int, dict]], source: str) -> str:
     for line, row in rows:
         name = match_format(row)
         if name is None:
+            _raise_missing_field(row, first[1] if first else None, source, line)
             raise data_error(f"row matches no data format; keys seen: {sorted(row)}. "
                              f"Formats and their keys: {_formats_help()}", source, line)
         if first is None:
@@ -86,6 +87,18 @@ def detect_format(rows: Iterable[tuple[int, dict]], source: str) -> str:
     if first is None:
         raise DataError("no rows to detect the format from", source=source)
     return first[1]
+
+
+def _raise_missing_field(row: dict, current: str | None, source: str, line: int) -> None:
+    """A row that almost matches a format (the file's format so far, or one whose required keys
+    it mostly has) is missing a field: name that field rather than list every format."""
+    candidates = [FORMATS[current]] if current else [
+        f for f in FORMATS.values() if len(f.requires) > 2 and sum(k in row for k in f.requires) >= 2]
+    for fmt in candidates:
+        missing = [k for k in fmt.requires if k not in row]
+        if missing:
+            raise data_error(f"missing for format '{fmt.name}' (keys seen: {sorted(row)})",
+                             source, line, missing[0])
 
 
 def to_record(row: dict, fmt: str | Format, source: str, line: int) -> Record:
@@ -214,6 +227,62 @@ def _text_label(row: dict, at: _Row) -> Record:
     return at.record(text=text, label=str(label))
 
 
+def _turns(at: _Row, value: object, field: str) -> list[dict]:
+    """Chat messages given as a list of {role, content} objects, each checked."""
+    messages = []
+    for i, turn in enumerate(at.items(value, field)):
+        role = turn.get("role")
+        if role not in CHAT_ROLES:
+            raise at.fail(f"{field}[{i}].role", f"is {role!r}; use one of: " + ", ".join(CHAT_ROLES))
+        if "content" not in turn:
+            raise at.fail(f"{field}[{i}].content", "missing")
+        messages.append({"role": role, "content": at.text(turn["content"], f"{field}[{i}].content")})
+    return messages
+
+
+def _preference_prompt(row: dict, at: _Row) -> list[dict]:
+    """A preference prompt: plain text (one user turn) or the conversation up to the reply."""
+    value = row["prompt"]
+    if isinstance(value, list):
+        messages = _turns(at, value, "prompt")
+        if messages[-1]["role"] == "assistant":
+            raise at.fail("prompt", "ends with an assistant turn; the prompt is what precedes the reply")
+        return messages
+    return [{"role": "user", "content": at.text(value, "prompt")}]
+
+
+def _reply(row: dict, at: _Row, field: str) -> str:
+    """A reply: plain text, or (TRL's conversational form) a list holding one assistant turn."""
+    value = row[field]
+    if isinstance(value, list):
+        messages = _turns(at, value, field)
+        if len(messages) != 1 or messages[0]["role"] != "assistant":
+            raise at.fail(field, "must be one assistant turn, e.g. [{\"role\": \"assistant\", "
+                                 "\"content\": \"...\"}]")
+        return messages[0]["content"]
+    return at.text(value, field)
+
+
+def _preference(row: dict, at: _Row) -> Record:
+    prompt = _preference_prompt(row, at)
+    chosen, rejected = _reply(row, at, "chosen"), _reply(row, at, "rejected")
+    if chosen == rejected:
+        raise at.fail("rejected", "is the same as chosen; a pair must differ to teach a preference")
+    return at.record(prompt=prompt, chosen=chosen, rejected=rejected)
+
+
+def _kto(row: dict, at: _Row) -> Record:
+    # Unpaired (KTO): one reply, labelled desirable (true) or undesirable (false). A string such
+    # as "false" is refused rather than read as truthy.
+    prompt = _preference_prompt(row, at)
+    completion = _reply(row, at, "completion")
+    if not isinstance(row["label"], bool):
+        raise at.fail("label", f"must be true or false (desirable or not), got {row['label']!r}")
+    if row["label"]:
+        return at.record(prompt=prompt, chosen=completion)
+    return at.record(prompt=prompt, rejected=completion)
+
+
 # Registration order is the order shown in help and the tie-break in `match_format`.
 register_format(Format("alpaca", ("instruction", "output"), _alpaca, ("input", "system")))
 register_format(Format("chat", ("messages",), _chat))
@@ -221,3 +290,5 @@ register_format(Format("sharegpt", ("conversations",), _sharegpt))
 register_format(Format("prompt_completion", ("prompt", "completion"), _prompt_completion))
 register_format(Format("text", ("text",), _text))
 register_format(Format("text_label", ("text", "label"), _text_label))
+register_format(Format("preference", ("prompt", "chosen", "rejected"), _preference))
+register_format(Format("kto", ("prompt", "completion", "label"), _kto))

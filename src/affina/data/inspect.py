@@ -71,5 +71,9 @@ def inspect_data(files: list[str], *, format: str | None = None, model_spec: str
         print(f"\nexample {first.source}:{first.line} as the model sees it "
               f"(text inside {MASK_OPEN} {MASK_CLOSE} carries no loss):")
         print(render_masked(ex, tokenizer))
+        if first.kind == "preference":
+            # The rendering above carries one reply; a preference is judged between the two.
+            print(f"\nchosen reply: {first.chosen if first.chosen is not None else '(none: an undesirable row)'}")
+            print(f"rejected reply: {first.rejected if first.rejected is not None else '(none: a desirable row)'}")
     return {"rows": len(loaded.records), "fingerprint": fingerprint, "duplicates": len(duplicates),
             "stats": stats.as_dict(), "files": loaded.files}

@@ -22,7 +22,8 @@ from affina.errors import ConfigError, DataError
 
 __all__ = ["FileInfo", "LoadResult", "load_records", "dataset_fingerprint", "split_records"]
 
-_KIND_WORDS = {"chat": "chat (messages)", "text": "raw text", "label": "text+label"}
+_KIND_WORDS = {"chat": "chat (messages)", "text": "raw text", "label": "text+label",
+               "preference": "preference (prompt/chosen/rejected)"}
 
 
 class FileInfo(TypedDict):

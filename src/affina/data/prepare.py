@@ -66,6 +66,10 @@ def prepare_data(cfg: DataConfig, tokenizer, seed: int, progress: bool = True) -
                                dedupe=cfg.dedupe)
     else:
         loaded = load_records(cfg.train, format=cfg.format, dedupe=cfg.dedupe)
+    if loaded.records and loaded.records[0].kind == "preference":
+        # Supervised tuning would learn rejected replies as readily as chosen ones.
+        raise DataError("this is preference data (prompt with chosen/rejected replies); train it with a "
+                        "preference method: method.name=dpo, orpo or kto", source=loaded.files[0]["path"])
     warnings = list(loaded.warnings)
     files = [_absolute(f, "mix" if mix else "train") for f in loaded.files]
     if cfg.validation:

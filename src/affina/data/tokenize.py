@@ -122,9 +122,13 @@ def _apply(tokenizer, messages: list[dict], generation_prompt: bool) -> str:
 
 
 def record_messages(record: Record) -> list[dict]:
-    """The conversation a chat or text+label record stands for."""
+    """The conversation a chat, text+label or preference record stands for (a preference: its
+    prompt and the chosen reply, or the one reply of an unpaired row; shown by `data inspect`)."""
     if record.messages is not None:
         return record.messages
+    if record.prompt is not None:
+        reply = record.chosen if record.chosen is not None else record.rejected
+        return record.prompt + [{"role": "assistant", "content": reply}]
     if record.label is not None:
         return [{"role": "user", "content": record.text}, {"role": "assistant", "content": record.label}]
     raise ValueError("raw text records have no conversation")

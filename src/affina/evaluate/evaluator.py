@@ -3,7 +3,8 @@ training recipe's before/after, `affina eval`, `affina promote`, `affina select`
 
 It asks the opened model's method what its task is (`Method.task`): a model that outputs text is
 scored by loss on the reply tokens plus greedy-generation metrics, stopping on the model's own
-stop tokens; a model that outputs labels is scored by classification metrics. Settings default to
+stop tokens; a model that outputs labels is scored by classification metrics. Preference pairs (the records' kind) are scored by which reply the
+model gives more probability (evaluate/preference.py). Settings default to
 the run's own config (max length, generation budget, batch size), never to constants here.
 """
 
@@ -14,6 +15,7 @@ from dataclasses import dataclass, replace
 from ..data.records import Record
 from ..errors import ConfigError
 from .metrics import check_metric_names, parse_json_object
+from .preference import score_preferences
 from .report import classify_records, evaluate_records
 
 __all__ = ["EvalSettings", "evaluate_model", "default_metrics", "flat_scores"]
@@ -53,6 +55,12 @@ def evaluate_model(opened, records: list[Record], settings: EvalSettings = EvalS
                    label: str = "model", shots: list[Record] | None = None) -> dict:
     """Scores and per-example predictions of one opened model (`affina.runs.OpenedModel`)."""
     task = opened.task
+    if records and all(r.kind == "preference" for r in records):
+        # Held-out pairs are scored by which reply the model prefers, whatever method made it.
+        if shots:
+            raise ConfigError("preference pairs are scored by log-probability; they take no few-shot examples")
+        return score_preferences(opened.model, opened.tokenizer, records, max_length=settings.max_length,
+                                 batch_size=settings.batch_size, label=label)
     metrics = list(settings.metrics) if settings.metrics is not None else default_metrics(records, task)
     check_metric_names(metrics)
     if task.output == "label":

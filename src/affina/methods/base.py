@@ -17,7 +17,7 @@ from typing import Any, ClassVar, get_type_hints
 
 from ..errors import ConfigError
 
-__all__ = ["Method", "Task", "GENERATE", "CLASSIFY", "Sharing", "TrainableReport", "register",
+__all__ = ["Method", "Task", "GENERATE", "CLASSIFY", "PREFER", "Sharing", "TrainableReport", "register",
            "get_method", "method_names", "build_method_config", "method_config_dict",
            "trainable_report", "describe_fields", "method_field_names"]
 
@@ -60,6 +60,9 @@ class Task:
 
 
 GENERATE = Task("generate", "text", compares_base=True)
+# Preference tuning (DPO, ORPO, KTO) makes a text model too; its held-out pairs are scored by the
+# evaluator from the records' kind, so the base can be compared the same way.
+PREFER = Task("prefer", "text", compares_base=True)
 CLASSIFY = Task("classify", "label", compares_base=False, default_metrics=("accuracy", "macro_f1"))
 
 
@@ -131,6 +134,11 @@ class Method(ABC):
 
         return BatchCollator(tokenizer.pad_token_id)
 
+    def build_trainer(self, model, tokenizer, data, args, callbacks, cfg):
+        """A trainer of the method's own (e.g. TRL's DPOTrainer) built from the recipe's
+        `TrainingArguments`, or None: the recipe's `transformers.Trainer` on `data.train`."""
+        return None
+
     def compute_metrics(self, cfg):
         """Trainer metrics on the validation set, or None for loss only."""
         return None
@@ -160,8 +168,8 @@ def register(method: Method) -> Method:
 
 def _ensure_loaded() -> None:
     # Importing the modules registers every built-in method.
-    from . import (adapter, dora, fewshot, full, head, ia3, lora, partial, prefix,  # noqa: F401
-                   prompt, qlora, rslora)
+    from . import (adapter, dora, fewshot, full, head, ia3, lora, partial, preference,  # noqa: F401
+                   prefix, prompt, qlora, rslora)
 
 
 def method_names() -> list[str]:

@@ -129,7 +129,7 @@ def train(cfg: RunConfig, *, resume: Path | None = None, checkpoint: str | None 
         trainer = _build_trainer(model, loaded.tokenizer, data, cfg, run_dir,
                                  [HistoryCallback(tracker), TrainingDisplay(display), *callbacks],
                                  method.collator(method_cfg, loaded.tokenizer),
-                                 method.compute_metrics(method_cfg))
+                                 method.compute_metrics(method_cfg), method, method_cfg)
         if method.trains:  # fewshot: nothing to optimise, the run is its prompt recipe
             _train(trainer, None if resume is None else
                    chosen_checkpoint(run_dir, checkpoint) if checkpoint else resume_checkpoint(run_dir))
@@ -223,15 +223,34 @@ def _dtype(cfg: RunConfig):
 
 
 def _build_trainer(model, tokenizer, data: PreparedData, cfg: RunConfig, run_dir: Path, callbacks,
-                   collator, compute_metrics=None):
+                   collator, compute_metrics=None, method=None, method_cfg=None):
+    from transformers import EarlyStoppingCallback, Trainer
+
+    args = _training_args(model, data, cfg, run_dir)
+    callbacks = list(callbacks)
+    if cfg.train.early_stopping_patience > 0:
+        callbacks.append(EarlyStoppingCallback(cfg.train.early_stopping_patience,
+                                               cfg.train.early_stopping_threshold))
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer = method.build_trainer(model, tokenizer, data, args, callbacks, method_cfg) if method else None
+    if trainer is None:
+        trainer = Trainer(model=model, args=args, train_dataset=data.train,
+                          eval_dataset=data.val or None, data_collator=collator,
+                          compute_metrics=compute_metrics, callbacks=callbacks)
+    trainer.remove_callback(PrinterCallback)  # raw metric dicts; TrainingDisplay replaces them
+    return trainer
+
+
+def _training_args(model, data: PreparedData, cfg: RunConfig, run_dir: Path):
     import torch
-    from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
+    from transformers import TrainingArguments
 
     t = cfg.train
     device = next(model.parameters()).device
     bf16 = device.type == "cuda" and next(model.parameters()).dtype == torch.bfloat16
     has_val = bool(data.val)
-    args = TrainingArguments(
+    return TrainingArguments(
         output_dir=str(run_dir / "checkpoints"),
         seed=t.seed, data_seed=t.seed,
         num_train_epochs=t.epochs, max_steps=t.max_steps,
@@ -251,16 +270,6 @@ def _build_trainer(model, tokenizer, data: PreparedData, cfg: RunConfig, run_dir
         disable_tqdm=True, include_num_input_tokens_seen="non_padding",  # TrainingDisplay shows progress
         **_best_checkpoint_args(t, has_val),
     )
-    callbacks = list(callbacks)
-    if t.early_stopping_patience > 0:
-        callbacks.append(EarlyStoppingCallback(t.early_stopping_patience, t.early_stopping_threshold))
-    from transformers.trainer_callback import PrinterCallback
-
-    trainer = Trainer(model=model, args=args, train_dataset=data.train,
-                      eval_dataset=data.val or None, data_collator=collator,
-                      compute_metrics=compute_metrics, callbacks=callbacks)
-    trainer.remove_callback(PrinterCallback)  # raw metric dicts; TrainingDisplay replaces them
-    return trainer
 
 
 def _best_checkpoint_args(t, has_val: bool) -> dict:

@@ -1,0 +1,61 @@
+"""Score a model on held-out preference pairs: does it give the chosen reply more probability
+than the rejected one?
+
+For each pair the summed log-probability of the reply tokens (the tokens a DPO/ORPO/KTO loss
+sees, end-of-turn marker included) is taken under the model, for the chosen and the rejected
+reply after the same prompt. Reported: the win rate of chosen over rejected by summed
+log-probability, the same by mean log-probability per reply token (a length-fair view: summed
+log-probability alone favours short replies), and the mean margin logπ(chosen) − logπ(rejected)
+in nats. Run on the base and on the tuned model, the difference of the margins is DPO's implicit
+reward margin divided by β (Rafailov et al. 2023, arXiv:2305.18290, eq. 5), with the base as
+the reference.
+"""
+
+from __future__ import annotations
+
+from ..data.packing import BatchCollator
+from ..data.records import Record
+from ..data.tokenize import tokenize_record
+from ..errors import DataError
+from .loss import per_token_loss_sums
+
+__all__ = ["score_preferences", "PREFERENCE_METRICS"]
+
+PREFERENCE_METRICS = ("pref_win_rate", "pref_win_rate_per_token", "pref_margin")
+
+
+def _reply_logps(model, tokenizer, records: list[Record], reply: str, max_length: int,
+                 batch_size: int) -> list[tuple[float, int]]:
+    """(summed log-probability, token count) of each record's `reply` ("chosen"/"rejected")."""
+    examples = [tokenize_record(Record(r.source, r.line, messages=r.prompt + [
+        {"role": "assistant", "content": getattr(r, reply)}]), tokenizer, max_length) for r in records]
+    collator = BatchCollator(tokenizer.pad_token_id)
+    out = []
+    for start in range(0, len(examples), batch_size):
+        sums, counts = per_token_loss_sums(model, collator(examples[start:start + batch_size]))
+        out += [(-s, int(c)) for s, c in zip(sums.tolist(), counts.tolist())]
+    return out
+
+
+def score_preferences(model, tokenizer, records: list[Record], *, max_length: int, batch_size: int,
+                      label: str = "model") -> dict:
+    pairs = [r for r in records if r.paired]
+    if not pairs:
+        raise DataError("preference evaluation needs pairs (prompt, chosen, rejected); these records "
+                        "are unpaired (KTO rows): give eval.data a file of pairs",
+                        source=records[0].source if records else None)
+    model.eval()
+    chosen = _reply_logps(model, tokenizer, pairs, "chosen", max_length, batch_size)
+    rejected = _reply_logps(model, tokenizer, pairs, "rejected", max_length, batch_size)
+    margins = [c - r for (c, _), (r, _) in zip(chosen, rejected)]
+    per_token = [c / max(1, nc) - r / max(1, nr) for (c, nc), (r, nr) in zip(chosen, rejected)]
+    n = len(pairs)
+    metrics = {"pref_win_rate": sum(m > 0 for m in margins) / n,
+               "pref_win_rate_per_token": sum(m > 0 for m in per_token) / n,
+               "pref_margin": sum(margins) / n}
+    predictions = [
+        {"source": r.source, "line": r.line, "prompt": r.prompt[-1]["content"], "reference": r.chosen,
+         "prediction": r.chosen if m > 0 else r.rejected,
+         "scores": {"logp_chosen": round(c[0], 4), "logp_rejected": round(rj[0], 4), "margin": round(m, 4)}}
+        for r, c, rj, m in zip(pairs, chosen, rejected, margins)]
+    return {"label": label, "examples": n, "shots": 0, "metrics": metrics, "predictions": predictions}
