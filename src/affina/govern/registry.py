@@ -7,7 +7,6 @@ changed after registration is refused instead of served.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -97,17 +96,9 @@ def _artifact_files(run_dir: Path) -> list[Path]:
     return files
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def hash_run_files(run_dir: Path) -> dict[str, str]:
     """sha256 of every file a version is made of, by path relative to the run directory."""
-    return {str(p.relative_to(run_dir)): _sha256(p) for p in _artifact_files(run_dir)}
+    return {str(p.relative_to(run_dir)): file_sha256(p) for p in _artifact_files(run_dir)}
 
 
 def file_stamps(run_dir: Path) -> tuple[tuple[str, int, int, int, int], ...]:
@@ -126,7 +117,7 @@ def verify_hashes(run_dir: Path, expected: dict[str, str], ref: str) -> None:
         path = run_dir / rel
         if not path.is_file():
             raise AffinaError(f"{ref}: registered file {path} is missing; the version cannot be loaded")
-        if _sha256(path) != digest:
+        if file_sha256(path) != digest:
             raise AffinaError(f"{ref}: {path} was modified after registration (sha256 mismatch); "
                               "refusing to load it — register the changed run as a new version")
     current = set(hash_run_files(run_dir))
