@@ -34,7 +34,7 @@ from ..ui import info, print_table, warn
 from .callbacks import HistoryCallback
 from .display import TrainingDisplay
 from .plots import plot_learning_curve
-from .rundir import CONFIG_NAME, chosen_checkpoint, config_of_run, make_run_dir, resume_checkpoint, split_resume_target
+from .rundir import CONFIG_NAME, config_of_run, make_run_dir, resume_point, split_resume_target
 
 __all__ = ["train", "TrainResult", "CONFIG_NAME", "validate_run_config"]
 
@@ -79,7 +79,10 @@ def train(cfg: RunConfig, *, resume: Path | None = None, checkpoint: str | None 
         resume, checkpoint = split_resume_target(Path(resume), checkpoint)
         cfg = config_of_run(resume)
     method, method_cfg = validate_run_config(cfg)
-    run_dir = make_run_dir(cfg, resume, checkpoint)
+    if resume is not None:  # found once: opening a checkpoint to check it is not free
+        run_dir, start_from = resume, resume_point(resume, checkpoint)
+    else:
+        run_dir, start_from = make_run_dir(cfg), None
     info(f"run directory: {run_dir}")
 
     from transformers import set_seed
@@ -131,8 +134,7 @@ def train(cfg: RunConfig, *, resume: Path | None = None, checkpoint: str | None 
                                  method.collator(method_cfg, loaded.tokenizer),
                                  method.compute_metrics(method_cfg), method, method_cfg)
         if method.trains:  # fewshot: nothing to optimise, the run is its prompt recipe
-            _train(trainer, None if resume is None else
-                   chosen_checkpoint(run_dir, checkpoint) if checkpoint else resume_checkpoint(run_dir))
+            _train(trainer, start_from)
         val_metrics = trainer.evaluate() if data.val else {}
 
         artifact_dir = run_dir / "adapter"

@@ -16,8 +16,8 @@ from ..record import MANIFEST_NAME, data_file, write_inputs
 from ..record.datafiles import resolve_inputs
 from ..ui import info, warn
 
-__all__ = ["CONFIG_NAME", "config_of_run", "make_run_dir", "resume_checkpoint", "chosen_checkpoint",
-           "split_resume_target"]
+__all__ = ["CONFIG_NAME", "config_of_run", "make_run_dir", "resume_point", "resume_checkpoint",
+           "chosen_checkpoint", "split_resume_target"]
 
 CONFIG_NAME = "config.yaml"
 
@@ -50,23 +50,26 @@ def config_of_run(run_dir: Path) -> RunConfig:
     return cfg
 
 
-def make_run_dir(cfg: RunConfig, resume: Path | None, checkpoint: str | None = None) -> Path:
-    """The run directory with `config.yaml` (data paths absolute, a chat template file inlined)
+def resume_point(run_dir: Path, checkpoint: str | None = None) -> str:
+    """The checkpoint a resumed run continues from: the named one, else the newest intact one.
+    Refused in one line when there is none, or when the run already finished from it."""
+    ckpt = chosen_checkpoint(run_dir, checkpoint) if checkpoint else resume_checkpoint(run_dir)
+    if ckpt is None:
+        raise AffinaError(f"cannot resume: {run_dir} has no intact checkpoint yet; start it again "
+                          f"with the same train.run_name (the directory is reused)")
+    state = json.loads((Path(ckpt) / "trainer_state.json").read_text())
+    if (run_dir / MANIFEST_NAME).exists() and 0 < state.get("max_steps", 0) <= state.get("global_step", 0):
+        # The trainer would take one step past the end from a final checkpoint.
+        raise AffinaError(f"cannot resume: {run_dir} already finished (step {state['global_step']} "
+                          f"of {state['max_steps']}); start a new run to train further")
+    return ckpt
+
+
+def make_run_dir(cfg: RunConfig) -> Path:
+    """A new run directory with `config.yaml` (data paths absolute, a chat template file inlined)
     and `inputs.json` (each data file's absolute path, path relative to the run, sha256). A
     directory left by a run that failed before its first checkpoint is reused; one with a
     checkpoint or a finished record is not."""
-    if resume is not None:
-        run_dir = Path(resume)
-        ckpt = chosen_checkpoint(run_dir, checkpoint) if checkpoint else resume_checkpoint(run_dir)
-        if ckpt is None:
-            raise AffinaError(f"cannot resume: {run_dir} has no intact checkpoint yet; start it again "
-                              f"with the same train.run_name (the directory is reused)")
-        state = json.loads((Path(ckpt) / "trainer_state.json").read_text())
-        if (run_dir / MANIFEST_NAME).exists() and 0 < state.get("max_steps", 0) <= state.get("global_step", 0):
-            # The trainer would take one step past the end from a final checkpoint.
-            raise AffinaError(f"cannot resume: {run_dir} already finished (step {state['global_step']} "
-                              f"of {state['max_steps']}); start a new run to train further")
-        return run_dir
     name = cfg.train.run_name or f"{cfg.method.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     run_dir = Path(cfg.train.output_dir) / name
     if (run_dir / MANIFEST_NAME).exists() or any((run_dir / "checkpoints").glob("checkpoint-*")):
