@@ -104,16 +104,7 @@ def compare_models(refs: list[str], data: list[str], *, metrics: list[str] | Non
 
 def _settings_for(ref: str, metrics: list[str], asked: dict) -> EvalSettings:
     """A run's own evaluation settings (its config.yaml), overridden by what was asked."""
-    from ..config import config_from_dict
-    from ..config import read_yaml_mapping
-
-    config = Path(ref) / "config.yaml"
-    if is_run_dir(ref) and config.is_file():
-        cfg = config_from_dict(read_yaml_mapping(config, "run config", "not a mapping"))
-        return EvalSettings.of_run_config(cfg, metrics=tuple(metrics), **asked)
-    base = EvalSettings(metrics=tuple(metrics))
-    return EvalSettings(metrics=tuple(metrics),
-                        **{k: v if v is not None else getattr(base, k) for k, v in asked.items()})
+    return EvalSettings.of_run(ref if is_run_dir(ref) else None, metrics=tuple(metrics), **asked)
 
 
 def _unique(labels: list[str]) -> list[str]:

@@ -37,6 +37,17 @@ class EvalSettings:
                        batch_size=cfg.eval.batch_size, train_on_prompt=cfg.data.train_on_prompt)
         return replace(settings, **{k: v for k, v in overrides.items() if v is not None})
 
+    @classmethod
+    def of_run(cls, run_dir, **overrides) -> "EvalSettings":
+        """A run's own settings (its saved config), or the defaults when `run_dir` is None or
+        has no config; `overrides` that are not None win either way."""
+        from ..record import read_run_config
+
+        cfg = read_run_config(run_dir) if run_dir is not None else None
+        if cfg is None:
+            return replace(cls(), **{k: v for k, v in overrides.items() if v is not None})
+        return cls.of_run_config(cfg, **overrides)
+
 
 def default_metrics(records: list[Record], task=None) -> list[str]:
     """Metrics that suit the task and the data: classification, JSON extraction or free text."""

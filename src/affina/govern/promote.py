@@ -100,18 +100,10 @@ def _evaluate(ref_or_spec: str, records, settings, label: str) -> dict:
 
 def _settings_of(run_dir: Path, metric: str):
     """The candidate run's own evaluation settings (max length, generation budget, batch size)."""
-    from ..config import config_from_dict
     from ..evaluate.evaluator import EvalSettings
     from ..evaluate.metrics import METRICS
 
-    import yaml
-
-    path = Path(run_dir) / "config.yaml"
-    cfg = config_from_dict(yaml.safe_load(path.read_text(encoding="utf-8")) or {}) if path.is_file() else None
-    generation_metrics = (metric,) if metric in METRICS else ()
-    if cfg is None:
-        return EvalSettings(metrics=generation_metrics)
-    return EvalSettings.of_run_config(cfg, metrics=generation_metrics)
+    return EvalSettings.of_run(run_dir, metrics=(metric,) if metric in METRICS else ())
 
 
 def promote(ref_text: str, alias: str = "champion", *, data: list[str] | None = None,

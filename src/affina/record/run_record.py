@@ -26,9 +26,11 @@ from ..errors import AffinaError
 
 __all__ = ["MANIFEST_NAME", "SCHEMA_VERSION", "RunRecord", "BaseModelInfo", "DataFile",
            "SplitInfo", "DataInfo", "MethodInfo", "TrainInfo", "MetricsInfo", "TemplateInfo",
-           "write_record", "read_record", "is_run_dir", "library_versions", "git_commit"]
+           "RUN_CONFIG_NAME", "write_record", "read_record", "read_run_config", "is_run_dir",
+           "library_versions", "git_commit"]
 
 MANIFEST_NAME = "affina.json"
+RUN_CONFIG_NAME = "config.yaml"  # the resolved config, saved when the run directory is created
 SCHEMA_VERSION = 2
 
 
@@ -232,6 +234,17 @@ def read_record(directory: Path) -> RunRecord:
     if not isinstance(body, dict):
         raise AffinaError(f"{path}: corrupt run record (not a JSON object)")
     return record_from_dict(body, str(path))
+
+
+def read_run_config(directory: Path):
+    """The `RunConfig` a run was started with (its `config.yaml`), or None when it has none;
+    a malformed file is refused in one line naming it."""
+    from ..config import config_from_dict, read_yaml_mapping
+
+    path = Path(directory) / RUN_CONFIG_NAME
+    if not path.is_file():
+        return None
+    return config_from_dict(read_yaml_mapping(path, "run config", "a run config must be a mapping"))
 
 
 def is_run_dir(ref: str | Path) -> bool:

@@ -9,17 +9,17 @@ from pathlib import Path
 
 import yaml
 
-from ..config import RunConfig, config_from_dict, config_to_dict
+from ..config import RunConfig, config_to_dict
 from ..data.templates import looks_like_template, template_text
 from ..errors import AffinaError, ConfigError
-from ..record import MANIFEST_NAME, data_file, write_inputs
+from ..record import MANIFEST_NAME, RUN_CONFIG_NAME, data_file, read_run_config, write_inputs
 from ..record.datafiles import resolve_inputs
 from ..ui import info, warn
 
 __all__ = ["CONFIG_NAME", "config_of_run", "make_run_dir", "resume_point", "resume_checkpoint",
            "chosen_checkpoint", "split_resume_target"]
 
-CONFIG_NAME = "config.yaml"
+CONFIG_NAME = RUN_CONFIG_NAME
 
 
 def split_resume_target(path: Path, checkpoint: str | None) -> tuple[Path, str | None]:
@@ -35,10 +35,10 @@ def split_resume_target(path: Path, checkpoint: str | None) -> tuple[Path, str |
 def config_of_run(run_dir: Path) -> RunConfig:
     """The config saved in a run, its data paths re-resolved from the run directory (absolute,
     else relative to the run) and checked against the sha256 recorded when the run started."""
-    path = run_dir / CONFIG_NAME
-    if not path.is_file():
-        raise AffinaError(f"cannot resume: {path} not found (is {run_dir} a run directory?)")
-    cfg = config_from_dict(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
+    cfg = read_run_config(run_dir)
+    if cfg is None:
+        raise AffinaError(f"cannot resume: {run_dir / CONFIG_NAME} not found (is {run_dir} a run "
+                          "directory?)")
     resolved = resolve_inputs(run_dir)
     if resolved:
         cfg.data.train = resolved.get("train", [])
