@@ -6,36 +6,20 @@ import json
 import pytest
 
 from affina.cli import main
-from affina.config import load_config
 from affina.data.loading import dataset_fingerprint, load_records
 from affina.govern.lineage import runs_for_dataset
 from affina.govern.promote import promote
 from affina.govern.registry import register_run, set_alias, show_model
 from affina.record import read_record
 from affina.record.requestlog import LogEntry, RequestLog, usage_summary
-from affina.train import train
+from tests.govern.tracked import tracked_runs
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_model_dir):
-    tmp = tmp_path_factory.mktemp("history")
-    uri = f"sqlite:///{tmp}/ml.db"
-    mp = pytest.MonkeyPatch()
-    mp.setenv("AFFINA_TRACKING_URI", uri)
-    mp.setenv("AFFINA_HOME", str(tmp / "home"))
-    data = tmp / "train.jsonl"
-    data.write_text("".join(json.dumps({"prompt": f"say {i}", "completion": f"number {i}"}) + "\n"
-                            for i in range(8)))
-    out = {}
-    for name, steps in (("a", 1), ("b", 2)):
-        cfg = load_config(None, [f"model.spec={tiny_model_dir}", f"data.train={data}",
-                                 "data.val_fraction=0.25", f"train.output_dir={tmp}/runs",
-                                 f"train.run_name={name}", f"train.max_steps={steps}",
-                                 "method.r=2", f"track.uri={uri}", f"eval.data={data}",
-                                 "eval.max_new_tokens=2", "eval.compare_base=false"])
-        out[name] = train(cfg).run_dir
-    yield {"tmp": tmp, "uri": uri, "data": data, **out}
-    mp.undo()
+    with tracked_runs(tmp_path_factory.mktemp("history"), tiny_model_dir, {"a": 1, "b": 2},
+                      "data.val_fraction=0.25", "method.r=2", "eval.max_new_tokens=2") as out:
+        yield out
 
 
 def test_inspect_fingerprint_finds_runs_in_mlflow_and_in_run_dirs(runs, capsys):

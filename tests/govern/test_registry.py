@@ -5,36 +5,20 @@ import json
 import pytest
 
 from affina.cli import main
-from affina.config import load_config
 from affina.errors import AffinaError
 from affina.govern.lineage import lineage, runs_for_dataset
 from affina.govern.promote import promote
 from affina.govern.registry import register_run, resolve_ref, set_alias, show_model
-from affina.train import train
+from tests.govern.tracked import tracked_runs
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, tiny_model_dir):
     """Two runs on the same data: `weak` (1 step) and `strong` (30 steps, much lower loss)."""
-    tmp = tmp_path_factory.mktemp("registry")
-    uri = f"sqlite:///{tmp}/ml.db"
-    mp = pytest.MonkeyPatch()
-    mp.setenv("AFFINA_TRACKING_URI", uri)
-    mp.setenv("AFFINA_HOME", str(tmp / "home"))
-    data = tmp / "train.jsonl"
-    data.write_text("".join(json.dumps({"prompt": f"say {i}", "completion": f"number {i}"}) + "\n"
-                            for i in range(8)))
-    runs = {}
-    for name, steps in (("weak", 1), ("strong", 30)):
-        cfg = load_config(None, [f"model.spec={tiny_model_dir}", f"data.train={data}",
-                                 "data.val_fraction=0", f"train.output_dir={tmp}/runs",
-                                 f"train.run_name={name}", f"train.max_steps={steps}", "train.lr=1e-2",
-                                 "train.batch_size=8", "method.r=8", f"track.uri={uri}",
-                                 f"eval.data={data}", "eval.metrics=[exact_match]",
-                                 "eval.max_new_tokens=4", "eval.compare_base=false"])
-        runs[name] = train(cfg).run_dir
-    yield {"tmp": tmp, "uri": uri, "data": data, **runs}
-    mp.undo()
+    with tracked_runs(tmp_path_factory.mktemp("registry"), tiny_model_dir, {"weak": 1, "strong": 30},
+                      "data.val_fraction=0", "train.lr=1e-2", "train.batch_size=8", "method.r=8",
+                      "eval.metrics=[exact_match]", "eval.max_new_tokens=4") as runs:
+        yield runs
 
 
 def test_register_alias_resolve_and_rollback(store):
