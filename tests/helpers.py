@@ -12,6 +12,27 @@ import torch
 TINY_TOKENIZER_DIR = Path(__file__).parent / "assets" / "tiny-tokenizer"
 
 
+# Options that keep each method's run on the tiny model to a few seconds.
+SMALL_METHOD_OPTIONS = {"lora": ["method.r=2"], "dora": ["method.r=2"], "rslora": ["method.r=2"],
+                        "qlora": ["method.r=2"], "prefix": ["method.num_virtual_tokens=4"],
+                        "prompt": ["method.num_virtual_tokens=4"], "fewshot": ["method.k=2"],
+                        "partial": ["method.last_n_blocks=1"]}
+
+
+def method_rows(classify: bool) -> str:
+    """16 JSONL rows to train a method on: text+label rows for a classifier, else chat rows
+    ("say the number i" → "number i")."""
+    import json
+
+    if classify:
+        rows = [{"text": f"this is {'great' if i % 2 else 'awful'} number {i}",
+                 "label": "pos" if i % 2 else "neg"} for i in range(16)]
+    else:
+        rows = [{"messages": [{"role": "user", "content": f"say the number {i}"},
+                              {"role": "assistant", "content": f"number {i}"}]} for i in range(16)]
+    return "".join(json.dumps(r) + "\n" for r in rows)
+
+
 def make_tiny_model(path: Path | str, seed: int = 0, **config_overrides) -> Path:
     """Save a random-initialised LlamaForCausalLM with the tiny tokenizer into `path`.
 

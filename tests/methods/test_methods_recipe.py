@@ -3,8 +3,6 @@ classified with and exported the way users do it."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
@@ -13,24 +11,13 @@ from affina.config import load_config
 from affina.methods import get_method, method_names
 from affina.runs import open_model
 from affina.train import train
+from tests.helpers import SMALL_METHOD_OPTIONS, method_rows
 
 METHODS = ["full", "partial", "lora", "dora", "rslora", "qlora", "ia3", "prefix", "prompt",
            "adapter", "head", "fewshot"]
-SMALL = {"lora": ["method.r=2"], "dora": ["method.r=2"], "rslora": ["method.r=2"],
-         "qlora": ["method.r=2"], "prefix": ["method.num_virtual_tokens=4"],
-         "prompt": ["method.num_virtual_tokens=4"], "fewshot": ["method.k=2"],
-         "partial": ["method.last_n_blocks=1"]}
-
-
 def _data(tmp_path, classify: bool):
-    if classify:
-        rows = [{"text": f"this is {'great' if i % 2 else 'awful'} number {i}",
-                 "label": "pos" if i % 2 else "neg"} for i in range(16)]
-    else:
-        rows = [{"messages": [{"role": "user", "content": f"say the number {i}"},
-                              {"role": "assistant", "content": f"number {i}"}]} for i in range(16)]
     path = tmp_path / ("labels.jsonl" if classify else "chat.jsonl")
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path.write_text(method_rows(classify))
     return path
 
 
@@ -39,7 +26,7 @@ def _train(tmp_path, model_dir, method: str):
                  "data.val_fraction=0.25", f"train.output_dir={tmp_path / 'runs'}",
                  f"train.run_name={method}", "train.max_steps=2", "train.batch_size=4",
                  "train.eval_steps=0", "train.save_steps=100", "track.mlflow=false",
-                 f"method.name={method}", *SMALL.get(method, [])]
+                 f"method.name={method}", *SMALL_METHOD_OPTIONS.get(method, [])]
     return train(load_config(None, overrides))
 
 

@@ -14,26 +14,12 @@ from affina.methods import Sharing, get_method, method_names
 from affina.runs import method_of_record
 from affina.record import read_record
 from affina.train import train
-from tests.helpers import make_tiny_model
+from tests.helpers import SMALL_METHOD_OPTIONS, make_tiny_model, method_rows
 from tests.serve.conftest import start_server
 
 PROMPT = "say the number 3"
 MAX_TOKENS = 8
-SMALL = {"lora": ["method.r=2"], "dora": ["method.r=2"], "rslora": ["method.r=2"],
-         "qlora": ["method.r=2"], "prefix": ["method.num_virtual_tokens=4"],
-         "prompt": ["method.num_virtual_tokens=4"], "fewshot": ["method.k=2"],
-         "partial": ["method.last_n_blocks=1"]}
 SAMPLED = dict(temperature=0.9, seed=7)
-
-
-def _rows(classify: bool) -> str:
-    if classify:
-        rows = [{"text": f"this is {'great' if i % 2 else 'awful'} number {i}",
-                 "label": "pos" if i % 2 else "neg"} for i in range(16)]
-    else:
-        rows = [{"messages": [{"role": "user", "content": f"say the number {i}"},
-                              {"role": "assistant", "content": f"number {i}"}]} for i in range(16)]
-    return "".join(json.dumps(r) + "\n" for r in rows)
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +27,8 @@ def matrix(tmp_path_factory):
     """(base dir, store dir, {method: sharing}): one run per method, named after it."""
     root = tmp_path_factory.mktemp("matrix")
     base = make_tiny_model(root / "tiny-base", seed=3, initializer_range=0.3)
-    (root / "chat.jsonl").write_text(_rows(False))
-    (root / "labels.jsonl").write_text(_rows(True))
+    (root / "chat.jsonl").write_text(method_rows(False))
+    (root / "labels.jsonl").write_text(method_rows(True))
     (root / "pairs.jsonl").write_text("".join(json.dumps(
         {"prompt": f"say the number {i}", "chosen": f"number {i}", "rejected": f"a long story about {i}"}) + "\n"
         for i in range(16)))
@@ -55,7 +41,7 @@ def matrix(tmp_path_factory):
             f"model.spec={base}", f"data.train={data}", "data.val_fraction=0.25",
             f"train.output_dir={store}", f"train.run_name={method}", "train.max_steps=2",
             "train.batch_size=4", "train.eval_steps=0", "train.save_steps=100",
-            "track.mlflow=false", f"method.name={method}", *SMALL.get(method, [])]))
+            "track.mlflow=false", f"method.name={method}", *SMALL_METHOD_OPTIONS.get(method, [])]))
     sharing = {}
     for method in method_names():
         m, cfg = method_of_record(read_record(store / method))
