@@ -25,6 +25,7 @@ def generate_texts(model, tokenizer, prompts: list[str], *, max_new_tokens: int 
     from tqdm.auto import tqdm
 
     from ..ui import progress_bars
+    from .streaming import text_streamer
 
     model.eval()
     device = next(model.parameters()).device
@@ -45,7 +46,7 @@ def generate_texts(model, tokenizer, prompts: list[str], *, max_new_tokens: int 
             kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample,
                           pad_token_id=tokenizer.pad_token_id, eos_token_id=eos or None)
             if on_text is not None:
-                kwargs["streamer"] = _text_streamer(tokenizer, on_text)
+                kwargs["streamer"] = text_streamer(tokenizer, on_text)
             if do_sample:
                 kwargs.update(temperature=temperature, top_p=top_p, top_k=None)
                 if seed is not None:
@@ -70,36 +71,3 @@ def _count_new_tokens(new: torch.Tensor, eos: list[int]) -> int:
     through_end = is_end.int().argmax(-1) + 1  # (B,)
     lengths = torch.where(is_end.any(-1), through_end, torch.full_like(through_end, new.shape[1]))
     return int(lengths.sum())
-
-
-def _text_streamer(tokenizer, on_text):
-    """A transformers streamer that hands `on_text` each new piece of decoded text, token by
-    token. Decoding the whole reply so far (not each token alone) keeps multi-token characters
-    and word-joining spaces right; a piece ending in an incomplete UTF-8 character waits."""
-    from transformers.generation.streamers import BaseStreamer
-
-    class TextCallbackStreamer(BaseStreamer):
-        def __init__(self):
-            self.ids: list[int] = []
-            self.sent = 0
-            self.prompt_skipped = False
-
-        def put(self, value):
-            if not self.prompt_skipped:  # generate() first puts the prompt itself
-                self.prompt_skipped = True
-                return
-            self.ids += value.reshape(-1).tolist()
-            self._emit(final=False)
-
-        def end(self):
-            self._emit(final=True)
-
-        def _emit(self, final: bool):
-            text = tokenizer.decode(self.ids, skip_special_tokens=True)
-            if text.endswith("\ufffd") and not final:
-                return
-            if len(text) > self.sent:
-                on_text(text[self.sent:])
-                self.sent = len(text)
-
-    return TextCallbackStreamer()
