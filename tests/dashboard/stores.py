@@ -52,7 +52,7 @@ def build_store(tmp: Path, model_spec: str, *, steps: dict[str, int] | None = No
     from affina.govern.registry import register_run, set_alias
     from affina.train import train
 
-    steps = steps or {"alpha": 24, "beta": 2}
+    steps = steps or {"alpha": 12, "beta": 2}
     data, evaluation = tmp / "train.jsonl", tmp / "eval.jsonl"
     data.write_text(chat_rows(20))
     evaluation.write_text(chat_rows(4, start=40))

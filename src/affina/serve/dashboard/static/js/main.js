@@ -43,7 +43,8 @@ async function render() {
   document.querySelectorAll("#nav a").forEach((a) => a.classList.toggle("active", a.dataset.page === route.page));
   const main = document.getElementById("main");
   const page = PAGES[route.page];
-  const view = h("div", { class: "page", "data-page": route.page || "overview" });
+  // data-hash and data-ready say which route this view shows and that it has finished drawing.
+  const view = h("div", { class: "page", "data-page": route.page || "overview", "data-hash": location.hash });
   main.replaceChildren(view);
   if (!page) {
     view.append(errorBox(`no page called ${route.page}`));
@@ -54,6 +55,7 @@ async function render() {
   } catch (e) {
     if (ctx.active && e.name !== "AbortError") view.append(errorBox(e));
   }
+  view.dataset.ready = "1";
 }
 
 async function showSession() {
