@@ -43,19 +43,23 @@ def patched_env(values: dict[str, str]):
 
 
 def build_store(tmp: Path, model_spec: str, *, steps: dict[str, int] | None = None,
+                train_file: Path | None = None, eval_file: Path | None = None,
                 extra: tuple[str, ...] = ()) -> dict:
     """Train one run per `steps` entry into `tmp/runs` (with a validation split and a before/after
     evaluation), register them all as `support`, promote the first to `champion` (compared with the
-    base), try to promote the second (refused or promoted by the gate) and tag it `candidate`."""
+    base), try to promote the second (refused or promoted by the gate) and tag it `candidate`.
+    Without `train_file`/`eval_file`, 20 and 4 rows of "say the number i" → "number i"."""
     from affina.config import load_config
     from affina.govern.promote import promote
     from affina.govern.registry import register_run, set_alias
     from affina.train import train
 
     steps = steps or {"alpha": 12, "beta": 2}
-    data, evaluation = tmp / "train.jsonl", tmp / "eval.jsonl"
-    data.write_text(chat_rows(20))
-    evaluation.write_text(chat_rows(4, start=40))
+    data, evaluation = train_file or tmp / "train.jsonl", eval_file or tmp / "eval.jsonl"
+    if train_file is None:
+        data.write_text(chat_rows(20))
+    if eval_file is None:
+        evaluation.write_text(chat_rows(4, start=40))
     out = {"tmp": tmp, "store": tmp / "runs", "data": data, "eval": evaluation, "runs": {}}
     with patched_env(environment(tmp)):
         for name, n in steps.items():

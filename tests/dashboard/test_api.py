@@ -112,6 +112,8 @@ def test_lineage_graph_of_an_alias_counts_the_requests_it_served(dashboard_serve
     assert {("source:0", "prepared:train"), ("prepared:train", "run"), ("run", "artifact"),
             ("artifact", "version:support@1"), ("alias:support@champion", "version:support@1")} <= edges
     assert all(a in nodes and b in nodes for a, b in edges)
+    sources = {n["detail"][0].split(" · ")[0]: n["id"] for n in nodes.values() if n["kind"] == "source"}
+    assert set(sources) == {"train", "eval"} and (sources["eval"], "run") in edges
     by_run = _get(server, "/dashboard/api/lineage", admin, ref="beta").json()
     assert by_run["graph"]["nodes"][0]["label"] == "beta" and "alias:support@candidate" in {
         n["id"] for n in by_run["graph"]["nodes"]}

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from ...errors import AffinaError
-from ...record import MANIFEST_NAME, read_record, read_run_config
+from ...record import MANIFEST_NAME, read_inputs, read_record, read_run_config
 from ...record.requestlog import RequestLog, requests_table
 from ..store import ModelStore, UnknownModel, check_model_name
 
@@ -200,6 +200,11 @@ def lineage_view(store: ModelStore | None, ref: str, log: RequestLog) -> dict:
     else:
         info = lineage(str(run_dir_of(store, ref)))
         info["ref"] = ref
+    # The evaluation files score the run: the record lists the data it trained on, inputs.json all.
+    known = {f["path"] for f in info["sources"]}
+    info["sources"] += [{"path": f.path, "role": f.role, "format": f.format or None, "rows": f.rows or None,
+                         "sha256": f.sha256} for f in read_inputs(Path(info["run"]["dir"])) or []
+                        if f.role == "eval" and f.path not in known]
     names = [f"{v['name']}@{v['version']}" for v in info["registry"]] + [Path(info["run"]["dir"]).name]
     artifact = Path(info["artifact"]["dir"])
     info["served"] = usage_summary(names, artifact_version(artifact) if artifact.is_dir() else None,
@@ -252,7 +257,8 @@ def lineage_graph(info: dict) -> dict:
     for i, f in enumerate(info["sources"]):
         role = f.get("role", "train")
         sid = node(f"source:{i}", "source", 0, Path(f["path"]).name,
-                   [f"{role} · {f.get('format') or '?'} · {f.get('rows')} rows", f"sha256 {_short(f.get('sha256'))}"])
+                   [f"{role} · {f.get('format') or 'data'}" + (f" · {f['rows']} rows" if f.get("rows") else ""),
+                    f"sha256 {_short(f.get('sha256'))}"])
         if role in ("train", "mix"):
             edge(sid, train_id)
             if val_id and not has_validation_file:
@@ -260,7 +266,7 @@ def lineage_graph(info: dict) -> dict:
         elif role == "validation" and val_id:
             edge(sid, val_id)
         else:  # eval files score the run; they do not train it
-            edge(sid, run_id, role)
+            edge(sid, run_id, "evaluates")
     state = {None: "not registered", True: "hashes verified", False: "MODIFIED since registration"}
     art_id = node("artifact", "artifact", 3, Path(artifact["dir"]).name + "/",
                   [f"{artifact.get('kind')} · {len(artifact.get('files') or {})} files",
@@ -278,7 +284,8 @@ def lineage_graph(info: dict) -> dict:
     served = info.get("served")
     if served is not None:
         sid = node("served", "served", 5, f"{served.get('requests', 0)} requests served",
-                   [f"{served.get('first') or ''}", f"→ {served['last']}" if served.get("last") else ""])
+                   [f"from {str(served['first'])[:19]}" if served.get("first") else "",
+                    f"to {str(served['last'])[:19]}" if served.get("last") else ""])
         edge(art_id, sid, "answered")
     return {"nodes": nodes, "edges": edges}
 

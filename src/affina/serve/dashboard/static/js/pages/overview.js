@@ -2,6 +2,7 @@
 
 import { ApiError, ago, badge, get, h, link, num, section, table, when } from "../api.js";
 import { jobBadge, jobProgressText } from "./jobs.js";
+import { beforeAfter } from "./runs.js";
 
 function stat(label, value, sub) {
   return h("div", { class: "stat" }, h("div", { class: "stat-value" }, value), h("div", { class: "stat-label" }, label),
@@ -22,9 +23,9 @@ export async function overviewPage(view, ctx) {
 
   const jobs = section("Fine-tuning jobs", h("p", { class: "muted" }, "loading…"));
   const grid = h("div", { class: "grid2" },
-    section("Latest runs", table(["run", "method", "created", "after"], info.runs.map((r) => h("tr", {},
+    section("Latest runs", table(["run", "method", "created", "evaluation: base → run"], info.runs.map((r) => h("tr", {},
       h("td", {}, link(`#/runs/${encodeURIComponent(r.name)}`, r.name)), h("td", {}, r.method),
-      h("td", {}, ago(r.created)), h("td", {}, headline(r.eval_after)))))),
+      h("td", {}, ago(r.created)), h("td", { class: "before-after" }, beforeAfter(r.eval_before, r.eval_after)))))),
     section("Registry", table(["model", "versions", "aliases"], info.registry.map((m) => h("tr", {},
       h("td", {}, link("#/registry", m.name)), h("td", {}, num(m.versions)),
       h("td", {}, Object.entries(m.aliases).map(([a, v]) => badge(`${a} → v${v}`, "alias"))))))),
@@ -52,11 +53,3 @@ export function statusBadge(status) {
   return badge(String(status), status < 300 ? "ok" : status < 500 ? "warn" : "bad");
 }
 
-// The first measure of an evaluation, for a one-cell summary.
-export function headline(scores) {
-  if (!scores) return "—";
-  const [k, v] = Object.entries(scores).find(([k]) => k !== "loss" && k !== "perplexity") || Object.entries(scores)[0] || [];
-  return k ? `${k} ${num(v, 3)}` : "—";
-}
-
-export { when };

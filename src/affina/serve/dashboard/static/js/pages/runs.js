@@ -3,7 +3,20 @@
 
 import { badge, get, h, link, num, pretty, section, table, when } from "../api.js";
 import { lineChart } from "../charts.js";
-import { headline } from "./overview.js";
+
+const LOWER_IS_BETTER = new Set(["loss", "perplexity"]);
+
+// "loss 6.85 → 6.12" and the first other measure, each coloured by whether the run is better.
+export function beforeAfter(before, after) {
+  if (!after) return "—";
+  const names = Object.keys(after);
+  const shown = [names.includes("loss") ? "loss" : null, names.find((k) => !LOWER_IS_BETTER.has(k))].filter(Boolean);
+  return shown.map((k) => {
+    const b = before ? before[k] : undefined, a = after[k];
+    const better = b === undefined || a === b ? "" : (LOWER_IS_BETTER.has(k) ? a < b : a > b) ? "better" : "worse";
+    return h("div", { class: better }, `${k} `, b === undefined ? "" : `${num(b, 3)} → `, num(a, 3));
+  });
+}
 
 export async function runsPage(view, ctx) {
   if (ctx.rest.length) return runPage(view, ctx, ctx.rest[0]);
@@ -11,12 +24,12 @@ export async function runsPage(view, ctx) {
   view.append(h("h1", {}, "Runs"),
     h("p", { class: "muted" }, "Run directories in this server's model store, newest first. Each is served under its name."),
     section(`${data.length} runs`, table(
-      ["run", "created", "method", "trainable", "steps", "train loss", "val loss", "before", "after", "served"],
+      ["run", "created", "method", "trainable", "steps", "train loss", "val loss", "evaluation: base → run", "served"],
       data.map((r) => h("tr", { "data-run": r.name },
         h("td", {}, link(`#/runs/${encodeURIComponent(r.name)}`, r.name)), h("td", {}, when(r.created)),
         h("td", {}, r.method), h("td", {}, `${num(r.trainable_percent, 3)} %`), h("td", {}, num(r.steps)),
         h("td", {}, num(r.train_loss)), h("td", {}, num(r.validation_loss)),
-        h("td", {}, headline(r.eval_before)), h("td", {}, headline(r.eval_after)),
+        h("td", { class: "before-after" }, beforeAfter(r.eval_before, r.eval_after)),
         h("td", {}, r.servable ? badge("yes", "ok") : h("span", { title: r.unavailable_reason }, badge("no", "bad"))))),
       { class: "runs-table" })));
   if (unavailable.length) {
