@@ -4,7 +4,7 @@
     python docs/screenshots.py --model tiny      # the 2-layer test model, for a quick look
     python docs/screenshots.py --workdir /tmp/shots --keep   # keep (and next time reuse) the store
 
-Trains two short LoRA runs on the product_json example (`alpha` longer, `beta` a few steps),
+Trains two short LoRA runs on the product_json example (`alpha` 8 steps, `beta` 2),
 registers them as `support`, promotes `support@1` to champion and tries `support@2` (the gate
 decides), then starts a real `affina serve` over them, sends a few requests (one to a model that
 does not exist), runs a fine-tuning job through the page where the server has the jobs API, and
@@ -52,12 +52,14 @@ def make_store(workdir: Path, model: str) -> dict:
     spec = str(resolve_model_path(model))  # the converted model in the real cache, not the work dir's
     train_file, eval_file = workdir / "train.jsonl", workdir / "test.jsonl"
     shutil.copy(EXAMPLE / "train.jsonl", train_file)
-    eval_file.write_text("".join((EXAMPLE / "test.jsonl").read_text().splitlines(keepends=True)[:8]))
-    return build_store(workdir, spec, steps={"alpha": 30, "beta": 4}, train_file=train_file, eval_file=eval_file,
-                       extra=("train.lr=1e-3", "train.batch_size=8", "train.logging_steps=3", "train.eval_steps=6",
-                              "train.save_steps=6", "method.r=8", "method.alpha=16", "data.max_length=192",
-                              "eval.metrics=[exact_match,json_valid,json_fields]", "eval.max_new_tokens=48",
-                              "eval.batch_size=8"))
+    eval_file.write_text("".join((EXAMPLE / "test.jsonl").read_text().splitlines(keepends=True)[:4]))
+    # Few, short steps: enough for a curve and a before/after change, minutes on a shared CPU.
+    return build_store(workdir, spec, steps={"alpha": 8, "beta": 2}, train_file=train_file, eval_file=eval_file,
+                       extra=("data.val_fraction=0.05", "data.max_length=128", "train.lr=2e-3",
+                              "train.batch_size=4", "train.logging_steps=1", "train.eval_steps=4",
+                              "train.save_steps=4", "method.r=8", "method.alpha=16",
+                              "eval.metrics=[exact_match,json_valid,json_fields]", "eval.max_new_tokens=40",
+                              "eval.batch_size=4"))
 
 
 def send_requests(server: ServeProcess) -> None:

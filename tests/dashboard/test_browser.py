@@ -201,16 +201,29 @@ def test_job_flow_upload_start_watch_chat_lineage(page, dashboard_server, tmp_pa
     row.wait_for()
     row.locator("a").first.click()
     _until(page, "document.querySelector('#job-title')?.dataset.status === 'succeeded'",
-           timeout=300, every=1)
-    assert page.locator("svg.chart g.series[data-name='train loss']").count() == 1
+           timeout=600, every=1)
+    _drawn(page)
+    assert page.locator("svg.chart g.series[data-name='train loss'] polyline").count() == 1
+    assert page.locator("tr.event").count() >= 3
     model = page.locator("#job-result strong").text_content()
+    assert model.startswith("ft:")
+    job_page = page.url
+    # Chat with the result.
     page.locator("#job-result a", has_text="chat").click()
-    page.locator("#model-a").wait_for()
+    _until(page, "location.hash.startsWith('#/playground')")
+    _drawn(page)
     assert page.input_value("#model-a") == model
     page.fill("#prompt", "say 3")
     page.click("#send")
     page.locator("#log-a .msg.assistant:not(.streaming)").wait_for()
+    page.locator("#log-b .msg.assistant:not(.streaming)").wait_for()
     assert re.search(r"finish (stop|length)", page.locator("#log-a .msg-meta").text_content())
-    _go(page, server, f"#/lineage?ref={model}")
-    page.locator("svg.lineage g.node[data-kind=run]").wait_for()
-    assert page.locator("svg.lineage g.node[data-kind=source] .node-label").first.text_content()
+    # Open its lineage: the job, the uploaded file it trained on, the run, the requests it served.
+    page.goto(job_page)
+    _drawn(page)
+    page.locator("#job-result a", has_text="lineage").click()
+    _until(page, "location.hash.startsWith('#/lineage')")
+    _drawn(page)
+    assert page.get_attribute("svg.lineage g.node[data-kind=job]", "data-label") == job_id
+    assert page.locator("svg.lineage g.node[data-kind=source]").count() >= 1
+    assert page.get_attribute("svg.lineage g.node[data-kind=served]", "data-label") == "1 request served"

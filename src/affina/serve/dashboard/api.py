@@ -129,6 +129,9 @@ def mount_dashboard(app: FastAPI, *, engine, log, authenticate, allowed, auth: s
 
     def run(key, name: str):
         check_run(key, name)
+        if name.startswith("ft:") and getattr(engine.store, "fine_tuned", None) is not None:
+            # A fine-tuning job's model: its run lives in the jobs' part of the store.
+            return views.run_detail(name, engine.store.resolve(name).run_dir, None)
         run_dir = views.run_dir_of(engine.store, name)
         reason = dict(engine.scan().unavailable).get(name)
         return views.run_detail(name, run_dir, reason)

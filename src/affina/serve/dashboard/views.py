@@ -197,6 +197,9 @@ def lineage_view(store: ModelStore | None, ref: str, log: RequestLog) -> dict:
 
         expected = json.loads(version.tags.get(TAG_HASHES, "{}"))
         info["artifact"]["verified"] = expected == hash_run_files(version.run_dir.resolve())
+    elif ref.startswith("ft:") and getattr(store, "fine_tuned", None) is not None:
+        info = lineage(str(store.resolve(ref).run_dir))  # a fine-tuning job's model, by the jobs API
+        info["ref"] = ref
     else:
         info = lineage(str(run_dir_of(store, ref)))
         info["ref"] = ref
@@ -206,6 +209,8 @@ def lineage_view(store: ModelStore | None, ref: str, log: RequestLog) -> dict:
                          "sha256": f.sha256} for f in read_inputs(Path(info["run"]["dir"])) or []
                         if f.role == "eval" and f.path not in known]
     names = [f"{v['name']}@{v['version']}" for v in info["registry"]] + [Path(info["run"]["dir"]).name]
+    if (info.get("job") or {}).get("fine_tuned_model"):
+        names.append(info["job"]["fine_tuned_model"])
     artifact = Path(info["artifact"]["dir"])
     info["served"] = usage_summary(names, artifact_version(artifact) if artifact.is_dir() else None,
                                    url=log.url)
@@ -253,6 +258,12 @@ def lineage_graph(info: dict) -> dict:
         val_id = node("prepared:validation", "prepared", 1, "validation split",
                       [f"{val_rows} rows", f"fp {_short(prepared['validation'].get('fingerprint'))}"])
         edge(val_id, run_id, "validates")
+    job = info.get("job")
+    if job:  # trained by a fine-tuning job: the uploaded files and the model name it gave
+        edge(node("job", "job", 1, job.get("job_id") or "fine-tuning job",
+                  [f"training file {job.get('training_file')}",
+                   f"validation file {job['validation_file']}" if job.get("validation_file") else "",
+                   str(job.get("fine_tuned_model") or "")]), run_id, "trained")
     has_validation_file = any(f.get("role") == "validation" for f in info["sources"])
     for i, f in enumerate(info["sources"]):
         role = f.get("role", "train")
@@ -283,7 +294,8 @@ def lineage_graph(info: dict) -> dict:
         edge(node(f"alias:{alias}", "alias", 5, alias, ["alias"]), vid, "points to")
     served = info.get("served")
     if served is not None:
-        sid = node("served", "served", 5, f"{served.get('requests', 0)} requests served",
+        count = served.get("requests", 0)
+        sid = node("served", "served", 5, f"{count} request{'' if count == 1 else 's'} served",
                    [f"from {str(served['first'])[:19]}" if served.get("first") else "",
                     f"to {str(served['last'])[:19]}" if served.get("last") else ""])
         edge(art_id, sid, "answered")

@@ -64,12 +64,16 @@ export function lineChart({ series, markers = [], xLabel = "step", yLabel = "los
     const pts = line.points.filter((p) => Number.isFinite(p[0]) && Number.isFinite(p[1]));
     if (!pts.length) return;
     const g = s("g", { class: "series", "data-name": line.name });
-    g.append(s("polyline", { fill: "none", stroke: color, "stroke-width": 2,
-      "stroke-dasharray": line.dashed ? "6 4" : null, points: pts.map((p) => `${X(p[0])},${Y(p[1])}`).join(" ") }));
-    if (pts.length <= 40) {
+    if (!line.pointsOnly) {
+      g.append(s("polyline", { fill: "none", stroke: color, "stroke-width": 2,
+        "stroke-dasharray": line.dashed ? "6 4" : null, points: pts.map((p) => `${X(p[0])},${Y(p[1])}`).join(" ") }));
+    }
+    if (pts.length <= 40 || line.pointsOnly) {
       for (const p of pts) {
-        g.append(s("circle", { cx: X(p[0]), cy: Y(p[1]), r: 3, fill: color },
-          s("title", {}, `${line.name}: ${num(p[1])} at ${xLabel} ${num(p[0])}`)));
+        // Points-only series (checkpoints) are rings, so the line they sit on stays visible.
+        g.append(s("circle", { cx: X(p[0]), cy: Y(p[1]), r: line.pointsOnly ? 6 : 3,
+          fill: line.pointsOnly ? "none" : color, stroke: line.pointsOnly ? color : null, "stroke-width": 2 },
+        s("title", {}, `${line.name}: ${num(p[1])} at ${xLabel} ${num(p[0])}`)));
       }
     }
     svg.append(g);
@@ -81,7 +85,7 @@ export function lineChart({ series, markers = [], xLabel = "step", yLabel = "los
 }
 
 const KIND_COLORS = {
-  source: "#e8f1fb", base: "#f3ecfb", prepared: "#e9f7ef", run: "#fff4e0",
+  source: "#e8f1fb", base: "#f3ecfb", job: "#fde8f3", prepared: "#e9f7ef", run: "#fff4e0",
   artifact: "#fdebea", version: "#e6f4f4", alias: "#fff9d6", served: "#eeeeee",
 };
 
@@ -124,7 +128,8 @@ export function lineageGraph(graph, { onNode } = {}) {
   }
   svg.append(edges);
   for (const { x, y, w, h: hh, node } of pos.values()) {
-    const g = s("g", { class: `node ${node.kind}`, "data-id": node.id, "data-kind": node.kind, tabindex: onNode ? 0 : null },
+    const g = s("g", { class: `node ${node.kind}`, "data-id": node.id, "data-kind": node.kind, "data-label": node.label,
+      tabindex: onNode ? 0 : null },
       s("rect", { x, y, width: w, height: hh, rx: 8, fill: KIND_COLORS[node.kind] || "#fff" }),
       s("text", { x: x + 10, y: y + 14, class: "node-kind" }, node.kind),
       s("text", { x: x + 10, y: y + 27, class: "node-label" }, clip(node.label, 26)),

@@ -125,7 +125,7 @@ function resultLinks(job) {
   if (!job.fine_tuned_model) return "—";
   const m = encodeURIComponent(job.fine_tuned_model);
   return h("span", { class: "result-links" }, h("strong", {}, job.fine_tuned_model), " ",
-    link(`#/playground?a=${m}&b=base`, "chat"), " · ", link(`#/lineage?ref=${m}`, "lineage"));
+    link(`#/playground?a=${m}&b=base`, "chat"), " · ", link(`#/runs/${m}`, "run"), " · ", link(`#/lineage?ref=${m}`, "lineage"));
 }
 
 export async function jobsPage(view, ctx) {
@@ -155,7 +155,7 @@ export async function jobsPage(view, ctx) {
       : Promise.resolve([]))));
     listBox.replaceChildren(table(["job", "created", "model", "status", "progress", "result", ""],
       jobs.map((j, i) => h("tr", { class: "job", "data-job": j.id, "data-status": j.status },
-        h("td", {}, link(`#/jobs/${encodeURIComponent(j.id)}`, j.id)), h("td", {}, when(j.created_at)),
+        h("td", { class: "mono nowrap" }, link(`#/jobs/${encodeURIComponent(j.id)}`, j.id)), h("td", {}, when(j.created_at)),
         h("td", {}, j.model), h("td", {}, jobBadge(j.status), j.error ? h("div", { class: "error" }, j.error.message) : null),
         h("td", {}, progressBar(j, progress[i])), h("td", {}, resultLinks(j)), h("td", {}, actions(j, refresh)))),
       { class: "jobs-table" }));
@@ -182,15 +182,14 @@ async function jobPage(view, ctx, id) {
     box.replaceChildren(...[
       h("h1", { "data-status": job.status, id: "job-title" }, job.id, " ", jobBadge(job.status)),
       job.error ? h("p", { class: "error" }, `${job.error.code}: ${job.error.message}`) : null,
-      h("div", { class: "actions" }, actions(job, draw)),
-      progressBar(job, metrics),
+      h("div", { class: "actions" }, actions(job, draw), h("div", { class: "wide-progress" }, progressBar(job, metrics))),
       h("div", { class: "grid2" },
         section("Job", h("dl", { class: "facts" },
           h("dt", {}, "base model"), h("dd", {}, job.model),
           h("dt", {}, "method"), h("dd", {}, job.method ? job.method.type : "supervised"),
           h("dt", {}, "training file"), h("dd", {}, job.training_file),
           h("dt", {}, "validation file"), h("dd", {}, job.validation_file || "—"),
-          h("dt", {}, "hyperparameters"), h("dd", {}, JSON.stringify(job.hyperparameters || {})),
+          h("dt", {}, "hyperparameters"), h("dd", {}, Object.entries(job.hyperparameters || {}).map(([k, v]) => `${k} ${v}`).join(" · ") || "—"),
           h("dt", {}, "seed"), h("dd", {}, String(job.seed)),
           h("dt", {}, "created"), h("dd", {}, when(job.created_at)),
           h("dt", {}, "finished"), h("dd", {}, when(job.finished_at)),
@@ -200,7 +199,7 @@ async function jobPage(view, ctx, id) {
           { name: "train loss", points: points("train_loss") },
           { name: "validation loss", points: points("valid_loss"), dashed: true },
           { name: "checkpoints", points: ckpts.filter((c) => Number.isFinite(c.metrics.train_loss ?? c.metrics.valid_loss))
-            .map((c) => [c.step_number, c.metrics.valid_loss ?? c.metrics.train_loss]), color: "#2a9d63" }] }))),
+            .map((c) => [c.step_number, c.metrics.valid_loss ?? c.metrics.train_loss]), color: "#2a9d63", pointsOnly: true }] }))),
       section("Checkpoints", table(["step", "checkpoint model", "train loss", "validation loss", "created"],
         ckpts.map((c) => h("tr", {}, h("td", {}, num(c.step_number)), h("td", {}, c.fine_tuned_model_checkpoint),
           h("td", {}, num(c.metrics.train_loss)), h("td", {}, num(c.metrics.valid_loss)), h("td", {}, when(c.created_at)))))),

@@ -5,10 +5,11 @@ import { get, h, link, num, section, table, when } from "../api.js";
 import { lineageGraph } from "../charts.js";
 
 async function choices(signal) {
-  const [runs, registry] = await Promise.all([
+  const [runs, registry, models] = await Promise.all([
     get("/dashboard/api/runs", { signal }).catch(() => ({ data: [] })),
-    get("/dashboard/api/registry", { signal }).catch(() => ({ data: [] }))]);
-  const refs = [];
+    get("/dashboard/api/registry", { signal }).catch(() => ({ data: [] })),
+    get("/v1/models", { signal }).catch(() => ({ data: [] }))]);
+  const refs = models.data.map((m) => m.id).filter((id) => id.startsWith("ft:"));
   for (const m of registry.data) {
     for (const v of m.versions) refs.push(`${m.name}@${v.version}`);
     for (const a of Object.keys(m.aliases)) refs.push(`${m.name}@${a}`);
@@ -33,6 +34,7 @@ export async function lineagePage(view, ctx) {
   const info = await get(`/dashboard/api/lineage?ref=${encodeURIComponent(ref)}`, { signal: ctx.signal });
   view.append(section(`Lineage of ${info.ref}`, lineageGraph(info.graph, { onNode: (node) => {
     if (node.kind === "run" && info.store_name) location.hash = `#/runs/${encodeURIComponent(info.store_name)}`;
+    else if ((node.kind === "run" || node.kind === "job") && info.job) location.hash = `#/jobs/${encodeURIComponent(info.job.job_id)}`;
     else if (node.kind === "version" || node.kind === "alias") location.hash = `#/lineage?ref=${encodeURIComponent(node.label)}`;
     else if (node.kind === "served") location.hash = `#/requests?model=${encodeURIComponent(info.registry.length ? `${info.registry[0].name}@${info.registry[0].version}` : info.store_name || "")}`;
   } })));
@@ -50,6 +52,8 @@ export async function lineagePage(view, ctx) {
       h("dt", {}, "base"), h("dd", {}, `${r.base_model.spec} · ${r.base_model.fingerprint || ""}`),
       h("dt", {}, "seed / git"), h("dd", {}, `${r.seed} · ${r.git_commit || "—"}`),
       h("dt", {}, "MLflow run"), h("dd", {}, r.mlflow_run_id || "—"),
+      info.job ? [h("dt", {}, "fine-tuning job"), h("dd", {}, link(`#/jobs/${encodeURIComponent(info.job.job_id)}`, info.job.job_id),
+        ` · ${info.job.fine_tuned_model} · file ${info.job.training_file}`)] : null,
       h("dt", {}, "artifact"), h("dd", {}, `${a.dir} (${Object.keys(a.files).length} files, ${
         a.verified === null ? "not registered" : a.verified ? "hashes verified" : "MODIFIED since registration"})`),
       h("dt", {}, "served"), h("dd", {}, info.served ? `${num(info.served.requests)} requests${info.served.requests ? `, ${when(info.served.first)} → ${when(info.served.last)}` : ""}` : "no request log")))));
