@@ -148,7 +148,8 @@ def test_playground_chats_with_two_models_side_by_side(page, dashboard_server):
 def test_request_log_page_filters(page, dashboard_server):
     server, admin, _ = dashboard_server
     marker = uuid.uuid4().hex[:8]
-    _greedy(server, admin, "alpha", f"filter me {marker}", 2)
+    # Markup in a prompt is shown as text, never made into elements.
+    _greedy(server, admin, "alpha", f"filter me {marker} <img src=x onerror=alert(1)><i>it</i>", 2)
     with pytest.raises(openai.NotFoundError):
         _greedy(server, admin, "no-such-run", f"filter me {marker}", 2)
     _go(page, server, "#/requests")
@@ -159,6 +160,8 @@ def test_request_log_page_filters(page, dashboard_server):
     _drawn(page)
     rows = page.locator("tr.request")
     assert rows.evaluate_all("els => els.map(e => e.dataset.model)") == ["no-such-run", "alpha"]
+    assert "<img src=x onerror=alert(1)><i>it</i>" in rows.nth(1).text_content()
+    assert page.locator(".requests-table img, .requests-table i").count() == 0
     page.select_option("#f-status", "4xx")
     page.click("#f-apply")
     _until(page, "location.hash.includes('status=4xx')")
