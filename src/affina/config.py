@@ -29,6 +29,8 @@ BUILTIN_TEMPLATES = ("chatml",)  # data.chat_template names; their texts: affina
 _ATTENTION = ("auto", "eager", "sdpa", "flash_attention_2")
 _OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adafactor", "sgd", "adamw_bnb_8bit",
                "paged_adamw_8bit", "paged_adamw_32bit")
+PROFILES = ("default", "speed", "memory")  # train.profile; what each does: affina.train.speed
+_PROFILES = PROFILES
 _SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
                "constant_with_warmup", "inverse_sqrt", "cosine_with_min_lr", "warmup_stable_decay")
 
@@ -139,6 +141,8 @@ class TrainConfig:
     greater_is_better: bool = _f(False, "Whether a higher `metric_for_best` is better (false for losses).")
     load_best: bool = _f(True, "With early stopping on, restore the best checkpoint's weights at the end (recorded in the run record as best_checkpoint).")
     optimizer: str = _f("adamw_torch", "Optimizer (TrainingArguments.optim): adamw_torch, adamw_torch_fused, adafactor, sgd, adamw_bnb_8bit, paged_adamw_8bit, paged_adamw_32bit (the last three from bitsandbytes).")
+    profile: str = _f("default", "Training-step profile (docs/training.md): default (the plain transformers step); speed (bf16 adapter inputs kept bf16, chunked output projection + cross-entropy, per-block torch.compile on CUDA); memory (chunked loss, activation checkpointing, saved activations offloaded to CPU on CUDA).")
+    loss_chunk_tokens: int = _f(1024, "With profile speed or memory: tokens whose logits are computed at a time in the chunked loss.")
     neftune_alpha: float | None = _f(None, "NEFTune noise scale on the input embeddings during training (Jain et al. 2023, arXiv:2310.05914; the paper uses 5-15); unset or 0: off.")
 
     def validate(self) -> None:
@@ -151,6 +155,8 @@ class TrainConfig:
             if importlib.util.find_spec("bitsandbytes") is None:
                 raise ConfigError(f"train.optimizer={self.optimizer} needs the bitsandbytes package "
                                   "(pip install bitsandbytes)")
+        _check(self.profile in _PROFILES, "train.profile", self.profile, ", ".join(_PROFILES))
+        _check(self.loss_chunk_tokens >= 1, "train.loss_chunk_tokens", self.loss_chunk_tokens, ">= 1")
         _check(self.max_steps == -1 or self.max_steps >= 1, "train.max_steps", self.max_steps, "-1 or >= 1")
         _check(self.max_steps >= 1 or self.epochs > 0, "train.epochs", self.epochs, "> 0")
         for key in ("batch_size", "grad_accum", "save_steps", "save_total_limit", "logging_steps"):

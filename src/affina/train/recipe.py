@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from contextlib import ExitStack, nullcontext
 import os
 import time
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from ..ui import info, print_table, warn
 from .callbacks import HistoryCallback
 from .display import TrainingDisplay
 from .plots import plot_learning_curve
+from .speed import Profile, compile_blocks, keep_input_dtype, profile_of, speed_trainer_class
 from .rundir import CONFIG_NAME, config_of_run, make_run_dir, resume_point, split_resume_target
 
 __all__ = ["train", "TrainResult", "CONFIG_NAME", "validate_run_config"]
@@ -103,7 +105,7 @@ def train(cfg: RunConfig, *, resume: Path | None = None, checkpoint: str | None 
                             [loaded.tokenizer.convert_ids_to_tokens(i) for i in stops])
 
     continued = _mlflow_run_of(run_dir)
-    with open_trackers(cfg.track, run_dir, mlflow_run_id=continued) as tracker:
+    with open_trackers(cfg.track, run_dir, mlflow_run_id=continued) as tracker, ExitStack() as stack:
         if continued is None:
             # MLflow refuses changed param values; a resumed run's data paths are re-resolved
             # (absolute, possibly moved), so its params stay those logged when it started.
@@ -128,14 +130,16 @@ def train(cfg: RunConfig, *, resume: Path | None = None, checkpoint: str | None 
         params = trainable_report(model)
         info(f"method {method.name}: {params.trainable:,} trainable of {params.total:,} "
              f"parameters ({params.percent:.3f}%)")
+        profile = _apply_profile(model, cfg, loaded.device)
 
         trainer = _build_trainer(model, loaded.tokenizer, data, cfg, run_dir,
                                  [HistoryCallback(tracker), TrainingDisplay(display), *callbacks],
                                  method.collator(method_cfg, loaded.tokenizer),
-                                 method.compute_metrics(method_cfg), method, method_cfg)
+                                 method.compute_metrics(method_cfg), method, method_cfg, profile)
         if method.trains:  # fewshot: nothing to optimise, the run is its prompt recipe
             _train(trainer, start_from)
         val_metrics = trainer.evaluate() if data.val else {}
+        stack.enter_context(_eager_after_training(profile))  # compiled blocks: evaluate eagerly
 
         artifact_dir = run_dir / "adapter"
         method.save(model, artifact_dir)
@@ -212,6 +216,28 @@ def _remember_mlflow_run(run_dir: Path, run_id: str | None) -> None:
         (run_dir / ".mlflow_run_id").write_text(run_id)
 
 
+def _apply_profile(model, cfg: RunConfig, device) -> Profile:
+    """Turn on what `train.profile` asks for on this device (see train/speed.py)."""
+    profile = profile_of(cfg.train.profile, device, loss_chunk_tokens=cfg.train.loss_chunk_tokens)
+    if profile.name != "default":
+        kept = keep_input_dtype(model) if profile.keep_input_dtype else 0
+        compiled = compile_blocks(model) if profile.compile_blocks else 0
+        info(f"profile {profile.name}: chunked loss ({profile.loss_chunk_tokens} tokens a chunk)"
+             + (f", {kept} adapter layers keep their input dtype" if kept else "")
+             + (f", {compiled} blocks compiled" if compiled else "")
+             + (", activation checkpointing" if profile.checkpointing else "")
+             + (", activations offloaded to CPU" if profile.offload_activations else ""))
+    return profile
+
+
+def _eager_after_training(profile: Profile):
+    import torch
+
+    if profile.compile_blocks and hasattr(torch.compiler, "set_stance"):
+        return torch.compiler.set_stance("force_eager")
+    return nullcontext()
+
+
 def _device(cfg: RunConfig):
     import torch
 
@@ -225,10 +251,11 @@ def _dtype(cfg: RunConfig):
 
 
 def _build_trainer(model, tokenizer, data: PreparedData, cfg: RunConfig, run_dir: Path, callbacks,
-                   collator, compute_metrics=None, method=None, method_cfg=None):
+                   collator, compute_metrics=None, method=None, method_cfg=None,
+                   profile: Profile = Profile()):
     from transformers import EarlyStoppingCallback, Trainer
 
-    args = _training_args(model, data, cfg, run_dir)
+    args = _training_args(model, data, cfg, run_dir, checkpointing=profile.checkpointing)
     callbacks = list(callbacks)
     if cfg.train.early_stopping_patience > 0:
         callbacks.append(EarlyStoppingCallback(cfg.train.early_stopping_patience,
@@ -237,14 +264,15 @@ def _build_trainer(model, tokenizer, data: PreparedData, cfg: RunConfig, run_dir
 
     trainer = method.build_trainer(model, tokenizer, data, args, callbacks, method_cfg) if method else None
     if trainer is None:
-        trainer = Trainer(model=model, args=args, train_dataset=data.train,
-                          eval_dataset=data.val or None, data_collator=collator,
-                          compute_metrics=compute_metrics, callbacks=callbacks)
+        profiled = speed_trainer_class(Trainer, profile)  # the profile's loss step (train/speed.py)
+        trainer = profiled(model=model, args=args, train_dataset=data.train,
+                           eval_dataset=data.val or None, data_collator=collator,
+                           compute_metrics=compute_metrics, callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)  # raw metric dicts; TrainingDisplay replaces them
     return trainer
 
 
-def _training_args(model, data: PreparedData, cfg: RunConfig, run_dir: Path):
+def _training_args(model, data: PreparedData, cfg: RunConfig, run_dir: Path, checkpointing=False):
     import torch
     from transformers import TrainingArguments
 
@@ -265,7 +293,7 @@ def _training_args(model, data: PreparedData, cfg: RunConfig, run_dir: Path):
         eval_steps=t.eval_steps if t.eval_steps > 0 else None,
         save_strategy="steps", save_steps=t.save_steps, save_total_limit=t.save_total_limit,
         optim=t.optimizer, neftune_noise_alpha=t.neftune_alpha or None,
-        **({"gradient_checkpointing": True} if t.gradient_checkpointing else {}),
+        **({"gradient_checkpointing": True} if t.gradient_checkpointing or checkpointing else {}),
         use_cpu=device.type == "cpu", bf16=bf16,
         report_to="none", remove_unused_columns=False, dataloader_num_workers=0,
         dataloader_pin_memory=device.type == "cuda",

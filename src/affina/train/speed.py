@@ -1,0 +1,210 @@
+"""Training profiles: what the `speed` and `memory` profiles change in a training step, and why.
+
+`train.profile`:
+
+- `default`: the transformers Trainer's own step, unchanged.
+- `speed`: (1) PEFT layers keep their bf16 input instead of copying it to the fp32 adapter
+  weights' dtype (autocast still runs the adapter's matmuls in bf16 from fp32 master weights, so
+  the copy bought nothing); (2) chunked linear + cross-entropy: the output projection and the loss
+  are computed `train.loss_chunk_tokens` tokens at a time and recomputed in the backward pass, so
+  the [tokens x vocabulary] logits are never held, in fp32 or at all, and positions whose label is
+  masked are never projected; (3) regional compilation: each decoder block is compiled with
+  `torch.compile` (the blocks share one compiled graph, so it compiles once, not once per layer),
+  with inductor's cache under `$AFFINA_HOME/cache/inductor`, on CUDA only.
+- `memory`: chunked linear + cross-entropy, activation checkpointing, and on CUDA the saved
+  activations offloaded to pinned CPU memory (`torch.autograd.graph.save_on_cpu`). Pair it with
+  the `qlora` method for a 4-bit base.
+
+On the CPU (float32) every profile computes the same loss and gradients as `default`, to float
+rounding: the chunked loss is the same sum, and the input cast and compilation change nothing
+there. Tests check this; `benchmarks/gpu_train.py` measures the gains against a plain
+transformers + PEFT loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from ..config import PROFILES
+from ..paths import affina_home
+
+__all__ = ["PROFILES", "Profile", "chunked_lm_loss", "chunked_loss_parts", "keep_input_dtype",
+           "compile_blocks", "profile_of", "SpeedTrainerMixin", "speed_trainer_class"]
+
+IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What a profile turns on, resolved for one device."""
+
+    name: str = "default"
+    chunked_loss: bool = False
+    loss_chunk_tokens: int = 1024
+    keep_input_dtype: bool = False
+    compile_blocks: bool = False
+    checkpointing: bool = False
+    offload_activations: bool = False
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def profile_of(name: str, device: torch.device, *, loss_chunk_tokens: int = 1024) -> Profile:
+    """The switches of profile `name` on `device` (compilation and offload are CUDA-only)."""
+    cuda = device.type == "cuda"
+    if name == "speed":
+        return Profile(name, chunked_loss=True, loss_chunk_tokens=loss_chunk_tokens,
+                       keep_input_dtype=True, compile_blocks=cuda)
+    if name == "memory":
+        return Profile(name, chunked_loss=True, loss_chunk_tokens=loss_chunk_tokens,
+                       keep_input_dtype=True, checkpointing=True, offload_activations=cuda)
+    return Profile()
+
+
+# ---- chunked linear + cross-entropy ---------------------------------------------------------
+
+def _chunk_ce_sum(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    logits = F.linear(hidden, weight).float()
+    return F.cross_entropy(logits, labels, reduction="sum")
+
+
+def chunked_loss_parts(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *,
+                       chunk_tokens: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of next-token cross-entropy, number of counted tokens) of a causal LM, from its final
+    hidden states [batch, seq, hidden], its output projection weight [vocab, hidden] and labels
+    [batch, seq] (-100 = not counted). Labels are shifted as transformers' causal-LM loss does.
+    Only counted positions are projected, `chunk_tokens` at a time, each chunk's logits recomputed
+    in the backward pass instead of being kept."""
+    shifted = F.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:]
+    keep = shifted != IGNORE_INDEX
+    h = hidden[keep]  # [counted, hidden]
+    y = shifted[keep]
+    count = keep.sum()
+    if h.shape[0] == 0:
+        return hidden.sum() * 0.0, count
+    total = None
+    for start in range(0, h.shape[0], chunk_tokens):
+        hc, yc = h[start:start + chunk_tokens], y[start:start + chunk_tokens]
+        part = (checkpoint(_chunk_ce_sum, hc, weight, yc, use_reentrant=False)
+                if torch.is_grad_enabled() else _chunk_ce_sum(hc, weight, yc))
+        total = part if total is None else total + part
+    return total, count
+
+
+def chunked_lm_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *,
+                    chunk_tokens: int = 1024, num_items_in_batch=None) -> torch.Tensor:
+    """The causal-LM loss as transformers computes it (mean over counted tokens, or the sum over
+    `num_items_in_batch` when the trainer passes the accumulated batch's token count), chunked."""
+    total, count = chunked_loss_parts(hidden, weight, labels, chunk_tokens=chunk_tokens)
+    if num_items_in_batch is not None:
+        if torch.is_tensor(num_items_in_batch):
+            num_items_in_batch = num_items_in_batch.to(total.device)
+        return total / num_items_in_batch
+    return total / count.clamp(min=1)
+
+
+def _causal_lm(model):
+    """The causal LM inside `model` (a PEFT wrapper or the model itself), or None when its forward
+    does more than decoder → output projection (prompt learning, heads, soft-capped logits)."""
+    peft_config = getattr(model, "peft_config", None)
+    if peft_config is not None:
+        if any(getattr(c, "is_prompt_learning", False) for c in peft_config.values()):
+            return None  # prefix/prompt tuning feed virtual tokens through the PEFT wrapper
+        model = model.get_base_model()
+    if not hasattr(model, "get_decoder"):
+        return None
+    try:
+        decoder = model.get_decoder()
+    except (AttributeError, NotImplementedError):
+        return None
+    head = model.get_output_embeddings()
+    config = getattr(model, "config", None)
+    if (decoder is None or not isinstance(head, torch.nn.Linear) or head.bias is not None
+            or getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None)
+            or type(head).__module__.startswith(("bitsandbytes", "peft"))):
+        return None
+    return model
+
+
+# ---- PEFT input dtype ----------------------------------------------------------------------
+
+def keep_input_dtype(model) -> int:
+    """Turn off PEFT's per-layer cast of the input to the adapter weights' dtype (the documented
+    `cast_input_dtype_enabled` switch of PEFT's layers, the one `peft.helpers.
+    disable_input_dtype_casting` flips). Returns how many layers it changed."""
+    changed = 0
+    for module in model.modules():
+        if getattr(module, "cast_input_dtype_enabled", False) is True:
+            module.cast_input_dtype_enabled = False
+            changed += 1
+    return changed
+
+
+# ---- regional compilation ------------------------------------------------------------------
+
+def _blocks(model) -> list[torch.nn.Module]:
+    """The repeated decoder blocks: the longest ModuleList of identical block types."""
+    best: list[torch.nn.Module] = []
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) > len(best):
+            kinds = {type(m) for m in module}
+            if len(kinds) == 1:
+                best = list(module)
+    return best
+
+
+def compile_blocks(model) -> int:
+    """Compile each decoder block in place (`Module.compile`); returns how many. Inductor's cache
+    goes under $AFFINA_HOME/cache/inductor unless TORCHINDUCTOR_CACHE_DIR is set."""
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(affina_home() / "cache" / "inductor"))
+    blocks = _blocks(model)
+    for block in blocks:
+        block.compile(dynamic=None)
+    return len(blocks)
+
+
+# ---- the trainer side ----------------------------------------------------------------------
+
+class SpeedTrainerMixin:
+    """Mixed into the recipe's Trainer: computes the causal-LM loss chunked (when the model
+    allows it) and offloads saved activations under the memory profile."""
+
+    affina_profile: Profile = Profile()
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        profile = self.affina_profile
+        offload = (torch.autograd.graph.save_on_cpu(pin_memory=True)
+                   if profile.offload_activations and model.training else contextlib.nullcontext())
+        causal = _causal_lm(self.accelerator.unwrap_model(model)) if profile.chunked_loss else None
+        if causal is None or return_outputs or "labels" not in inputs:
+            with offload:
+                return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                            num_items_in_batch=num_items_in_batch)
+        inputs = dict(inputs)
+        labels = inputs.pop("labels")
+        if not self.model_accepts_loss_kwargs:
+            num_items_in_batch = None
+        with offload:
+            hidden = causal.get_decoder()(**inputs, use_cache=False).last_hidden_state
+            loss = chunked_lm_loss(hidden, causal.get_output_embeddings().weight, labels,
+                                   chunk_tokens=profile.loss_chunk_tokens,
+                                   num_items_in_batch=num_items_in_batch)
+        if (self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs
+                and num_items_in_batch is not None):
+            loss = loss * self.accelerator.num_processes  # as Trainer.compute_loss scales it
+        return loss
+
+
+def speed_trainer_class(base: type, profile: Profile) -> type:
+    """`base` (a transformers Trainer class) with the profile's loss step, or `base` itself under
+    the default profile."""
+    if not (profile.chunked_loss or profile.offload_activations):
+        return base
+    return type(f"Profiled{base.__name__}", (SpeedTrainerMixin, base), {"affina_profile": profile})

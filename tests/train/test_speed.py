@@ -1,0 +1,178 @@
+"""Training profiles (train/speed.py) on the CPU: the chunked loss is transformers' loss, with the
+same gradients; PEFT's input cast is switched off only where it exists; the speed and memory
+profiles train a tiny run to the same losses and adapter as the default profile."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+from peft import LoraConfig, PrefixTuningConfig, get_peft_model
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from affina.config import load_config
+from affina.errors import ConfigError
+from affina.record.run_record import RUN_CONFIG_NAME
+from affina.train import train
+from affina.train.speed import (_blocks, _causal_lm, chunked_lm_loss, compile_blocks, keep_input_dtype,
+                                profile_of)
+
+
+def _lora(model_dir):
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model = get_peft_model(base, LoraConfig(r=4, target_modules="all-linear", lora_dropout=0.0))
+    for name, p in model.named_parameters():  # B starts at zero: move it so A gets gradients too
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.02)
+    return model
+
+
+def _batch(vocab: int):
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, vocab, (3, 11), generator=g)
+    labels = ids.clone()
+    labels[0, :4] = -100  # a masked prompt
+    labels[2, 7:] = -100  # padding
+    mask = torch.ones_like(ids)
+    mask[2, 7:] = 0
+    return ids, mask, labels
+
+
+def _grads(model):
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 1000])
+def test_chunked_loss_and_gradients_equal_transformers(tiny_model_dir, chunk):
+    model = _lora(tiny_model_dir)
+    ids, mask, labels = _batch(model.config.vocab_size)
+
+    reference = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+    reference.backward()
+    expected = _grads(model)
+    model.zero_grad()
+
+    causal = _causal_lm(model)
+    hidden = causal.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+    loss = chunked_lm_loss(hidden, causal.get_output_embeddings().weight, labels, chunk_tokens=chunk)
+    loss.backward()
+    got = _grads(model)
+
+    assert loss.item() == pytest.approx(reference.item(), rel=1e-6)
+    assert expected.keys() == got.keys() and len(got) > 0
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-7)
+
+
+def test_chunked_loss_divides_by_the_accumulated_token_count(tiny_model_dir):
+    model = _lora(tiny_model_dir)
+    ids, mask, labels = _batch(model.config.vocab_size)
+    counted = int((labels[:, 1:] != -100).sum())
+    reference = model(input_ids=ids, attention_mask=mask, labels=labels, num_items_in_batch=2 * counted).loss
+    causal = _causal_lm(model)
+    hidden = causal.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+    loss = chunked_lm_loss(hidden, causal.get_output_embeddings().weight, labels, chunk_tokens=5,
+                           num_items_in_batch=torch.tensor(2 * counted))
+    assert loss.item() == pytest.approx(reference.item(), rel=1e-6)
+
+
+def test_chunked_loss_of_fully_masked_batch_is_zero_with_a_graph(tiny_model_dir):
+    model = _lora(tiny_model_dir)
+    ids, mask, labels = _batch(model.config.vocab_size)
+    causal = _causal_lm(model)
+    hidden = causal.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+    loss = chunked_lm_loss(hidden, causal.get_output_embeddings().weight, torch.full_like(labels, -100))
+    loss.backward()  # no error: the zero still belongs to the graph
+    assert loss.item() == 0.0
+
+
+def test_prompt_learning_keeps_the_plain_loss(tiny_model_dir):
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    prefix = get_peft_model(base, PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3))
+    assert _causal_lm(prefix) is None  # its virtual tokens go through the PEFT wrapper
+    assert _causal_lm(_lora(tiny_model_dir)) is not None
+
+
+def test_keep_input_dtype_switches_only_peft_layers(tiny_model_dir):
+    model = _lora(tiny_model_dir)
+    layers = [m for m in model.modules() if hasattr(m, "cast_input_dtype_enabled")]
+    assert keep_input_dtype(model) == len(layers) > 0
+    assert not any(m.cast_input_dtype_enabled for m in layers)
+    assert keep_input_dtype(model) == 0  # idempotent
+    plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert keep_input_dtype(plain) == 0
+
+
+def test_profiles_resolve_per_device():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert not profile_of("default", cuda).chunked_loss
+    speed_cpu, speed_cuda = profile_of("speed", cpu), profile_of("speed", cuda, loss_chunk_tokens=256)
+    assert speed_cpu.chunked_loss and not speed_cpu.compile_blocks
+    assert speed_cuda.compile_blocks and speed_cuda.loss_chunk_tokens == 256
+    memory_cpu = profile_of("memory", cpu)
+    assert memory_cpu.checkpointing and not memory_cpu.offload_activations
+    assert profile_of("memory", cuda).offload_activations
+
+
+def test_unknown_profile_is_a_config_error(tmp_path, tiny_model_dir):
+    with pytest.raises(ConfigError, match="train.profile.*default, speed, memory"):
+        load_config(None, [f"model.spec={tiny_model_dir}", "train.profile=fast"]).validate()
+
+
+def test_blocks_are_the_decoder_layers(tiny_model_dir):
+    model = _lora(tiny_model_dir)
+    blocks = _blocks(model)
+    assert len(blocks) == model.config.num_hidden_layers
+    assert type(blocks[0]).__name__.endswith("DecoderLayer")
+
+
+@pytest.mark.slow
+def test_compiled_blocks_give_the_same_loss(tiny_model_dir, tmp_path, monkeypatch):
+    """Regional compilation on the CPU (inductor builds C++ here, hence slow)."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    model = _lora(tiny_model_dir)
+    ids, mask, labels = _batch(model.config.vocab_size)
+    expected = model(input_ids=ids, attention_mask=mask, labels=labels).loss.item()
+    assert compile_blocks(model) == model.config.num_hidden_layers
+    got = model(input_ids=ids, attention_mask=mask, labels=labels).loss.item()
+    assert got == pytest.approx(expected, rel=1e-5)
+
+
+def _rows(path, n=16):
+    rows = [{"messages": [{"role": "user", "content": f"say {i}"},
+                          {"role": "assistant", "content": f"number {i} is {'even' if i % 2 == 0 else 'odd'}"}]}
+            for i in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _run(tmp_path, model_dir, name, **extra):
+    overrides = [f"model.spec={model_dir}", f"data.train={_rows(tmp_path / 'train.jsonl')}",
+                 "data.val_fraction=0.25", f"train.output_dir={tmp_path / 'runs'}",
+                 f"train.run_name={name}", "train.max_steps=4", "train.save_steps=4", "train.eval_steps=2",
+                 "train.logging_steps=1", "train.batch_size=4", "train.lr=5e-3", "method.r=4",
+                 "method.dropout=0", "track.mlflow=false"]
+    overrides += [f"{k}={v}" for k, v in extra.items()]
+    return train(load_config(None, overrides), display="quiet").run_dir
+
+
+def _losses(run_dir, key):
+    return [h[key] for h in json.loads((run_dir / "history.json").read_text()) if key in h]
+
+
+@pytest.mark.parametrize("profile", ["speed", "memory"])
+def test_profiles_train_to_the_same_adapter_on_cpu(tmp_path, tiny_model_dir, profile):
+    plain = _run(tmp_path, tiny_model_dir, "plain")
+    tuned = _run(tmp_path, tiny_model_dir, profile, **{"train.profile": profile, "train.loss_chunk_tokens": 7})
+    for key in ("loss", "eval_loss"):
+        assert _losses(tuned, key) == pytest.approx(_losses(plain, key), rel=1e-4), key
+    a = load_file(plain / "adapter" / "adapter_model.safetensors")
+    b = load_file(tuned / "adapter" / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-3, atol=1e-5)
+    assert yaml.safe_load((tuned / RUN_CONFIG_NAME).read_text())["train"]["profile"] == profile
