@@ -24,8 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT))
 
-from tests.dashboard.conftest import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
-from tests.dashboard.stores import ServeProcess, build_store  # noqa: E402
+from tests.dashboard.stores import CHROMIUM, CHROMIUM_ARGS, ServeProcess, build_store  # noqa: E402
 
 EXAMPLE = ROOT / "examples" / "product_json"
 PROMPTS = [("alpha", "Extract the product as JSON with keys brand, product, category, color, price.\n\n"

@@ -3,16 +3,9 @@ over it for the whole dashboard suite, plus a headless Chromium where one is ins
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 
-from tests.dashboard.stores import ServeProcess, build_store
-
-CHROMIUM = Path(os.environ.get("AFFINA_CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+from tests.dashboard.stores import CHROMIUM, CHROMIUM_ARGS, ServeProcess, build_store
 
 
 @pytest.fixture(scope="session")

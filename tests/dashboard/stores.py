@@ -1,5 +1,6 @@
-"""A model store of tiny trained runs with a registry and promotion decisions, and a real
-`affina serve` process over it: what the dashboard tests (and docs/screenshots.py) look at."""
+"""A model store of tiny trained runs with a registry and promotion decisions, a real
+`affina serve` process over it, and the Chromium to look at it with: what the dashboard tests
+(and docs/screenshots.py) use."""
 
 from __future__ import annotations
 
@@ -15,6 +16,10 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parents[2]
+# The system Chromium, driven by Playwright (whose own browser download is never used).
+CHROMIUM = Path(os.environ.get("AFFINA_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
 def chat_rows(n: int, start: int = 0) -> str:

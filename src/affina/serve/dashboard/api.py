@@ -70,11 +70,8 @@ def mount_dashboard(app: FastAPI, *, engine, log, authenticate, allowed, auth: s
             return JSONResponse(error_body(e), status_code=e.status)
         except StoreError as e:
             return JSONResponse(error_body(ApiError(e.status, str(e), e.code, "model")), status_code=e.status)
-        except AffinaError as e:  # an unknown registered name or alias, an unreadable record
-            status = 404 if "no registered model" in str(e) or "no such alias" in str(e) \
-                or "is not registered" in str(e) else 400
-            return JSONResponse(error_body(ApiError(status, str(e), "not_found" if status == 404
-                                                    else "invalid_request")), status_code=status)
+        except AffinaError as e:  # e.g. a run record or config this version cannot read
+            return JSONResponse(error_body(ApiError(400, str(e), "invalid_request")), status_code=400)
 
     def may_see(key, name: str | None) -> bool:
         return key is None or (name is not None and allowed(key, name))

@@ -190,7 +190,10 @@ def lineage_view(store: ModelStore | None, ref: str, log: RequestLog) -> dict:
     if parse_ref(ref) is not None:
         from ...govern.registry import lookup
 
-        version = lookup(parse_ref(ref))  # an unknown name or alias: one line, 404
+        try:
+            version = lookup(parse_ref(ref))
+        except AffinaError as e:  # an unknown name, version or alias
+            raise UnknownModel(str(e)) from None
         info = lineage(str(version.run_dir))
         info["ref"] = ref
         from ...govern.registry import TAG_HASHES, hash_run_files
