@@ -33,6 +33,7 @@ function askForKey(message) {
   error.hidden = !message;
   error.textContent = message || "";
   input.value = "";
+  dialog.oncancel = (event) => event.preventDefault();  // Escape: the page cannot go on without a key
   pendingKey = new Promise((resolve) => {
     form.onsubmit = (event) => {
       event.preventDefault();

@@ -141,11 +141,14 @@ export async function jobsPage(view, ctx) {
     }
     throw e;
   }
-  const [models, session] = await Promise.all([get("/v1/models", { signal: ctx.signal }), get("/dashboard/api/session", { signal: ctx.signal })]);
+  // A job fine-tunes the base this server serves, under any of its names.
+  const session = await get("/dashboard/api/session", { signal: ctx.signal });
   const bases = [session.base, ...session.base_aliases.filter((a) => a !== session.base)];
+  let anyActive = list.data.some((j) => ACTIVE.has(j.status));
   const listBox = h("div", {});
   const refresh = async () => {
     const fresh = await get("/v1/fine_tuning/jobs?limit=50", { signal: ctx.signal });
+    anyActive = fresh.data.some((j) => ACTIVE.has(j.status));
     await drawList(fresh.data);
   };
   async function drawList(jobs) {
@@ -163,10 +166,15 @@ export async function jobsPage(view, ctx) {
   }
   view.append(h("h1", {}, "Jobs"),
     section("Start a job", h("p", { class: "muted" }, "Upload a JSONL file of chat messages or prompt/completion pairs; the job trains on it and the result is served under its own name."),
-      startForm([...new Set([...bases, ...models.data.map((m) => m.id)])], () => refresh())),
+      startForm(bases, () => refresh())),
     section("Jobs", listBox));
   await drawList(list.data);
-  ctx.every(2000, () => refresh().catch(() => {}));
+  // Every 2 s while a job is active; every 10 s otherwise (jobs started elsewhere show up).
+  let ticks = 0;
+  ctx.every(2000, () => {
+    ticks += 1;
+    if (anyActive || ticks % 5 === 0) refresh().catch(() => {});
+  });
 }
 
 async function jobPage(view, ctx, id) {
