@@ -32,7 +32,7 @@ PACKAGE_LAYER = {
     "evaluate": RECIPES, "train": RECIPES, "tune": RECIPES, "export": RECIPES, "gguf_export": RECIPES,
     "parity": RECIPES,
     "govern": GOVERN,
-    "serve": SERVICE, "cli": SERVICE, "export_commands": SERVICE,
+    "serve": SERVICE, "cli": SERVICE, "export_commands": SERVICE, "__main__": SERVICE,
 }
 
 

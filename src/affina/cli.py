@@ -27,18 +27,51 @@ def _cmd_train(args) -> int:
     from .train import train
     from .ui import set_output
 
+    from .train import distributed
+
     display = "quiet" if args.quiet else args.log_format
-    set_output({"bar": "normal", "jsonl": "jsonl", "quiet": "quiet"}[display])
+    set_output({"bar": "normal", "jsonl": "jsonl", "quiet": "quiet"}[display]
+               if distributed.rank().main else "quiet")  # one rank speaks for a distributed run
+    shown = ["-q"] if args.quiet else ["--log-format", args.log_format]
     if args.resume:
         if args.config or args.overrides:
             raise AffinaError("--resume continues a run with the config saved in it; "
                               "drop -c and key=value overrides")
+        from .train.rundir import config_of_run, split_resume_target
+
+        cfg = config_of_run(split_resume_target(Path(args.resume), args.checkpoint)[0])
+        own = ["--resume", args.resume, *(["--checkpoint", args.checkpoint] if args.checkpoint else [])]
+        if cfg.distributed.strategy != "none" and not distributed.launched():
+            return _launch(cfg, [*own, *shown], args.print_launch)
         train(load_config(), resume=Path(args.resume), checkpoint=args.checkpoint, display=display)
         return 0
     from .methods import method_field_names
 
-    train(load_config(args.config, args.overrides, method_field_names), display=display)
+    cfg = load_config(args.config, args.overrides, method_field_names)
+    if cfg.distributed.strategy != "none" and not distributed.launched():
+        overrides = distributed.pin_run_name(args.overrides, cfg)
+        own = [*(["-c", args.config] if args.config else []), *overrides, *shown]
+        return _launch(load_config(args.config, overrides, method_field_names), own, args.print_launch)
+    if args.print_launch:
+        raise AffinaError("--print-launch needs distributed.strategy=ddp or fsdp")
+    train(cfg, display=display)
     return 0
+
+
+def _launch(cfg, train_args: list[str], print_only: bool) -> int:
+    """Start `affina train` under torchrun on this machine, or print each machine's command."""
+    import shlex
+
+    from .train import distributed
+
+    if print_only:
+        commands = distributed.launch_commands(cfg, train_args)
+        for node, command in enumerate(commands):
+            if len(commands) > 1:
+                print(f"# machine {node} (node rank {node})")
+            print(shlex.join(command))
+        return 0
+    return distributed.launch(cfg, train_args)
 
 
 def _cmd_data_inspect(args) -> int:
@@ -160,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--log-format", choices=("bar", "jsonl"), default="bar",
                    help="bar: one progress bar (loss, validation loss, tokens/s, ETA); jsonl: one "
                         "JSON object per training event on stdout, for scripts (default: bar)")
+    t.add_argument("--print-launch", action="store_true", help="with distributed.strategy=ddp|fsdp: "
+                   "print the torchrun command for each machine instead of training")
     t.add_argument("-q", "--quiet", action="store_true", help="no progress output; only warnings and "
                    "the final summary")
     t.set_defaults(func=_cmd_train)

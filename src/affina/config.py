@@ -218,6 +218,24 @@ class TrackConfig:
 
 
 @dataclass
+class DistributedConfig:
+    strategy: str = _f("none", "none: one process; ddp: data-parallel (every method); fsdp: sharded with FSDP2 (lora, qlora, full). With ddp/fsdp, `affina train` starts `torchrun` itself on one machine; `affina train --print-launch` prints the command for each machine.")
+    nproc_per_node: int = _f(0, "Processes per machine (0: one per CUDA device, or 2 on a machine without one).")
+    nnodes: int = _f(1, "Machines taking part.")
+    master_addr: str = _f("127.0.0.1", "Address of the first machine (rank 0), reachable from the others.")
+    master_port: int = _f(29500, "A free port on the first machine.")
+    backend: str = _f("auto", "Collective backend: auto (nccl on CUDA, gloo on the CPU), nccl, gloo.")
+    find_unused_parameters: bool = _f(False, "DDP: look for parameters that got no gradient each step (only needed by models with unused branches; costs a graph traversal).")
+
+    def validate(self) -> None:
+        _check(self.strategy in ("none", "ddp", "fsdp"), "distributed.strategy", self.strategy, "none, ddp or fsdp")
+        _check(self.nproc_per_node >= 0, "distributed.nproc_per_node", self.nproc_per_node, ">= 0 (0: auto)")
+        _check(self.nnodes >= 1, "distributed.nnodes", self.nnodes, ">= 1")
+        _check(1 <= self.master_port <= 65535, "distributed.master_port", self.master_port, "a port, 1-65535")
+        _check(self.backend in ("auto", "nccl", "gloo"), "distributed.backend", self.backend, "auto, nccl or gloo")
+
+
+@dataclass
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -225,12 +243,13 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     track: TrackConfig = field(default_factory=TrackConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     def validate(self) -> "RunConfig":
         """Check every section's values (not only their types) and the settings that conflict
         across sections; raises ConfigError naming the key. Called whenever a config is built,
         so a bad value stops a run before anything is written or loaded."""
-        for section in (self.data, self.model, self.train, self.eval, self.track):
+        for section in (self.data, self.model, self.train, self.eval, self.track, self.distributed):
             section.validate()
         t = self.train
         if t.early_stopping_patience and (t.eval_steps <= 0 or not (self.data.validation

@@ -155,7 +155,7 @@ def _run(tmp_path, model_dir, name, **extra):
                  "data.val_fraction=0.25", f"train.output_dir={tmp_path / 'runs'}",
                  f"train.run_name={name}", "train.max_steps=4", "train.save_steps=4", "train.eval_steps=2",
                  "train.logging_steps=1", "train.batch_size=4", "train.lr=5e-3", "method.r=4",
-                 "method.dropout=0", "track.mlflow=false"]
+                 "method.dropout=0", "track.mlflow=false", "model.device=cpu"]
     overrides += [f"{k}={v}" for k, v in extra.items()]
     return train(load_config(None, overrides), display="quiet").run_dir
 

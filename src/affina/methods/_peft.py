@@ -58,5 +58,7 @@ class PeftArtifact(Method):
 class LoraFamilyArtifact(PeftArtifact):
     """LoRA, DoRA, rsLoRA: adapters a server's one PeftModel holds many of, one per request."""
 
+    shards_with_fsdp = True
+
     def sharing(self, cfg) -> Sharing:
         return Sharing.PEFT_ADAPTER

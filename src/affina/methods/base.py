@@ -81,6 +81,9 @@ class Method(ABC):
     task: ClassVar[Task] = GENERATE
     trains: ClassVar[bool] = True  # False: nothing is optimised (fewshot)
     can_merge: ClassVar[bool] = True  # whether `merge` folds the artifact into plain weights
+    # Whether the method trains under FSDP2 (distributed.strategy=fsdp): its artifact is the
+    # trained model's own `save_pretrained`, which the Trainer writes from the gathered shards.
+    shards_with_fsdp: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

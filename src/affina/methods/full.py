@@ -24,6 +24,7 @@ class FullMethodConfig:
 
 class FullMethod(WholeModelArtifact):
     name = "full"
+    shards_with_fsdp = True
     description = "Full fine-tuning: every weight trains; the artifact is a whole HF model."
     config_class = FullMethodConfig
 

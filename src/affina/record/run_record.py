@@ -99,6 +99,8 @@ class TrainInfo:
     best_step: int | None = None
     stopped_early: bool = False
     stop_step: int = 0
+    world_size: int = 1  # processes that trained it (distributed.strategy ddp/fsdp: more than 1)
+    profile: str = "default"  # train.profile
 
 
 @dataclass

@@ -35,6 +35,7 @@ from ..ui import info, print_table, warn
 from .callbacks import HistoryCallback
 from .display import TrainingDisplay
 from .plots import plot_learning_curve
+from . import distributed
 from .speed import Profile, compile_blocks, keep_input_dtype, profile_of, speed_trainer_class
 from .rundir import CONFIG_NAME, config_of_run, make_run_dir, resume_point, split_resume_target
 
@@ -44,7 +45,7 @@ __all__ = ["train", "TrainResult", "CONFIG_NAME", "validate_run_config"]
 @dataclass
 class TrainResult:
     run_dir: Path
-    record: RunRecord
+    record: RunRecord | None  # None on the ranks > 0 of a distributed run
 
 
 def validate_run_config(cfg: RunConfig):
@@ -63,6 +64,9 @@ def validate_run_config(cfg: RunConfig):
         for path in paths:
             if not Path(path).exists():
                 raise ConfigError(f"{key}: file not found: {path}")
+    if cfg.distributed.strategy == "fsdp" and not method.shards_with_fsdp:
+        raise ConfigError(f"distributed.strategy=fsdp: method {method.name} does not train sharded "
+                          f"(lora, dora, rslora, qlora and full do); use distributed.strategy=ddp")
     if not (cfg.data.train or cfg.data.mix):
         raise ConfigError("no training data: set data.train (e.g. data.train=examples/product_json/train.jsonl) "
                           "or data.mix")
@@ -81,10 +85,23 @@ def train(cfg: RunConfig, *, resume: Path | None = None, checkpoint: str | None 
         resume, checkpoint = split_resume_target(Path(resume), checkpoint)
         cfg = config_of_run(resume)
     method, method_cfg = validate_run_config(cfg)
+    me = distributed.rank()  # under torchrun: only rank 0 writes; every rank trains
+    distributed.init_process_group(cfg)
     if resume is not None:  # found once: opening a checkpoint to check it is not free
         run_dir, start_from = resume, resume_point(resume, checkpoint)
+    elif me.distributed:
+        if not cfg.train.run_name:
+            raise ConfigError("a distributed run needs train.run_name, the same on every rank "
+                              "(`affina train` and --print-launch set it)")
+        run_dir, start_from = make_run_dir(cfg) if me.main else None, None
+        distributed.barrier()
+        run_dir = run_dir or Path(cfg.train.output_dir) / cfg.train.run_name
     else:
         run_dir, start_from = make_run_dir(cfg), None
+    if not me.main:
+        display = "quiet"
+        cfg = dataclasses.replace(cfg, track=dataclasses.replace(cfg.track, mlflow=False,
+                                                                   tensorboard=False, wandb=False))
     info(f"run directory: {run_dir}")
 
     from transformers import set_seed
@@ -104,7 +121,7 @@ def train(cfg: RunConfig, *, resume: Path | None = None, checkpoint: str | None 
     template = TemplateInfo(template_sha256(loaded.tokenizer), stops,
                             [loaded.tokenizer.convert_ids_to_tokens(i) for i in stops])
 
-    continued = _mlflow_run_of(run_dir)
+    continued = _mlflow_run_of(run_dir) if me.main else None
     with open_trackers(cfg.track, run_dir, mlflow_run_id=continued) as tracker, ExitStack() as stack:
         if continued is None:
             # MLflow refuses changed param values; a resumed run's data paths are re-resolved
@@ -116,10 +133,11 @@ def train(cfg: RunConfig, *, resume: Path | None = None, checkpoint: str | None 
                           "affina.data.train_fingerprint": summary["train"]["fingerprint"],
                           "affina.data.validation_fingerprint": summary["validation"]["fingerprint"],
                           "affina.data.source_fingerprint": summary.get("source_fingerprint")})
-        _remember_mlflow_run(run_dir, tracker.run_id)
+        if me.main:
+            _remember_mlflow_run(run_dir, tracker.run_id)
 
         before = None
-        if eval_records and cfg.eval.compare_base and method.task.compares_base:
+        if eval_records and cfg.eval.compare_base and method.task.compares_base and me.main:
             base_view = OpenedModel(loaded.model, loaded.tokenizer, "base", None, None, stops)
             before = _cached_eval(run_dir / "eval" / "before.json", lambda: _evaluate(
                 base_view, eval_records, settings, "before"))
@@ -139,10 +157,19 @@ def train(cfg: RunConfig, *, resume: Path | None = None, checkpoint: str | None 
         if method.trains:  # fewshot: nothing to optimise, the run is its prompt recipe
             _train(trainer, start_from)
         val_metrics = trainer.evaluate() if data.val else {}
+        artifact_dir = run_dir / "adapter"
+        sharded = getattr(trainer, "is_fsdp_enabled", False)
+        if sharded:
+            # Sharded weights: every rank takes part in gathering them, rank 0 writes
+            # save_pretrained's files (the method's own artifact, see Method.shards_with_fsdp).
+            trainer.save_model(str(artifact_dir))
+            (artifact_dir / "training_args.bin").unlink(missing_ok=True)
+        if not me.main:  # rank 0 saves, evaluates and records
+            return TrainResult(run_dir, None)
         stack.enter_context(_eager_after_training(profile))  # compiled blocks: evaluate eagerly
 
-        artifact_dir = run_dir / "adapter"
-        method.save(model, artifact_dir)
+        if not sharded:
+            method.save(model, artifact_dir)
         loaded.tokenizer.save_pretrained(artifact_dir)
         _check_saved_template(artifact_dir, template)
         history = trainer.state.log_history
@@ -173,7 +200,8 @@ def train(cfg: RunConfig, *, resume: Path | None = None, checkpoint: str | None 
             train=TrainInfo(global_step=trainer.state.global_step,
                             epochs=round(trainer.state.epoch or 0.0, 4),
                             train_loss=_last(history, "loss"),
-                            seconds=round(time.time() - started, 1), **stopping),
+                            seconds=round(time.time() - started, 1), world_size=me.world_size,
+                            profile=profile.name, **stopping),
             metrics=MetricsInfo(val_metrics.get("eval_loss"), flat_scores(before), flat_scores(after)),
             template=template)
         write_record(run_dir, record)
@@ -295,6 +323,7 @@ def _training_args(model, data: PreparedData, cfg: RunConfig, run_dir: Path, che
         optim=t.optimizer, neftune_noise_alpha=t.neftune_alpha or None,
         **({"gradient_checkpointing": True} if t.gradient_checkpointing or checkpointing else {}),
         use_cpu=device.type == "cpu", bf16=bf16,
+        **distributed.trainer_arguments(cfg, model, device.type),
         report_to="none", remove_unused_columns=False, dataloader_num_workers=0,
         dataloader_pin_memory=device.type == "cuda",
         disable_tqdm=True, include_num_input_tokens_seen="non_padding",  # TrainingDisplay shows progress

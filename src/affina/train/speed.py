@@ -191,7 +191,8 @@ class SpeedTrainerMixin:
         labels = inputs.pop("labels")
         if not self.model_accepts_loss_kwargs:
             num_items_in_batch = None
-        with offload:
+        # The decoder is called directly, not through the forward accelerate wrapped in autocast.
+        with offload, self.accelerator.autocast():
             hidden = causal.get_decoder()(**inputs, use_cache=False).last_hidden_state
             loss = chunked_lm_loss(hidden, causal.get_output_embeddings().weight, labels,
                                    chunk_tokens=profile.loss_chunk_tokens,

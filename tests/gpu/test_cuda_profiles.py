@@ -1,0 +1,58 @@
+"""The training profiles and FSDP2 on a CUDA device (skipped without one; see tests/conftest.py).
+
+On the CPU the profiles are checked against the default step to float rounding
+(tests/train/test_speed.py); here they run in bf16 with compiled blocks and CPU offload, so the
+check is that they train, stay close to the default run, and leave an adapter plain PEFT loads.
+FSDP2 needs CUDA devices; one GPU gives a world of one rank, which still shards through FSDP2's
+DTensors and gathers them to save.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.gpu.test_cuda_training import _check_losses, _data, _losses, _reloads_with_plain_peft, _train
+
+pytestmark = pytest.mark.gpu
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("profile", ["speed", "memory"])
+def test_profile_trains_like_the_default_step_on_cuda(tmp_path, tiny_model_dir, profile):
+    plain = _train(tmp_path, tiny_model_dir, "plain", "method.dropout=0")
+    tuned = _train(tmp_path, tiny_model_dir, profile, "method.dropout=0", f"train.profile={profile}",
+                   "train.loss_chunk_tokens=16")
+    _check_losses(tuned)
+    assert _losses(tuned)[0] == pytest.approx(_losses(plain)[0], rel=2e-2)  # bf16, same first batch
+    _reloads_with_plain_peft(tuned, tiny_model_dir)
+
+
+def test_fsdp_trains_and_saves_a_whole_adapter(tmp_path, tiny_model_dir):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+               AFFINA_HOME=str(tmp_path / "home"))
+    out = subprocess.run([sys.executable, "-m", "affina", "train", "-q", f"model.spec={tiny_model_dir}",
+                          "model.device=cuda", f"data.train={_data(tmp_path)}", "data.val_fraction=0.25",
+                          f"train.output_dir={tmp_path / 'runs'}", "train.run_name=fsdp",
+                          "train.max_steps=12", "train.save_steps=6", "train.batch_size=8", "train.lr=1e-2",
+                          "track.mlflow=false", "distributed.strategy=fsdp", "distributed.nproc_per_node=1"],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-4000:]
+    run = tmp_path / "runs" / "fsdp"
+    _check_losses(run)
+    record = json.loads((run / "affina.json").read_text())
+    assert record["train"]["global_step"] == 12
+    assert not (run / "adapter" / "training_args.bin").exists()
+    _reloads_with_plain_peft(run, tiny_model_dir)
+    from safetensors.torch import load_file
+
+    saved = load_file(run / "adapter" / "adapter_model.safetensors")
+    hidden = json.loads((Path(tiny_model_dir) / "config.json").read_text())["hidden_size"]
+    a = [v for k, v in saved.items() if "q_proj.lora_A" in k]
+    assert a and a[0].shape[1] == hidden  # whole tensors, not one rank's shard
