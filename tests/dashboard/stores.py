@@ -92,7 +92,7 @@ def free_port() -> int:
 
 
 class ServeProcess:
-    """`affina serve` (the CLI's own entry point) in its own process on a free loopback port."""
+    """`python -m affina serve` in its own process on a free loopback port."""
 
     def __init__(self, tmp: Path, store: Path, *, auth: str = "open", base: str | None = None,
                  extra: tuple[str, ...] = ()):
@@ -100,7 +100,7 @@ class ServeProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self.tmp, self.log_url = tmp, f"sqlite:///{tmp}/requests.db"
         self.keys_db = tmp / "keys.db"
-        args = [sys.executable, "-c", "import sys; from affina.cli import main; sys.exit(main())", "serve", "--store", str(store), "--port", str(self.port),
+        args = [sys.executable, "-m", "affina", "serve", "--store", str(store), "--port", str(self.port),
                 "--log-db", self.log_url, "--keys-db", str(self.keys_db), "--auth", auth,
                 "--device", "cpu", "--threads", "1", "--max-tokens-limit", "256", *extra]
         if base:
