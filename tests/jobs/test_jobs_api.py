@@ -1,0 +1,269 @@
+"""The Files and Fine-tuning APIs through the official `openai` client, against a real server on
+loopback and real worker processes training a tiny model: upload, a bad upload, a job from
+creation to a served fine-tuned model, cancel, pause/resume, a worker killed mid-job, a restart
+with a queued job, and tenant isolation between API keys."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import openai
+import psutil
+import pytest
+
+from tests.jobs.conftest import chat_rows, wait_for, wait_status
+
+pytestmark = pytest.mark.timeout(300)
+
+LONG = {"type": "supervised", "affina": {"method": "lora", "options": {"r": 2},
+                                         "train": {"max_steps": 3000, "save_steps": 10, "eval_steps": 10}}}
+
+
+def _training_children(worker) -> list:
+    try:
+        return psutil.Process(worker.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _events(client, job_id) -> list:
+    return list(reversed(list(client.fine_tuning.jobs.list_events(job_id, limit=100))))
+
+
+def test_files_upload_list_content_and_bad_file(jobs_env):
+    alice = jobs_env.client(jobs_env.alice)
+    uploaded = jobs_env.upload(alice)
+    assert uploaded.id.startswith("file-") and uploaded.filename == "train.jsonl"
+    assert uploaded.purpose == "fine-tune" and uploaded.bytes == len(chat_rows().encode())
+    assert alice.files.retrieve(uploaded.id).id == uploaded.id
+    assert uploaded.id in [f.id for f in alice.files.list()]
+    assert alice.files.content(uploaded.id).read() == chat_rows().encode()
+
+    files_dir = jobs_env.root / "files"
+    before = sorted(p.name for p in files_dir.iterdir())
+    bad = chat_rows(4) + "{not json\n"
+    with pytest.raises(openai.BadRequestError) as e:
+        jobs_env.upload(alice, "bad.jsonl", bad)
+    message = e.value.body["message"]
+    assert message.startswith("bad.jsonl:5") and "\n" not in message, message
+    # Nothing half-written is kept: no new file, no staging directory.
+    assert sorted(p.name for p in files_dir.iterdir()) == before
+    with pytest.raises(openai.BadRequestError):
+        jobs_env.upload(alice, "notes.docx", "hello")
+
+    deleted = alice.files.delete(uploaded.id)
+    assert deleted.deleted
+    with pytest.raises(openai.NotFoundError):
+        alice.files.retrieve(uploaded.id)
+
+
+def test_job_runs_to_a_served_fine_tuned_model(jobs_env):
+    from affina.govern.lineage import format_lineage, lineage
+
+    alice = jobs_env.client(jobs_env.alice)
+    training = jobs_env.upload(alice)
+    validation = jobs_env.upload(alice, "val.jsonl", chat_rows(4))
+    worker = jobs_env.start_worker()
+    try:
+        job = alice.fine_tuning.jobs.create(
+            model="base", training_file=training.id, validation_file=validation.id, suffix="numbers",
+            seed=7, metadata={"team": "a"},
+            method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 4}},
+                    "affina": {"method": "lora", "options": {"r": 2}}})
+        assert job.status in ("validating_files", "queued") and job.seed == 7
+        done = wait_status(alice, job.id, ("succeeded", "failed"), timeout=150)
+        assert done.status == "succeeded", done.error
+    finally:
+        jobs_env.stop_workers()
+    assert done.fine_tuned_model == f"ft:base:numbers:{job.id}"
+    assert done.hyperparameters.n_epochs == 2 and done.hyperparameters.batch_size == 4
+    assert done.hyperparameters.learning_rate_multiplier not in (None, "auto")
+    assert done.trained_tokens and done.finished_at >= done.created_at
+
+    events = _events(alice, job.id)
+    messages = [e.message for e in events]
+    assert "Files validated, moving job to queued state" in messages
+    assert any(m.startswith("Fine-tuning job started") for m in messages)
+    metrics = [e for e in events if e.type == "metrics"]
+    assert metrics and metrics[0].data["train_loss"] > 0 and metrics[0].data["total_steps"] == 12
+    assert messages[-1] == "The job has successfully completed"
+    page = alice.fine_tuning.jobs.list_events(job.id, limit=2)
+    assert len(page.data) == 2 and page.has_more
+    following = alice.fine_tuning.jobs.list_events(job.id, limit=2, after=page.data[-1].id)
+    assert following.data[0].id != page.data[-1].id
+
+    checkpoints = list(alice.fine_tuning.jobs.checkpoints.list(job.id))
+    assert checkpoints and checkpoints[0].step_number == max(c.step_number for c in checkpoints)
+    newest = checkpoints[0]
+    assert newest.metrics.train_loss is not None and newest.metrics.valid_loss is not None
+    assert newest.fine_tuned_model_checkpoint == f"{done.fine_tuned_model}:ckpt-step-{newest.step_number}"
+
+    # Served at once, under its name and each checkpoint's, by the same server.
+    for model in (done.fine_tuned_model, newest.fine_tuned_model_checkpoint):
+        reply = alice.chat.completions.create(model=model, max_tokens=4,
+                                              messages=[{"role": "user", "content": "say the number 3"}])
+        assert reply.choices[0].message is not None
+    assert done.fine_tuned_model in [m.id for m in alice.models.list()]
+
+    assert [j.id for j in alice.fine_tuning.jobs.list(metadata={"team": "a"})] == [job.id]
+    assert list(alice.fine_tuning.jobs.list(metadata={"team": "b"})) == []
+
+    # Registered with its lineage: file → job → run → version.
+    row = jobs_env.service.store.get_job(job.id)
+    assert row.registered_as and row.registered_as.endswith("@1")
+    info = lineage(row.registered_as)
+    assert info["job"]["job_id"] == job.id and info["job"]["training_file"] == training.id
+    assert job.id in format_lineage(info) and training.id in format_lineage(info)
+
+
+def test_cancel_stops_training_within_seconds(jobs_env):
+    alice = jobs_env.client(jobs_env.alice)
+    training = jobs_env.upload(alice)
+    worker = jobs_env.start_worker()
+    try:
+        job = alice.fine_tuning.jobs.create(model="base", training_file=training.id, method=LONG)
+        wait_for(lambda: any(e.type == "metrics" for e in _events(alice, job.id)), 90, "training to start")
+        assert _training_children(worker)
+        asked = time.monotonic()
+        cancelled = alice.fine_tuning.jobs.cancel(job.id)
+        assert cancelled.status == "cancelled"
+        wait_for(lambda: not _training_children(worker), 15, "the training process to end", 0.1)
+        assert time.monotonic() - asked < 10
+        time.sleep(1.5)  # the worker must not overwrite the cancellation
+        assert alice.fine_tuning.jobs.retrieve(job.id).status == "cancelled"
+        with pytest.raises(openai.BadRequestError):
+            alice.fine_tuning.jobs.cancel(job.id)
+    finally:
+        jobs_env.stop_workers()
+
+
+def test_pause_then_resume_continues_from_the_checkpoint(jobs_env):
+    alice = jobs_env.client(jobs_env.alice)
+    training = jobs_env.upload(alice)
+    method = {**LONG, "affina": {**LONG["affina"], "train": {"max_steps": 40, "save_steps": 10,
+                                                             "eval_steps": 10}}}
+    worker = jobs_env.start_worker()
+    try:
+        job = alice.fine_tuning.jobs.create(model="base", training_file=training.id, method=method)
+        wait_for(lambda: list(alice.fine_tuning.jobs.checkpoints.list(job.id)), 90, "a checkpoint")
+        assert alice.fine_tuning.jobs.pause(job.id).status == "paused"
+        wait_for(lambda: not _training_children(worker), 15, "the training process to end", 0.1)
+        kept = list(alice.fine_tuning.jobs.checkpoints.list(job.id))
+        assert kept
+        assert alice.fine_tuning.jobs.resume(job.id).status == "queued"
+        done = wait_status(alice, job.id, ("succeeded", "failed"), timeout=120)
+        assert done.status == "succeeded", done.error
+    finally:
+        jobs_env.stop_workers()
+    messages = [e.message for e in _events(alice, job.id)]
+    assert any(m.startswith("Resuming from checkpoint-") for m in messages), messages
+
+
+def test_killed_worker_job_resumes_from_its_checkpoint(jobs_env):
+    alice = jobs_env.client(jobs_env.alice)
+    training = jobs_env.upload(alice)
+    method = {**LONG, "affina": {**LONG["affina"], "train": {"max_steps": 40, "save_steps": 10,
+                                                             "eval_steps": 10}}}
+    doomed = jobs_env.start_worker(lease_seconds=3)
+    try:
+        job = alice.fine_tuning.jobs.create(model="base", training_file=training.id, method=method)
+        wait_for(lambda: list(alice.fine_tuning.jobs.checkpoints.list(job.id)), 90, "a checkpoint")
+        children = _training_children(doomed)
+        os.kill(doomed.pid, signal.SIGKILL)
+        doomed.wait(timeout=10)
+        # The training process dies with its worker: nothing trains the job twice.
+        wait_for(lambda: not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children),
+                 10, "the orphaned training process to die", 0.1)
+        assert alice.fine_tuning.jobs.retrieve(job.id).status == "running"
+        jobs_env.start_worker(lease_seconds=3)
+        done = wait_status(alice, job.id, ("succeeded", "failed"), timeout=150)
+        assert done.status == "succeeded", done.error
+    finally:
+        jobs_env.stop_workers()
+    messages = [e.message for e in _events(alice, job.id)]
+    assert any(m.startswith("Resuming from checkpoint-") and "attempt 2" in m for m in messages), messages
+    assert jobs_env.service.store.get_job(job.id).attempts == 2
+
+
+def test_restarted_server_keeps_the_queue(jobs_env):
+    alice = jobs_env.client(jobs_env.alice)
+    training = jobs_env.upload(alice)
+    job = alice.fine_tuning.jobs.create(model="base", training_file=training.id,
+                                        method={**LONG, "affina": {**LONG["affina"], "train": {"max_steps": 4}}})
+    wait_status(alice, job.id, "queued", timeout=30)
+    jobs_env.stop_server()
+    jobs_env.start_server()
+    alice = jobs_env.client(jobs_env.alice)
+    assert alice.fine_tuning.jobs.retrieve(job.id).status == "queued"
+    jobs_env.start_worker()
+    try:
+        done = wait_status(alice, job.id, ("succeeded", "failed"), timeout=120)
+        assert done.status == "succeeded", done.error
+    finally:
+        jobs_env.stop_workers()
+    reply = alice.chat.completions.create(model=done.fine_tuned_model, max_tokens=4,
+                                          messages=[{"role": "user", "content": "hi"}])
+    assert reply.model == done.fine_tuned_model
+
+
+def test_one_key_cannot_reach_anothers_files_jobs_or_models(jobs_env):
+    alice, bob = jobs_env.client(jobs_env.alice), jobs_env.client(jobs_env.bob)
+    admin = jobs_env.client(jobs_env.admin)
+    alice_jobs = list(alice.fine_tuning.jobs.list())
+    finished = next(j for j in alice_jobs if j.status == "succeeded")
+    training = jobs_env.upload(alice)
+    queued = alice.fine_tuning.jobs.create(model="base", training_file=training.id)
+
+    for call in (lambda: bob.files.retrieve(training.id), lambda: bob.files.content(training.id),
+                 lambda: bob.files.delete(training.id),
+                 lambda: bob.fine_tuning.jobs.retrieve(queued.id),
+                 lambda: bob.fine_tuning.jobs.cancel(queued.id),
+                 lambda: bob.fine_tuning.jobs.list_events(queued.id),
+                 lambda: bob.fine_tuning.jobs.checkpoints.list(finished.id),
+                 lambda: bob.fine_tuning.jobs.create(model="base", training_file=training.id),
+                 lambda: bob.chat.completions.create(model=finished.fine_tuned_model, max_tokens=2,
+                                                     messages=[{"role": "user", "content": "hi"}])):
+        with pytest.raises(openai.NotFoundError):
+            call()
+    assert training.id not in [f.id for f in bob.files.list()]
+    assert list(bob.fine_tuning.jobs.list()) == []
+    assert finished.fine_tuned_model not in [m.id for m in bob.models.list()]
+    row = jobs_env.service.store.get_job(finished.id)
+    with pytest.raises(openai.NotFoundError):  # nor through its registry name
+        bob.chat.completions.create(model=row.registered_as, max_tokens=2,
+                                    messages=[{"role": "user", "content": "hi"}])
+    assert alice.fine_tuning.jobs.retrieve(queued.id).status in ("validating_files", "queued")
+
+    # An admin key sees and manages every key's jobs.
+    assert {j.id for j in alice_jobs} <= {j.id for j in admin.fine_tuning.jobs.list(limit=100)}
+    assert admin.fine_tuning.jobs.cancel(queued.id).status == "cancelled"
+    assert admin.files.retrieve(training.id).id == training.id
+
+
+def test_bad_job_requests_answer_openai_errors(jobs_env):
+    alice = jobs_env.client(jobs_env.alice)
+    training = jobs_env.upload(alice)
+    cases = [({"model": "gpt-4o", "training_file": training.id}, "model"),
+             ({"model": "base", "training_file": "file-nope"}, "training_file"),
+             ({"model": "base", "training_file": training.id, "hyperparameters": {"n_epochs": 0}},
+              "hyperparameters.n_epochs"),
+             ({"model": "base", "training_file": training.id,
+               "method": {"type": "supervised", "affina": {"method": "nosuch"}}}, "method"),
+             ({"model": "base", "training_file": training.id,
+               "method": {"type": "supervised", "affina": {"method": "lora", "options": {"rank": 4}}}},
+              "method")]
+    for body, param in cases:
+        with pytest.raises((openai.BadRequestError, openai.NotFoundError)) as e:
+            alice.fine_tuning.jobs.create(**body)
+        assert e.value.body["param"] == param, (body, e.value.body)
+    # A DPO job on supervised data fails its validation with OpenAI's error object.
+    job = alice.fine_tuning.jobs.create(model="base", training_file=training.id,
+                                        method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.2}}})
+    failed = wait_status(alice, job.id, "failed", timeout=30)
+    assert failed.error.code == "invalid_training_file" and failed.error.param == "training_file"
+    assert "preference" in failed.error.message
+    stored = jobs_env.service.store.get_job(job.id)
+    assert stored.method["affina"] == {"method": "dpo", "options": {"beta": 0.2}}
