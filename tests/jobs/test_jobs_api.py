@@ -60,20 +60,26 @@ def test_files_upload_list_content_and_bad_file(jobs_env):
         alice.files.retrieve(uploaded.id)
 
 
-def test_job_runs_to_a_served_fine_tuned_model(jobs_env):
+def test_job_queued_across_a_restart_runs_to_a_served_fine_tuned_model(jobs_env):
     from affina.govern.lineage import format_lineage, lineage
 
     alice = jobs_env.client(jobs_env.alice)
     training = jobs_env.upload(alice)
     validation = jobs_env.upload(alice, "val.jsonl", chat_rows(4))
-    worker = jobs_env.start_worker()
+    job = alice.fine_tuning.jobs.create(
+        model="base", training_file=training.id, validation_file=validation.id, suffix="numbers",
+        seed=7, metadata={"team": "a"},
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 4}},
+                "affina": {"method": "lora", "options": {"r": 2}}})
+    assert job.status in ("validating_files", "queued") and job.seed == 7
+    # No worker yet: the job waits in the queue, and a restarted server still has it.
+    wait_status(alice, job.id, "queued", timeout=30)
+    jobs_env.stop_server()
+    jobs_env.start_server()
+    alice = jobs_env.client(jobs_env.alice)
+    assert alice.fine_tuning.jobs.retrieve(job.id).status == "queued"
+    jobs_env.start_worker()
     try:
-        job = alice.fine_tuning.jobs.create(
-            model="base", training_file=training.id, validation_file=validation.id, suffix="numbers",
-            seed=7, metadata={"team": "a"},
-            method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 4}},
-                    "affina": {"method": "lora", "options": {"r": 2}}})
-        assert job.status in ("validating_files", "queued") and job.seed == 7
         done = wait_status(alice, job.id, ("succeeded", "failed"), timeout=150)
         assert done.status == "succeeded", done.error
     finally:
@@ -140,73 +146,47 @@ def test_cancel_stops_training_within_seconds(jobs_env):
         jobs_env.stop_workers()
 
 
-def test_pause_then_resume_continues_from_the_checkpoint(jobs_env):
+def test_pause_resume_and_a_killed_worker_continue_from_checkpoints(jobs_env):
     alice = jobs_env.client(jobs_env.alice)
     training = jobs_env.upload(alice)
-    method = {**LONG, "affina": {**LONG["affina"], "train": {"max_steps": 40, "save_steps": 10,
+    method = {**LONG, "affina": {**LONG["affina"], "train": {"max_steps": 60, "save_steps": 10,
                                                              "eval_steps": 10}}}
-    worker = jobs_env.start_worker()
+    worker = jobs_env.start_worker(lease_seconds=5)
     try:
         job = alice.fine_tuning.jobs.create(model="base", training_file=training.id, method=method)
         wait_for(lambda: list(alice.fine_tuning.jobs.checkpoints.list(job.id)), 90, "a checkpoint")
+        # Pause: training stops, the checkpoint stays; resume queues it to continue from there.
         assert alice.fine_tuning.jobs.pause(job.id).status == "paused"
         wait_for(lambda: not _training_children(worker), 15, "the training process to end", 0.1)
-        kept = list(alice.fine_tuning.jobs.checkpoints.list(job.id))
-        assert kept
+        paused_at = max(c.step_number for c in alice.fine_tuning.jobs.checkpoints.list(job.id))
+        assert alice.fine_tuning.jobs.retrieve(job.id).status == "paused"
         assert alice.fine_tuning.jobs.resume(job.id).status == "queued"
-        done = wait_status(alice, job.id, ("succeeded", "failed"), timeout=120)
-        assert done.status == "succeeded", done.error
-    finally:
-        jobs_env.stop_workers()
-    messages = [e.message for e in _events(alice, job.id)]
-    assert any(m.startswith("Resuming from checkpoint-") for m in messages), messages
-
-
-def test_killed_worker_job_resumes_from_its_checkpoint(jobs_env):
-    alice = jobs_env.client(jobs_env.alice)
-    training = jobs_env.upload(alice)
-    method = {**LONG, "affina": {**LONG["affina"], "train": {"max_steps": 40, "save_steps": 10,
-                                                             "eval_steps": 10}}}
-    doomed = jobs_env.start_worker(lease_seconds=3)
-    try:
-        job = alice.fine_tuning.jobs.create(model="base", training_file=training.id, method=method)
-        wait_for(lambda: list(alice.fine_tuning.jobs.checkpoints.list(job.id)), 90, "a checkpoint")
-        children = _training_children(doomed)
-        os.kill(doomed.pid, signal.SIGKILL)
-        doomed.wait(timeout=10)
-        # The training process dies with its worker: nothing trains the job twice.
-        wait_for(lambda: not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children),
-                 10, "the orphaned training process to die", 0.1)
+        wait_for(lambda: max(c.step_number for c in alice.fine_tuning.jobs.checkpoints.list(job.id)) > paused_at,
+                 90, "a checkpoint after the resume")
+        # SIGKILL the worker mid-job: its training dies with it, and once the lease runs out
+        # another worker resumes the job from its last checkpoint and finishes it.
+        children = _training_children(worker)
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait(timeout=10)
+        wait_for(lambda: not any(_alive(c) for c in children), 10, "the orphaned training process to die", 0.1)
         assert alice.fine_tuning.jobs.retrieve(job.id).status == "running"
-        jobs_env.start_worker(lease_seconds=3)
+        jobs_env.start_worker(lease_seconds=5)
         done = wait_status(alice, job.id, ("succeeded", "failed"), timeout=150)
         assert done.status == "succeeded", done.error
     finally:
         jobs_env.stop_workers()
     messages = [e.message for e in _events(alice, job.id)]
-    assert any(m.startswith("Resuming from checkpoint-") and "attempt 2" in m for m in messages), messages
-    assert jobs_env.service.store.get_job(job.id).attempts == 2
+    resumed = [m for m in messages if m.startswith("Resuming from checkpoint-")]
+    assert len(resumed) == 2 and "attempt 3" in resumed[-1], messages
+    assert jobs_env.service.store.get_job(job.id).attempts == 3
+    assert max(c.step_number for c in alice.fine_tuning.jobs.checkpoints.list(job.id)) == 60
 
 
-def test_restarted_server_keeps_the_queue(jobs_env):
-    alice = jobs_env.client(jobs_env.alice)
-    training = jobs_env.upload(alice)
-    job = alice.fine_tuning.jobs.create(model="base", training_file=training.id,
-                                        method={**LONG, "affina": {**LONG["affina"], "train": {"max_steps": 4}}})
-    wait_status(alice, job.id, "queued", timeout=30)
-    jobs_env.stop_server()
-    jobs_env.start_server()
-    alice = jobs_env.client(jobs_env.alice)
-    assert alice.fine_tuning.jobs.retrieve(job.id).status == "queued"
-    jobs_env.start_worker()
+def _alive(process) -> bool:
     try:
-        done = wait_status(alice, job.id, ("succeeded", "failed"), timeout=120)
-        assert done.status == "succeeded", done.error
-    finally:
-        jobs_env.stop_workers()
-    reply = alice.chat.completions.create(model=done.fine_tuned_model, max_tokens=4,
-                                          messages=[{"role": "user", "content": "hi"}])
-    assert reply.model == done.fine_tuned_model
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def test_one_key_cannot_reach_anothers_files_jobs_or_models(jobs_env):

@@ -28,7 +28,7 @@ from pathlib import Path
 from ..errors import AffinaError
 from .store import JobRow, JobStore
 
-__all__ = ["Worker", "train_command", "DEFAULT_LEASE_SECONDS"]
+__all__ = ["Worker", "train_command", "newest_checkpoint", "DEFAULT_LEASE_SECONDS"]
 
 DEFAULT_LEASE_SECONDS = 30.0
 _STOP_GRACE_SECONDS = 3.0
@@ -89,11 +89,9 @@ class Worker:
     def run_job(self, job: JobRow) -> str:
         """Train one claimed job to its end (succeeded, failed) or until it is cancelled, paused
         or taken away; returns the status it ended in."""
-        from ..train.rundir import resume_checkpoint
-
         store = self.store
         run_dir = Path(job.run_dir)
-        checkpoint = resume_checkpoint(run_dir) if (run_dir / "checkpoints").is_dir() else None
+        checkpoint = newest_checkpoint(run_dir)
         if job.attempts > 1 and checkpoint:
             store.add_event(job.id, f"Resuming from {Path(checkpoint).name} (attempt {job.attempts})",
                             data={"checkpoint": Path(checkpoint).name, "attempt": job.attempts})
@@ -295,6 +293,25 @@ class Worker:
                               error={"code": code, "message": message, "param": param},
                               estimated_finish=None)
         return "failed"
+
+
+def newest_checkpoint(run_dir: Path) -> str | None:
+    """The newest checkpoint that looks whole (its trainer state parses, its weights are not
+    empty), or None. The training process checks it again properly when it resumes (and skips a
+    corrupt one); this cheap look keeps torch out of the worker process."""
+    def step(path: Path) -> int:
+        tail = path.name.rsplit("-", 1)[-1]
+        return int(tail) if tail.isdigit() else -1
+
+    for ckpt in sorted(Path(run_dir).glob("checkpoints/checkpoint-*"), key=step, reverse=True):
+        try:
+            json.loads((ckpt / "trainer_state.json").read_text())
+            weights = [p for p in ckpt.iterdir() if p.suffix in (".safetensors", ".bin")]
+        except (OSError, ValueError):
+            continue
+        if weights and all(p.stat().st_size > 0 for p in weights):
+            return str(ckpt)
+    return None
 
 
 def _drop_deleted_checkpoints(store: JobStore, job_id: str) -> None:
