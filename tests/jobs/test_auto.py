@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from affina.data.loading import load_records
-from affina.jobs.auto import (ADAPTER_LR, FULL_WEIGHTS_LR, MAX_TOTAL_STEPS, PREFERENCE_FACTOR, DataShape,
+from affina.jobs.auto import (ADAPTER_LR, FULL_WEIGHTS_LR, MAX_TOTAL_STEPS, PREFERENCE_FACTOR, TOKENS_PER_BATCH,
+                              DataShape,
                               data_shape, resolve_hyperparameters)
 from affina.methods import get_method
 from tests.helpers import TINY_TOKENIZER_DIR
@@ -36,7 +37,7 @@ def test_sample_tasks_get_a_sane_budget(task, tokenizer):
     hp = resolve_hyperparameters(AUTO, shape, get_method("lora"))
     # 360 rows: the default 3 epochs, a batch that fits the token budget, a few dozen steps.
     assert hp["n_epochs"] == 3
-    assert hp["batch_size"] in (8, 16, 32) and hp["batch_size"] * shape.p90_tokens <= 4096
+    assert hp["batch_size"] in (4, 8, 16) and hp["batch_size"] * shape.p90_tokens <= TOKENS_PER_BATCH
     assert hp["total_steps"] == -(-360 // hp["batch_size"]) * 3
     assert hp["learning_rate"] == pytest.approx(ADAPTER_LR * hp["learning_rate_multiplier"])
 

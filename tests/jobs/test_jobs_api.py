@@ -1,7 +1,10 @@
 """The Files and Fine-tuning APIs through the official `openai` client, against a real server on
 loopback and real worker processes training a tiny model: upload, a bad upload, a job from
 creation to a served fine-tuned model, cancel, pause/resume, a worker killed mid-job, a restart
-with a queued job, and tenant isolation between API keys."""
+with a queued job, and tenant isolation between API keys.
+
+The tests share one server and run in file order: the tenant test uses the fine-tuned model the
+first training test made (training is the slow part, so it is done once)."""
 
 from __future__ import annotations
 
@@ -247,3 +250,46 @@ def test_bad_job_requests_answer_openai_errors(jobs_env):
     assert "preference" in failed.error.message
     stored = jobs_env.service.store.get_job(job.id)
     assert stored.method["affina"] == {"method": "dpo", "options": {"beta": 0.2}}
+
+
+def test_cli_mirrors_the_api(jobs_env, capsys):
+    from affina.cli import main
+
+    key_args = ["--url", jobs_env.server.url + "/v1", "--api-key", jobs_env.alice]
+    data = jobs_env.root / "cli.jsonl"
+    data.write_text(chat_rows(8))
+    assert main(["jobs", "submit", "--model", "base", "--training-file", str(data), "--method", "dora",
+                 "--option", "r=2", "--epochs", "1", "--suffix", "cli", "--metadata", "via=cli",
+                 *key_args]) == 0
+    job_id = capsys.readouterr().out.strip().splitlines()[-1]
+    alice = jobs_env.client(jobs_env.alice)
+    job = alice.fine_tuning.jobs.retrieve(job_id)
+    assert job.method.model_extra["affina"]["method"] == "dora" and job.metadata == {"via": "cli"}
+    assert main(["jobs", "list", "--metadata", "via=cli", *key_args]) == 0
+    assert job_id in capsys.readouterr().out
+    assert main(["jobs", "show", job_id, "--json", *key_args]) == 0
+    assert '"suffix": "cli"' in capsys.readouterr().out
+    assert main(["jobs", "events", job_id, *key_args]) == 0
+    assert "Created fine-tuning job" in capsys.readouterr().out
+    assert main(["jobs", "cancel", job_id, *key_args]) == 0
+    assert alice.fine_tuning.jobs.retrieve(job_id).status == "cancelled"
+    # Bob's key cannot see it from the CLI either: one line, exit 2.
+    assert main(["jobs", "show", job_id, "--url", jobs_env.server.url + "/v1", "--api-key", jobs_env.bob]) == 2
+    assert "404" in capsys.readouterr().err
+
+
+def test_admin_keys_and_older_key_files(tmp_path):
+    import sqlite3
+
+    from affina.cli import main
+    from affina.serve.auth import KeyStore
+
+    old = tmp_path / "old.db"
+    with sqlite3.connect(old) as conn:  # a key file from before admin keys
+        conn.execute("CREATE TABLE api_keys (key_id TEXT PRIMARY KEY, name TEXT NOT NULL, salt TEXT NOT NULL, "
+                     "secret_hash TEXT NOT NULL, models TEXT NOT NULL, created_at TEXT NOT NULL, revoked_at TEXT)")
+        conn.execute("INSERT INTO api_keys VALUES ('abc', 'old', '00', 'x', '[\"*\"]', '2026-01-01', NULL)")
+    store = KeyStore(old)
+    assert [(k.name, k.admin) for k in store.list()] == [("old", False)]
+    assert main(["keys", "create", "--name", "ops", "--admin", "--keys-db", str(old)]) == 0
+    assert {k.name: k.admin for k in store.list()} == {"old": False, "ops": True}

@@ -244,7 +244,7 @@ def _cmd_worker(args) -> int:
     from .store import JobStore
     from .worker import DEFAULT_LEASE_SECONDS, Worker
 
-    store = JobStore(args.db or default_log_url())
+    store = JobStore(args.db or os.environ.get("AFFINA_SERVICE_DB") or default_log_url())
     worker = Worker(store, lease_seconds=args.lease_seconds or DEFAULT_LEASE_SECONDS,
                     register=not args.no_register)
     info(f"worker {worker.worker_id} on the queue in {store.display_url}")
@@ -258,8 +258,8 @@ def register(subparsers) -> None:
     sub = j.add_subparsers(dest="jobs_command", required=True, metavar="SUBCOMMAND")
 
     w = sub.add_parser("worker", help="claim queued jobs from the service database and train them")
-    w.add_argument("--db", help="service database URL, the server's --log-db (default: sqlite in "
-                   "$AFFINA_HOME/serve)")
+    w.add_argument("--db", help="service database URL, the server's --log-db (default: "
+                   "$AFFINA_SERVICE_DB, else sqlite in $AFFINA_HOME/serve)")
     w.add_argument("--store", default="runs", help="unused by the worker itself (each job carries its "
                    "run directory); kept for symmetry with `affina serve` (default: runs)")
     w.add_argument("--lease-seconds", type=float, help="how long a claimed job stays this worker's "

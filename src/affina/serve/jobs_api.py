@@ -97,6 +97,13 @@ class FineTunedModels:
         return store.served_run_at(name, Path(job.run_dir), artifact=artifact.as_posix())
 
 
+def _safe_filename(name: str | None) -> str:
+    """The client's file name as one plain path component (it names the staged file, and so
+    appears in the data checks' `file:line` messages)."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name or "").name).lstrip(".")
+    return cleaned or "upload.jsonl"
+
+
 def _limit(request: Request, default: int) -> int:
     raw = request.query_params.get("limit")
     if raw is None:
@@ -165,7 +172,7 @@ def jobs_router(service: JobsService, authenticate, *, max_file_bytes: int = DEF
                 raise JobRequestError("send the file as multipart form field 'file'", param="file")
             if not isinstance(purpose, str):
                 raise JobRequestError("purpose is required (fine-tune)", param="purpose")
-            filename = Path(upload.filename or "upload.jsonl").name or "upload.jsonl"
+            filename = _safe_filename(upload.filename)
             staging = service.upload_dir()
             staged = staging / filename
             size = 0

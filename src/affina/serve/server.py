@@ -176,11 +176,12 @@ def start_workers(options: ServeOptions, db_url: str) -> list:
 
     from ..jobs.worker import _die_with_parent
 
-    command = [sys.executable, "-m", "affina", "jobs", "worker", "--db", db_url,
-               "--store", str(options.store)]
+    command = [sys.executable, "-m", "affina", "jobs", "worker", "--store", str(options.store)]
     if options.lease_seconds:
         command += ["--lease-seconds", str(options.lease_seconds)]
-    env = dict(os.environ)
+    # The URL travels in the environment, not the command line: `ps` shows command lines, and
+    # a PostgreSQL URL may hold a password.
+    env = {**os.environ, "AFFINA_SERVICE_DB": db_url}
     return [subprocess.Popen(command, env=env, preexec_fn=_die_with_parent)
             for _ in range(options.workers)]
 
