@@ -174,16 +174,27 @@ def start_workers(options: ServeOptions, db_url: str) -> list:
     import subprocess
     import sys
 
-    from ..jobs.worker import _die_with_parent
-
     command = [sys.executable, "-m", "affina", "jobs", "worker", "--store", str(options.store)]
     if options.lease_seconds:
         command += ["--lease-seconds", str(options.lease_seconds)]
     # The URL travels in the environment, not the command line: `ps` shows command lines, and
     # a PostgreSQL URL may hold a password.
     env = {**os.environ, "AFFINA_SERVICE_DB": db_url}
-    return [subprocess.Popen(command, env=env, preexec_fn=_die_with_parent)
+    return [subprocess.Popen(command, env=env, preexec_fn=_stop_with_parent)
             for _ in range(options.workers)]
+
+
+def _stop_with_parent() -> None:
+    """In a worker before exec: SIGTERM when the server dies however it dies, so the worker
+    hands its job back to the queue and stops its training (Linux)."""
+    import signal
+
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def stop_workers(workers: list) -> None:
@@ -239,6 +250,12 @@ def serve(options: ServeOptions) -> None:
         info(f"fine-tuning jobs: {len(workers)} local worker(s) on the queue in "
              f"{app.state.log.display_url}" + ("" if workers else
                                                "; start workers with `affina jobs worker`"))
+    import signal
+
+    # uvicorn shuts down gracefully on SIGTERM and then raises the signal again under the handler
+    # that was installed before it started; this one turns it into an ordinary exit, so the
+    # workers are stopped below (they hand their jobs back to the queue) and the engine too.
+    signal.signal(signal.SIGTERM, _exit_quietly)
     try:
         config = uvicorn.Config(app, host=options.host, port=options.port, log_level="info")
         # Added after Config, which (re)configures uvicorn's loggers. Access lines name the
@@ -248,6 +265,10 @@ def serve(options: ServeOptions) -> None:
     finally:
         stop_workers(workers)
         engine.stop()
+
+
+def _exit_quietly(signum, frame) -> None:
+    raise SystemExit(0)
 
 
 def vllm_command(options: ServeOptions) -> str:
