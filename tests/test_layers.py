@@ -8,7 +8,7 @@ An import into a higher layer, or a cycle between packages, fails with the full 
   2 record   record/, runs
   3 recipes  evaluate/ < train/ < tune/, export (and any parity module)
   4 govern   govern/
-  5 service  serve/, cli, export_commands, every */commands.py
+  5 service  serve/, jobs/, cli, export_commands, every */commands.py
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ PACKAGE_LAYER = {
     "evaluate": RECIPES, "train": RECIPES, "tune": RECIPES, "export": RECIPES, "gguf_export": RECIPES,
     "parity": RECIPES,
     "govern": GOVERN,
-    "serve": SERVICE, "cli": SERVICE, "export_commands": SERVICE, "__main__": SERVICE,
+    "serve": SERVICE, "jobs": SERVICE, "cli": SERVICE, "__main__": SERVICE, "export_commands": SERVICE,
 }
 
 

@@ -9,6 +9,12 @@ log-probability alone favours short replies), and the mean margin logπ(chosen) 
 in nats. Run on the base and on the tuned model, the difference of the margins is DPO's implicit
 reward margin divided by β (Rafailov et al. 2023, arXiv:2305.18290, eq. 5), with the base as
 the reference.
+
+When the model is a PEFT adapter, the reference is also scored directly (the same model with
+its adapter disabled, no second copy), giving DPO's implicit rewards per pair:
+r(y) = β·(logπ(y|x) − logπ_ref(y|x)). Reported: the reward accuracy (share of pairs whose chosen
+reply gets the higher reward) and the mean reward margin r(chosen) − r(rejected), with β the
+run's own (`method.beta`; 1 when the run has none, i.e. the margin in nats).
 """
 
 from __future__ import annotations
@@ -21,7 +27,8 @@ from .loss import per_token_loss_sums
 
 __all__ = ["score_preferences", "PREFERENCE_METRICS"]
 
-PREFERENCE_METRICS = ("pref_win_rate", "pref_win_rate_per_token", "pref_margin")
+PREFERENCE_METRICS = ("pref_win_rate", "pref_win_rate_per_token", "pref_margin", "pref_reward_accuracy",
+                      "pref_reward_margin")
 
 
 def _reply_logps(model, tokenizer, records: list[Record], reply: str, max_length: int,
@@ -38,7 +45,7 @@ def _reply_logps(model, tokenizer, records: list[Record], reply: str, max_length
 
 
 def score_preferences(model, tokenizer, records: list[Record], *, max_length: int, batch_size: int,
-                      label: str = "model") -> dict:
+                      label: str = "model", beta: float | None = None) -> dict:
     pairs = [r for r in records if r.paired]
     if not pairs:
         raise DataError("preference evaluation needs pairs (prompt, chosen, rejected); these records "
@@ -53,9 +60,20 @@ def score_preferences(model, tokenizer, records: list[Record], *, max_length: in
     metrics = {"pref_win_rate": sum(m > 0 for m in margins) / n,
                "pref_win_rate_per_token": sum(m > 0 for m in per_token) / n,
                "pref_margin": sum(margins) / n}
+    rewards = None
+    if hasattr(model, "disable_adapter"):  # a PEFT model: its base, adapter off, is the reference
+        with model.disable_adapter():
+            ref_margins = [c - r for (c, _), (r, _) in zip(
+                _reply_logps(model, tokenizer, pairs, "chosen", max_length, batch_size),
+                _reply_logps(model, tokenizer, pairs, "rejected", max_length, batch_size))]
+        scale = beta if beta is not None else 1.0
+        rewards = [scale * (m - ref) for m, ref in zip(margins, ref_margins)]
+        metrics["pref_reward_accuracy"] = sum(r > 0 for r in rewards) / n
+        metrics["pref_reward_margin"] = sum(rewards) / n
     predictions = [
         {"source": r.source, "line": r.line, "prompt": r.prompt[-1]["content"], "reference": r.chosen,
          "prediction": r.chosen if m > 0 else r.rejected,
-         "scores": {"logp_chosen": round(c[0], 4), "logp_rejected": round(rj[0], 4), "margin": round(m, 4)}}
-        for r, c, rj, m in zip(pairs, chosen, rejected, margins)]
+         "scores": {"logp_chosen": round(c[0], 4), "logp_rejected": round(rj[0], 4), "margin": round(m, 4),
+                    **({"reward_margin": round(w, 4)} if w is not None else {})}}
+        for r, c, rj, m, w in zip(pairs, chosen, rejected, margins, rewards or [None] * n)]
     return {"label": label, "examples": n, "shots": 0, "metrics": metrics, "predictions": predictions}

@@ -178,7 +178,8 @@ def train(cfg: RunConfig, *, resume: Path | None = None, checkpoint: str | None 
         plot_learning_curve(history, run_dir / "learning_curve.png",
                             f"{method.name} on {Path(cfg.model.spec).name}",
                             best_step=stopping["best_step"],
-                            stop_step=stopping["stop_step"] if stopping["stopped_early"] else None)
+                            stop_step=stopping["stop_step"] if stopping["stopped_early"] else None,
+                            ylabel=method.loss_label)
 
         after = None
         if eval_records and (evaluate_after is None or evaluate_after()):
