@@ -17,12 +17,12 @@ def dashboard_store(tmp_path_factory, tiny_model_dir) -> dict:
 
 @pytest.fixture(scope="session")
 def dashboard_server(dashboard_store):
-    """(server, admin key for every model, key for `alpha` only)."""
+    """(server, an admin key for every model, a key for `alpha` only)."""
     from affina.serve.auth import KeyStore
 
     tmp = dashboard_store["tmp"]
     keys = KeyStore(tmp / "keys.db")
-    _, admin = keys.create("dashboard", ["*"])
+    _, admin = keys.create("dashboard", ["*"], admin=True)
     _, alpha_only = keys.create("alpha team", ["alpha"])
     server = ServeProcess(tmp, dashboard_store["store"], auth="keys").wait_ready()
     try:

@@ -85,7 +85,8 @@ def test_runs_show_record_config_before_after_and_learning_curve(dashboard_serve
 
 def test_registry_shows_versions_aliases_and_promotion_decisions(dashboard_server):
     server, admin, _ = dashboard_server
-    (support,) = _get(server, "/dashboard/api/registry", admin).json()["data"]
+    models = _get(server, "/dashboard/api/registry", admin).json()["data"]
+    support = next(m for m in models if m["name"] == "support")
     assert support["name"] == "support" and support["aliases"] == {"champion": 1, "candidate": 2}
     versions = {v["version"]: v for v in support["versions"]}
     assert versions[1]["store_name"] == "alpha" and versions[2]["store_name"] == "beta"

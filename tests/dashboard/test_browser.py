@@ -230,3 +230,14 @@ def test_job_flow_upload_start_watch_chat_lineage(page, dashboard_server, tmp_pa
     assert page.get_attribute("svg.lineage g.node[data-kind=job]", "data-label") == job_id
     assert page.locator("svg.lineage g.node[data-kind=source]").count() >= 1
     assert page.get_attribute("svg.lineage g.node[data-kind=served]", "data-label") == "1 request served"
+
+    # The job is the admin key's: another key for every model does not see its model at all.
+    from affina.serve.auth import KeyStore
+
+    _, other = KeyStore(server.keys_db).create("other team", ["*"])
+    headers = {"Authorization": f"Bearer {other}"}
+    for path, params in (("/dashboard/api/lineage", {"ref": model}), (f"/dashboard/api/runs/{model}", {})):
+        answer = httpx.get(server.url + path, params=params, headers=headers, timeout=60)
+        assert answer.status_code == 404 and answer.json()["error"]["code"] == "model_not_found", path
+    rows = httpx.get(server.url + "/dashboard/api/requests", params={"q": "say 3"}, headers=headers, timeout=60).json()
+    assert model not in [r["model"] for r in rows["data"]] and model not in rows["models"]

@@ -3,7 +3,8 @@
 The page and its scripts and styles are public (they hold no data); every JSON route takes the
 same API key as /v1 (`Authorization: Bearer ...`, never in the URL) and answers errors in
 OpenAI's shape. With keys, a page shows only what the key may use: runs and registered versions
-by name, request-log rows by their model. The jobs pages read the OpenAI-shaped /v1 jobs API
+by name, request-log rows by their model, and a fine-tuning job's model only to the key that
+started the job (or an admin key), as the /v1 API answers. The jobs pages read the OpenAI-shaped /v1 jobs API
 directly; the playground streams through /v1/chat/completions.
 """
 
@@ -74,16 +75,30 @@ def mount_dashboard(app: FastAPI, *, engine, log, authenticate, allowed, auth: s
             return JSONResponse(error_body(ApiError(400, str(e), "invalid_request")), status_code=400)
 
     def may_see(key, name: str | None) -> bool:
-        return key is None or (name is not None and allowed(key, name))
+        """Whether the key may use `name`: its allow-list, and for a fine-tuning job's model
+        (`ft:...`, or its registered `ft-...-<job id>@N`) being the job's owner or an admin."""
+        if key is None:
+            return True
+        if name is None or not allowed(key, name):
+            return False
+        fine_tuned = getattr(engine.store, "fine_tuned", None)
+        if fine_tuned is None:
+            return True
+        from ..jobs_api import caller_of
+
+        return fine_tuned.may_use(caller_of(key), name)
 
     def registered_visible(key):
         def visible(name: str, versions: list[int], aliases: list[str]) -> bool:
-            return key is None or any(allowed(key, f"{name}@{s}") for s in [*map(str, versions), *aliases])
+            return key is None or any(may_see(key, f"{name}@{s}") for s in [*map(str, versions), *aliases])
         return visible
 
     def check_run(key, name: str) -> None:
-        if not may_see(key, name):
-            raise ApiError(403, f"this API key may not use model {name!r}", "model_not_allowed", "model")
+        if key is None or may_see(key, name):
+            return
+        if allowed(key, name):  # another key's fine-tuned model: as unknown as a missing one
+            raise ApiError(404, f"model {name!r} does not exist", "model_not_found", "model")
+        raise ApiError(403, f"this API key may not use model {name!r}", "model_not_allowed", "model")
 
     def session(key):
         return {"auth": auth, "key_id": key.key_id if key else None, "base": engine.base_name,
@@ -106,7 +121,7 @@ def mount_dashboard(app: FastAPI, *, engine, log, authenticate, allowed, auth: s
                 "queue_depth": engine.queue_depth(),
                 "registry": [{"name": m["name"], "versions": len(m["versions"]), "aliases": m["aliases"]}
                              for m in registry], "registry_error": registry_error,
-                "requests": views.request_counts(log) if key is None or key.allows("*") else None, "recent_requests": recent}
+                "requests": views.request_counts(log) if key is None or key.admin else None, "recent_requests": recent}
 
     def runs(key):
         scan = engine.scan()
