@@ -61,11 +61,16 @@ def make_store(workdir: Path, model: str) -> dict:
                               "eval.batch_size=4"))
 
 
-def send_requests(server: ServeProcess) -> None:
+# The test model learned only "say the number i" → "number i".
+TINY_PROMPTS = [("alpha", "say the number 7"), ("beta", "say the number 7"),
+                ("support@champion", "say the number 12"), ("support@candidate", "say the number 12")]
+
+
+def send_requests(server: ServeProcess, prompts) -> None:
     import openai
 
     client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=300)
-    for model, prompt in PROMPTS:
+    for model, prompt in prompts:
         client.chat.completions.create(model=model, temperature=0, max_tokens=48,
                                        messages=[{"role": "user", "content": prompt}])
     try:
@@ -93,7 +98,7 @@ def drawn(page) -> None:
                 " return !!v && v.dataset.hash === location.hash && v.dataset.ready === '1'; })()")
 
 
-def photograph(server: ServeProcess, out: Path, workdir: Path) -> list[Path]:
+def photograph(server: ServeProcess, out: Path, workdir: Path, prompts) -> list[Path]:
     from playwright.sync_api import sync_playwright
 
     shots = []
@@ -134,10 +139,10 @@ def photograph(server: ServeProcess, out: Path, workdir: Path) -> list[Path]:
         shot("registry", "#/registry")
         shot("lineage", "#/lineage?ref=support@champion")
         shot("requests", "#/requests", full=False)
-        page.goto(f"{server.url}/#/playground?a=support@champion&b=base")
+        page.goto(f"{server.url}/#/playground?a={prompts[2][0]}&b={prompts[1][0]}")
         drawn(page)
         page.fill("#max-tokens", "48")
-        page.fill("#prompt", PROMPTS[2][1])
+        page.fill("#prompt", prompts[2][1])
         page.click("#send")
         until(page, "document.querySelectorAll('.msg.assistant:not(.streaming)').length === 2", timeout=300)
         shot("playground", full=False)
@@ -160,8 +165,9 @@ def main() -> None:
     store = make_store(workdir, args.model)
     server = ServeProcess(workdir, store["store"], auth="open").wait_ready(timeout=600)
     try:
-        send_requests(server)
-        photograph(server, args.out, workdir)
+        prompts = TINY_PROMPTS if args.model == "tiny" else PROMPTS
+        send_requests(server, prompts)
+        photograph(server, args.out, workdir, prompts)
     finally:
         server.stop()
         if not args.keep and args.workdir is None:

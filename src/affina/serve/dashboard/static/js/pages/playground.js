@@ -69,6 +69,7 @@ class Side {
       meta.textContent = `${this.select.value} · finish ${finish} · first piece after ${num(((first ?? performance.now()) - started) / 1000, 2)} s · ${num(seconds, 2)} s`;
       this.messages.push({ role: "assistant", content: answer.textContent });
       answer.dataset.finish = finish || "";
+      if (!answer.textContent.trim()) answer.classList.add("blank");  // shown as a note, kept as sent
     } catch (e) {
       if (e.name === "AbortError") return;
       this.messages.pop();
