@@ -22,7 +22,7 @@ export async function overviewPage(view, ctx) {
         `${info.loaded_adapters.length} adapters, ${info.loaded_models.length} own copies · queue ${info.queue_depth}`)));
 
   const jobs = section("Fine-tuning jobs", h("p", { class: "muted" }, "loading…"));
-  const grid = h("div", { class: "grid2" },
+  const grid = h("div", { class: "grid2 wide" },
     section("Latest runs", table(["run", "method", "created", "evaluation: base → run"], info.runs.map((r) => h("tr", {},
       h("td", {}, link(`#/runs/${encodeURIComponent(r.name)}`, r.name)), h("td", {}, r.method),
       h("td", {}, ago(r.created)), h("td", { class: "before-after" }, beforeAfter(r.eval_before, r.eval_after)))))),
@@ -40,9 +40,10 @@ export async function overviewPage(view, ctx) {
   }
   try {
     const list = await get("/v1/fine_tuning/jobs?limit=5", { signal: ctx.signal });
-    jobs.replaceChildren(h("h2", {}, "Fine-tuning jobs"), table(["job", "model", "status", "progress"], list.data.map((j) => h("tr", {},
-      h("td", {}, link(`#/jobs/${encodeURIComponent(j.id)}`, j.id)), h("td", {}, j.fine_tuned_model || j.model),
-      h("td", {}, jobBadge(j.status)), h("td", {}, jobProgressText(j))))), h("p", {}, link("#/jobs", "all jobs →")));
+    jobs.replaceChildren(h("h2", {}, "Fine-tuning jobs"), table(["job", "status", "progress", "created"], list.data.map((j) => h("tr", {},
+      h("td", { class: "mono", title: j.fine_tuned_model || j.model }, link(`#/jobs/${encodeURIComponent(j.id)}`, j.id)),
+      h("td", {}, jobBadge(j.status)), h("td", {}, jobProgressText(j)), h("td", {}, ago(j.created_at))))),
+    h("p", {}, link("#/jobs", "all jobs →")));
   } catch (e) {
     jobs.replaceChildren(h("h2", {}, "Fine-tuning jobs"), h("p", { class: "muted" },
       e instanceof ApiError && e.status === 404 ? "This server has no jobs API." : e.message));
