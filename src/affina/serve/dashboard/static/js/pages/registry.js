@@ -28,7 +28,8 @@ function versionRow(model, v) {
 }
 
 function historyRow(e) {
-  const move = e.from === e.to ? `stays v${e.to ?? "—"}` : `v${e.from ?? "—"} → v${e.to ?? "—"}`;
+  const v = (n) => (n === null || n === undefined ? "none" : `v${n}`);
+  const move = e.from === e.to ? `stays ${v(e.to)}` : `${v(e.from)} → ${v(e.to)}`;
   return h("tr", {},
     h("td", {}, when(e.time)), h("td", {}, e.who || ""), h("td", {}, e.kind),
     h("td", {}, badge(e.alias, "alias")), h("td", {}, move),

@@ -59,7 +59,7 @@ export async function requestsPage(view, ctx) {
         h("div", {}, h("h3", {}, "answer"), h("pre", { class: "text" }, r.response ?? (r.error_code || "—")))),
       h("p", { class: "muted mono" }, `${r.request_id} · key ${r.key_id || "—"} · params ${JSON.stringify(r.params || {})} · adapter ${r.adapter_version || "—"}`)));
     const row = h("tr", { class: "request", "data-model": r.model || "", "data-status": r.status, onclick: () => { detail.hidden = !detail.hidden; } },
-      h("td", {}, when(r.created_at)), h("td", {}, r.model || "—"), h("td", {}, statusBadge(r.status), r.error_code ? ` ${r.error_code}` : ""),
+      h("td", { class: "nowrap" }, when(r.created_at)), h("td", {}, r.model || "—"), h("td", {}, statusBadge(r.status), r.error_code ? ` ${r.error_code}` : ""),
       h("td", {}, r.endpoint + (r.stream ? " (stream)" : "")), h("td", {}, `${num(r.prompt_tokens ?? 0)} / ${num(r.completion_tokens ?? 0)}`),
       h("td", {}, `${num(r.latency_ms, 0)} ms`), h("td", { class: "snippet" }, promptText(r.prompt).slice(0, 80)),
       h("td", { class: "snippet" }, (r.response || "").slice(0, 80)));
