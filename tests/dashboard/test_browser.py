@@ -231,6 +231,13 @@ def test_job_flow_upload_start_watch_chat_lineage(page, dashboard_server, tmp_pa
     assert page.locator("svg.lineage g.node[data-kind=source]").count() >= 1
     assert page.get_attribute("svg.lineage g.node[data-kind=served]", "data-label") == "1 request served"
 
+    # The result is listed with the runs, and its run page shows its record.
+    _go(page, server, "#/runs")
+    page.locator(f"tr[data-run='{model}'] a").click()
+    _until(page, "location.hash.startsWith('#/runs/ft')")
+    _drawn(page)
+    assert page.locator("h1").first.text_content().startswith(model)
+
     # The job is the admin key's: another key for every model does not see its model at all.
     from affina.serve.auth import KeyStore
 
@@ -241,3 +248,5 @@ def test_job_flow_upload_start_watch_chat_lineage(page, dashboard_server, tmp_pa
         assert answer.status_code == 404 and answer.json()["error"]["code"] == "model_not_found", path
     rows = httpx.get(server.url + "/dashboard/api/requests", params={"q": "say 3"}, headers=headers, timeout=60).json()
     assert model not in [r["model"] for r in rows["data"]] and model not in rows["models"]
+    runs = httpx.get(server.url + "/dashboard/api/runs", headers=headers, timeout=60).json()["data"]
+    assert model not in [r["name"] for r in runs]

@@ -136,6 +136,17 @@ def mount_dashboard(app: FastAPI, *, engine, log, authenticate, allowed, auth: s
                              "servable": False, "unavailable_reason": reason})
             except (AffinaError, OSError, TypeError, ValueError):  # its record itself is unreadable
                 unavailable.append({"name": name, "reason": reason})
+        fine_tuned = getattr(engine.store, "fine_tuned", None)
+        if fine_tuned is not None:  # fine-tuning jobs' results, served as ft:... (the key's own)
+            from ..jobs_api import caller_of
+
+            for name, _ in fine_tuned.names_for(caller_of(key)):
+                if not may_see(key, name):
+                    continue
+                try:
+                    data.append({**views.run_summary(name, engine.store.resolve(name).run_dir), "servable": True})
+                except (AffinaError, OSError) as e:
+                    unavailable.append({"name": name, "reason": str(e)})
         data.sort(key=lambda r: r["created"], reverse=True)
         return {"object": "list", "data": data, "unavailable": unavailable}
 
