@@ -22,7 +22,7 @@ export async function runsPage(view, ctx) {
   if (ctx.rest.length) return runPage(view, ctx, ctx.rest[0]);
   const { data, unavailable } = await get("/dashboard/api/runs", { signal: ctx.signal });
   view.append(h("h1", {}, "Runs"),
-    h("p", { class: "muted" }, "Run directories in this server's model store, newest first. Each is served under its name."),
+    h("p", { class: "muted" }, "Run directories in this server's model store and the results of fine-tuning jobs, newest first. Each is served under its name."),
     section(`${data.length} runs`, table(
       ["run", "created", "method", "trainable", "steps", "train loss", "val loss", "evaluation: base → run", "served"],
       data.map((r) => h("tr", { "data-run": r.name },
