@@ -251,7 +251,9 @@ def _apply_profile(model, cfg: RunConfig, device) -> Profile:
     if profile.name != "default":
         kept = keep_input_dtype(model) if profile.keep_input_dtype else 0
         compiled = compile_blocks(model) if profile.compile_blocks else 0
-        info(f"profile {profile.name}: chunked loss ({profile.loss_chunk_tokens} tokens a chunk)"
+        loss = ("fused linear + cross-entropy (liger-kernel)" if profile.fused_loss
+                else f"chunked loss ({profile.loss_chunk_tokens} tokens a chunk)")
+        info(f"profile {profile.name}: {loss}"
              + (f", {kept} adapter layers keep their input dtype" if kept else "")
              + (f", {compiled} blocks compiled" if compiled else "")
              + (", activation checkpointing" if profile.checkpointing else "")
