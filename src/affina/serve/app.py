@@ -375,4 +375,7 @@ def create_app(engine: Engine, keys: KeyStore, log: RequestLog, limits: Limits =
     async def completions(request: Request):
         return await generate(request, chat=False)
 
+    from .dashboard import mount_dashboard  # the web pages at / and the JSON they read
+
+    mount_dashboard(app, engine=engine, log=log, authenticate=authenticate, allowed=allowed, auth=auth)
     return app
