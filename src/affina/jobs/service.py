@@ -274,6 +274,9 @@ class JobsService:
             shape = data_shape(records, self._base_tokenizer(), 512, val_fraction=val_fraction)
             resolved = resolve_hyperparameters(job.requested, shape, method)
             resolved["val_fraction"] = val_fraction
+            max_steps = (job.method["affina"].get("train") or {}).get("max_steps")
+            if max_steps and max_steps > 0:  # an explicit step budget ends the job sooner
+                resolved["total_steps"] = min(resolved["total_steps"], int(max_steps))
         except JobRequestError as e:
             self.store.set_status(job_id, "failed", e.args[0], expect=("validating_files",), level="error",
                                   error={"code": e.code, "message": e.args[0], "param": e.param})
