@@ -83,7 +83,9 @@ class JobsService:
         self.runs_dir = self.models_dir / ".jobs"
         self.base_spec = base_spec
         self.base_names = tuple(dict.fromkeys((*base_names, base_spec)))
-        self.files_dir.mkdir(parents=True, exist_ok=True)
+        if not self.files_dir.is_dir():  # uploaded data is nobody else's business: 0700
+            self.files_dir.mkdir(parents=True, mode=0o700)
+            os.chmod(self.files_dir, 0o700)
         self.models_dir.mkdir(parents=True, exist_ok=True)
         self._tokenizer = None
 
