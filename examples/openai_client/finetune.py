@@ -39,6 +39,8 @@ def main() -> int:
     parser.add_argument("--base-url", default=os.environ.get("OPENAI_BASE_URL", "http://127.0.0.1:8000/v1"))
     parser.add_argument("--model", default="default", help="the base to fine-tune (default: default)")
     parser.add_argument("--epochs", default="auto", help="n_epochs, or auto (default: auto)")
+    parser.add_argument("--max-steps", type=int, help="stop after this many steps (an affina extension; "
+                        "for a quick look on a slow CPU)")
     args = parser.parse_args()
     # A key from `affina keys create`, or any text for a server started without keys.
     client = OpenAI(base_url=args.base_url, api_key=os.environ.get("OPENAI_API_KEY", "unused"))
@@ -51,9 +53,11 @@ def main() -> int:
         training = client.files.create(file=f, purpose="fine-tune")
     print(f"uploaded {training.filename}: {training.id} ({training.bytes} bytes)")
     epochs = args.epochs if args.epochs == "auto" else int(args.epochs)
-    job = client.fine_tuning.jobs.create(
-        model=args.model, training_file=training.id, suffix="products", seed=42,
-        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": epochs}}})
+    method = {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": epochs}}}
+    if args.max_steps:
+        method["affina"] = {"method": "lora", "train": {"max_steps": args.max_steps}}
+    job = client.fine_tuning.jobs.create(model=args.model, training_file=training.id, suffix="products",
+                                         seed=42, method=method)
     print(f"created {job.id} ({job.status})")
 
     started, seen = time.monotonic(), set()

@@ -83,7 +83,9 @@ class JobsService:
         self.runs_dir = self.models_dir / ".jobs"
         self.base_spec = base_spec
         self.base_names = tuple(dict.fromkeys((*base_names, base_spec)))
-        self.files_dir.mkdir(parents=True, exist_ok=True)
+        if not self.files_dir.is_dir():  # uploaded data is nobody else's business: 0700
+            self.files_dir.mkdir(parents=True, mode=0o700)
+            os.chmod(self.files_dir, 0o700)
         self.models_dir.mkdir(parents=True, exist_ok=True)
         self._tokenizer = None
 
@@ -274,6 +276,9 @@ class JobsService:
             shape = data_shape(records, self._base_tokenizer(), 512, val_fraction=val_fraction)
             resolved = resolve_hyperparameters(job.requested, shape, method)
             resolved["val_fraction"] = val_fraction
+            max_steps = (job.method["affina"].get("train") or {}).get("max_steps")
+            if max_steps and max_steps > 0:  # an explicit step budget ends the job sooner
+                resolved["total_steps"] = min(resolved["total_steps"], int(max_steps))
         except JobRequestError as e:
             self.store.set_status(job_id, "failed", e.args[0], expect=("validating_files",), level="error",
                                   error={"code": e.code, "message": e.args[0], "param": e.param})

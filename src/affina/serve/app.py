@@ -1,7 +1,8 @@
 """The HTTP API: OpenAI's /v1 endpoints over the engine, with keys, limits, the log and metrics.
 
-Every inference request (/v1/chat/completions, /v1/completions) ends in exactly one request-log row, committed before the response (or, for a
-stream, before its final `data: [DONE]`) leaves the server.
+Every inference request (/v1/chat/completions, /v1/completions) ends in exactly one request-log
+row, committed before the response (or, for a stream, before its final `data: [DONE]`) leaves
+the server. The Files and Fine-tuning APIs are in serve/jobs_api.py.
 """
 
 from __future__ import annotations
