@@ -8,7 +8,7 @@ Two shapes of question:
   have the same probability in every variant, so only the tokens from that point to the end
   are scored: the differing words and every later word, whose probability now depends on them.
   This is the causal-LM reading of CrowS-Pairs' method (Nangia et al. 2020), which scores each
-  sentence on what the masked LM cannot see in the other.
+  sentence on what the masked LM cannot see in the other. Each sentence ends with EOS.
 - Which answer does the model give to a multiple-choice question? (BBQ.) Each option is scored
   as the assistant's reply to the question in the model's chat template (evaluate/preference.py),
   reply tokens and end-of-turn marker, by mean log-probability per token so that longer options
@@ -43,8 +43,11 @@ def _start_id(tokenizer) -> int:
 def divergent_examples(tokenizer, variants: list[str]) -> list[Example]:
     """One Example per variant sentence with labels on the tokens from the first position at
     which the variants' token ids differ (the common prefix is left unscored)."""
-    start = _start_id(tokenizer)
-    ids = [[start] + tokenizer(text, add_special_tokens=False)["input_ids"] for text in variants]
+    start, end = _start_id(tokenizer), tokenizer.eos_token_id
+    # EOS closes each sentence (as in raw-text training rows), so a variant that is a prefix
+    # of another still has a token to be scored on: its end.
+    ids = [[start] + tokenizer(text, add_special_tokens=False)["input_ids"] + ([end] if end is not None else [])
+           for text in variants]
     common = 0
     while all(len(x) > common for x in ids) and len({x[common] for x in ids}) == 1:
         common += 1

@@ -64,10 +64,25 @@ def lineage(ref: str, *, uri: str | None = None) -> dict:
             "files": current,
             "verified": None if expected is None else expected == current,
         },
+        "bias": _bias(run_dir),
         "registry": versions,
         "served": _served([f"{v['name']}@{v['version']}" for v in versions] + [run_dir.name],
                           artifact_dir),
     }
+
+
+def _bias(run_dir: Path) -> dict | None:
+    """The run's last `affina bias` result (eval/bias.json): its overall figures and deltas."""
+    path = run_dir / "eval" / "bias.json"
+    if not path.is_file():
+        return None
+    report = json.loads(path.read_text(encoding="utf-8"))
+    label = report.get("run")
+    model = next((m for m in report.get("models", []) if m.get("label") == label), {})
+    return {"report": str(path), "created": report.get("created"), "against": model.get("base"),
+            "items": {s: v.get("n") for s, v in report.get("items", {}).items()},
+            "figures": [f for f in report.get("figures", []) if f["model"] == label and f["category"] == "all"],
+            "deltas": [d for d in report.get("deltas", []) if d["category"] == "all"]}
 
 
 def _subset(split) -> dict:
@@ -123,6 +138,15 @@ def format_lineage(info: dict) -> str:
               f"  metrics {json.dumps(r['metrics'])}"]
     for report in r["eval_reports"]:
         lines.append(f"  eval report {report}")
+    b = info.get("bias")
+    if b:
+        lines.append(f"bias  ({b['created']}, against {b['against']}; {b['report']})")
+        for d in b["deltas"]:
+            if d["delta"] is None:
+                continue
+            flag = "  rose" if d["flagged"] and d["delta"] > 0 else ("  fell" if d["flagged"] else "")
+            lines.append(f"  {d['suite']} {d['figure']}: {d['delta']:+.1f} "
+                         f"[{d['ci'][0]:+.1f}, {d['ci'][1]:+.1f}] (n {d['n']}){flag}")
     a = info["artifact"]
     state = {None: "not registered", True: "verified against registered hashes",
              False: "MODIFIED since registration"}[a["verified"]]
