@@ -18,8 +18,8 @@ import dataclasses
 import gc
 import json
 import time
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +82,9 @@ def load_items(settings: BiasSettings) -> dict[str, list]:
 def score_model(ref: str, items: dict[str, list], settings: BiasSettings, *, opened=None) -> dict:
     """{suite: {"outcomes", "rows", "seconds"}} for one model (a run directory or a spec)."""
     opened = opened or open_model(ref)
+    if opened.task.output != "text":
+        raise ConfigError(f"{ref} is a classifier (it answers with a label): the bias suites score "
+                          "the likelihood of text, so they need a generative model or run")
     out = {}
     for name, suite_items in items.items():
         start = time.perf_counter()
@@ -164,7 +167,7 @@ def measure_bias(refs: list[str], settings: BiasSettings, *, labels: list[str] |
         gc.collect()
     pairs = [(m["label"], m["base"]) for m in models if m["base"]]
     figures, deltas = compare(items, scored, pairs, settings)
-    report = {"schema": SCHEMA, "created": datetime.utcnow().strftime("%Y-%m-%dT%H:%M:%SZ"),
+    report = {"schema": SCHEMA, "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
               "settings": {**settings.to_dict(), "data": data_files_info()},
               "items": {s: {"n": len(v), "categories": _counts(v)} for s, v in items.items()},
               "models": models, "figures": figures, "deltas": deltas}
