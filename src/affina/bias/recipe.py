@@ -51,6 +51,8 @@ class BiasSettings:
 
     def __post_init__(self):
         self.suites = tuple(self.suites)
+        # absolute, so that the settings recorded in a run still find the file from elsewhere
+        self.probes = str(Path(self.probes).resolve()) if self.probes else None
         unknown = [s for s in self.suites if s not in PUBLIC_SUITES]
         if unknown:
             raise ConfigError(f"unknown bias suite(s): {', '.join(unknown)}; choose from "
