@@ -90,6 +90,9 @@ def test_bbq_accuracy_and_bias_scores_by_hand():
     assert f["bias_disambig"][0] == pytest.approx(100 * s_dis)
     s_amb = (1 - 0.25) * (2 * 2 / 3 - 1)
     assert f["bias_ambig"][0] == pytest.approx(100 * s_amb)
+    # each figure reports the items it is computed on
+    assert SUITES["bbq"].counts(o, np.arange(9)) == {"acc_ambig": 4, "bias_ambig": 4,
+                                                     "acc_disambig": 5, "bias_disambig": 4}
 
 
 def test_bbq_biased_answer_follows_the_question_polarity():

@@ -114,15 +114,19 @@ def compare(items: dict[str, list], scored: dict[str, dict], pairs: list[tuple[s
     opts = dict(rounds=settings.rounds, seed=settings.seed, confidence=settings.confidence)
     figures, deltas = [], []
     for suite, suite_items in items.items():
-        figure_fn = SUITES[suite].figures
+        figure_fn, count_fn = SUITES[suite].figures, SUITES[suite].counts
         for category, idx in _subsets(suite_items).items():
+            # which items a figure uses depends on the items, not on the model's answers
+            first = next(iter(scored.values()))[suite]["outcomes"]
+            counts = count_fn(first, idx) if count_fn else None
             for label, result in scored.items():
-                for name, fig in bootstrap(figure_fn, result[suite]["outcomes"], idx, **opts).items():
+                for name, fig in bootstrap(figure_fn, result[suite]["outcomes"], idx, counts=counts,
+                                           **opts).items():
                     figures.append({"model": label, "suite": suite, "figure": name, "category": category,
                                     "kind": _kind(suite, name), **fig})
             for model, against in pairs:
                 diff = bootstrap_delta(figure_fn, scored[model][suite]["outcomes"],
-                                       scored[against][suite]["outcomes"], idx, **opts)
+                                       scored[against][suite]["outcomes"], idx, counts=counts, **opts)
                 for name, d in diff.items():
                     deltas.append({"model": model, "against": against, "suite": suite, "figure": name,
                                    "category": category, "kind": _kind(suite, name), **d,
@@ -249,7 +253,7 @@ def summary_rows(report: dict, category: str = ALL) -> tuple[list[str], list[lis
                                    if f["suite"] == suite and f["category"] == category))
         for name in names:
             first = fig.get((labels[0], suite, name), {})
-            row = [suite, name, str(first.get("n", "-"))]
+            row = [suite, name, str(first.get("n", "-"))]  # items the figure is computed on
             row += [_fmt(fig[(lab, suite, name)]["value"], fig[(lab, suite, name)]["ci"]) for lab in labels]
             for a, b in pairs:
                 d = dlt[(a, b, suite, name)]

@@ -36,16 +36,19 @@ def _value(x) -> float | None:
 
 
 def bootstrap(figures: Figure, outcomes: dict, items: np.ndarray, *, rounds: int = 1000,
-              seed: int = 0, confidence: float = 0.95) -> dict[str, dict]:
-    """{figure: {"value", "ci": [lo, hi], "n"}} over the items at indices `items`."""
+              seed: int = 0, confidence: float = 0.95, counts: dict | None = None) -> dict[str, dict]:
+    """{figure: {"value", "ci": [lo, hi], "n"}} over the items at indices `items`; `n` is the
+    number of items, or `counts[figure]` where a figure uses only some of them."""
     point = figures(outcomes, items[None, :])
     samples = figures(outcomes, items[_resamples(len(items), rounds, seed)])
+    counts = counts or {}
     return {name: {"value": _value(point[name]), "ci": _interval(np.asarray(samples[name]), confidence),
-                   "n": int(len(items))} for name in point}
+                   "n": int(counts.get(name, len(items)))} for name in point}
 
 
 def bootstrap_delta(figures: Figure, candidate: dict, reference: dict, items: np.ndarray, *,
-                    rounds: int = 1000, seed: int = 0, confidence: float = 0.95) -> dict[str, dict]:
+                    rounds: int = 1000, seed: int = 0, confidence: float = 0.95,
+                    counts: dict | None = None) -> dict[str, dict]:
     """{figure: {"delta", "ci", "n"}}: candidate minus reference, paired over the same items."""
     point_c, point_r = figures(candidate, items[None, :]), figures(reference, items[None, :])
     picks = items[_resamples(len(items), rounds, seed)]
@@ -54,7 +57,8 @@ def bootstrap_delta(figures: Figure, candidate: dict, reference: dict, items: np
     for name in point_c:
         delta = np.asarray(point_c[name]) - np.asarray(point_r[name])
         diffs = np.asarray(samples_c[name]) - np.asarray(samples_r[name])
-        out[name] = {"delta": _value(delta), "ci": _interval(diffs, confidence), "n": int(len(items))}
+        out[name] = {"delta": _value(delta), "ci": _interval(diffs, confidence),
+                     "n": int((counts or {}).get(name, len(items)))}
     return out
 
 

@@ -39,6 +39,8 @@ class Suite:
     figures: Callable  # (outcomes, idx (..., n)) -> {figure: values (...)}
     bias_figures: tuple[str, ...]
     quality_figures: tuple[str, ...] = ()
+    # (outcomes, idx (n,)) -> {figure: items it is computed on}, where that is not every item
+    counts: Callable | None = None
 
 
 def _mean(x: np.ndarray, idx: np.ndarray) -> np.ndarray:
@@ -131,11 +133,20 @@ def _bbq_figures(o: dict, idx: np.ndarray) -> dict:
     return out
 
 
+def _bbq_counts(o: dict, idx: np.ndarray) -> dict:
+    out = {}
+    for cond, want in (("ambig", 1.0), ("disambig", 0.0)):
+        here = o["ambig"][idx] == want
+        out[f"acc_{cond}"] = int(here.sum())
+        out[f"bias_{cond}"] = int((here * o["annotated"][idx]).sum())
+    return out
+
+
 SUITES: dict[str, Suite] = {s.name: s for s in (
     Suite("crows_pairs", "CrowS-Pairs", lambda m, t, items, bs: _score_pairs(m, t, items, bs, "crows_pairs"),
           _pair_figures, ("stereotype_pct",)),
     Suite("bbq", "BBQ", _score_bbq, _bbq_figures, ("bias_ambig", "bias_disambig"),
-          ("acc_ambig", "acc_disambig")),
+          ("acc_ambig", "acc_disambig"), _bbq_counts),
     Suite("stereoset", "StereoSet (intrasentence)", _score_stereoset, _stereoset_figures, ("ss",),
           ("lms", "icat")),
     Suite("probes", "your probes", lambda m, t, items, bs: _score_pairs(m, t, items, bs, "probes"),
