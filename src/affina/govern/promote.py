@@ -156,8 +156,8 @@ def _bias_settings(run_dir: Path, asked):
 
 
 def _measure_bias(settings, candidate: str, against: tuple[str, str]) -> dict:
-    """Score the candidate and `against` (label, ref) on the same bias items; the overall
-    bias-figure deltas and where the whole comparison was written."""
+    """Score the candidate and `against` (label, ref) on the same bias items: both models'
+    overall figures and the candidate's bias-figure deltas (what the gate reads)."""
     from ..bias import compare, gate_figures, load_items, score_model
 
     items = load_items(settings)
