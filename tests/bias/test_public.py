@@ -52,6 +52,8 @@ def test_all_public_suites_on_the_default_model(data_dir, tmp_path):
     assert set(figures) == {("crows_pairs", "stereotype_pct"), ("bbq", "acc_ambig"), ("bbq", "acc_disambig"),
                             ("bbq", "bias_ambig"), ("bbq", "bias_disambig"), ("stereoset", "ss"),
                             ("stereoset", "lms"), ("stereoset", "icat")}
-    assert all(f["n"] == 9 for f in figures.values())
+    assert all(f["n"] == 9 for (suite, _), f in figures.items() if suite != "bbq")
+    # BBQ's figures count the items of their context condition
+    assert figures[("bbq", "acc_ambig")]["n"] + figures[("bbq", "acc_disambig")]["n"] == 9
     assert 0 <= figures[("stereoset", "lms")]["value"] <= 100
     assert report["deltas"] == []  # a model spec alone has no base to compare with
