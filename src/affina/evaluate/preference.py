@@ -19,29 +19,37 @@ run's own (`method.beta`; 1 when the run has none, i.e. the margin in nats).
 
 from __future__ import annotations
 
-from ..data.packing import BatchCollator
 from ..data.records import Record
 from ..data.tokenize import tokenize_record
 from ..errors import DataError
-from .loss import per_token_loss_sums
+from .loss import sequence_logprobs
 
-__all__ = ["score_preferences", "PREFERENCE_METRICS"]
+__all__ = ["score_preferences", "reply_logprobs", "PREFERENCE_METRICS"]
 
 PREFERENCE_METRICS = ("pref_win_rate", "pref_win_rate_per_token", "pref_margin", "pref_reward_accuracy",
                       "pref_reward_margin")
 
 
+def reply_logprobs(model, tokenizer, prompts: list[list[dict]], replies: list[str], *,
+                   max_length: int, batch_size: int, progress: str | None = None,
+                   source: str = "", lines: list[int] | None = None) -> list[tuple[float, int]]:
+    """(summed log-probability, token count) of each assistant `reply` after its `prompt`
+    messages, in the model's chat template: the reply tokens and the end-of-turn marker, the
+    tokens a fine-tuned chat model is trained on."""
+    lines = lines or [0] * len(prompts)
+    examples = [tokenize_record(Record(source, line, messages=prompt + [
+        {"role": "assistant", "content": reply}]), tokenizer, max_length)
+        for prompt, reply, line in zip(prompts, replies, lines)]
+    return sequence_logprobs(model, examples, tokenizer.pad_token_id, batch_size, progress)
+
+
 def _reply_logps(model, tokenizer, records: list[Record], reply: str, max_length: int,
                  batch_size: int) -> list[tuple[float, int]]:
     """(summed log-probability, token count) of each record's `reply` ("chosen"/"rejected")."""
-    examples = [tokenize_record(Record(r.source, r.line, messages=r.prompt + [
-        {"role": "assistant", "content": getattr(r, reply)}]), tokenizer, max_length) for r in records]
-    collator = BatchCollator(tokenizer.pad_token_id)
-    out = []
-    for start in range(0, len(examples), batch_size):
-        sums, counts = per_token_loss_sums(model, collator(examples[start:start + batch_size]))
-        out += [(-s, int(c)) for s, c in zip(sums.tolist(), counts.tolist())]
-    return out
+    return reply_logprobs(model, tokenizer, [r.prompt for r in records],
+                          [getattr(r, reply) for r in records], max_length=max_length,
+                          batch_size=batch_size, source=records[0].source if records else "",
+                          lines=[r.line for r in records])
 
 
 def score_preferences(model, tokenizer, records: list[Record], *, max_length: int, batch_size: int,
