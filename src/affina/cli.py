@@ -31,15 +31,33 @@ def _cmd_train(args) -> int:
     display = "quiet" if args.quiet else args.log_format
     set_output({"bar": "normal", "jsonl": "jsonl", "quiet": "quiet"}[display])
     if args.resume:
-        if args.config or args.overrides:
+        if args.config or args.overrides or args.continue_from:
             raise AffinaError("--resume continues a run with the config saved in it; "
                               "drop -c and key=value overrides")
         train(load_config(), resume=Path(args.resume), checkpoint=args.checkpoint, display=display)
         return 0
     from .methods import method_field_names
 
-    train(load_config(args.config, args.overrides, method_field_names), display=display)
+    overrides = list(args.overrides)
+    if args.continue_from:
+        overrides.append(f"train.continue_from={args.continue_from}")
+    cfg = load_config(args.config, overrides, method_field_names)
+    earlier = _earlier_model(cfg.train.continue_from) if cfg.train.continue_from else None
+    train(cfg, display=display, earlier=earlier)
     return 0
+
+
+def _earlier_model(text: str):
+    """`train.continue_from` resolved: a registry reference (its files verified, and the
+    evaluation sets registered with its name), else a run directory."""
+    from .govern.registry import eval_data_of, parse_ref, resolve_ref, show_model
+    from .train.continual import EarlierModel
+
+    if parse_ref(text) is not None and not Path(text).exists():
+        version = resolve_ref(text)
+        return EarlierModel(version.run_dir, given=text, ref=version.ref,
+                            eval_sets=eval_data_of(show_model(version.name)["tags"]))
+    return EarlierModel.of_run_dir(text)
 
 
 def _cmd_data_inspect(args) -> int:
@@ -158,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
     t.add_argument("--checkpoint", metavar="checkpoint-N", help="with --resume: continue from this "
                    "checkpoint instead of the newest (also: --resume RUN_DIR/checkpoints/checkpoint-N)")
+    t.add_argument("--continue-from", metavar="NAME@ALIAS|RUN_DIR", help="continue an earlier model "
+                   "on new data (data.train) with replay of its training data (replay.fraction), a "
+                   "re-warmed learning rate, and forgetting measured on every earlier evaluation set")
     t.add_argument("--log-format", choices=("bar", "jsonl"), default="bar",
                    help="bar: one progress bar (loss, validation loss, tokens/s, ETA); jsonl: one "
                         "JSON object per training event on stdout, for scripts (default: bar)")
