@@ -41,6 +41,15 @@ def send(client, model: str, rows: list[dict], max_tokens: int = 8) -> list[str]
     return ids
 
 
+@pytest.fixture(scope="session")
+def talkative_model_dir(tmp_path_factory) -> Path:
+    """A tiny model whose wide weight init makes its greedy replies varied words, not newlines
+    (approving a reply needs one)."""
+    from tests.helpers import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("talkative") / "tiny", seed=3, initializer_range=0.3)
+
+
 @pytest.fixture(scope="module")
 def home(tmp_path_factory):
     """AFFINA_HOME and the tracking store in a throwaway directory for the module."""

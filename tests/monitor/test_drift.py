@@ -21,10 +21,10 @@ SETTINGS = ["window=30", "min_samples=20", "permutations=100", "alpha=0.01"]
 
 
 @pytest.fixture(scope="module")
-def served(home, tiny_model_dir):
-    run = train_listing_run(home, tiny_model_dir, "shop", "track.mlflow=false")
+def served(home, talkative_model_dir):
+    run = train_listing_run(home, talkative_model_dir, "shop", "track.mlflow=false")
     log_url = f"sqlite:///{home / 'requests.db'}"
-    thread, engine, app = start_server(home, tiny_model_dir, run.parent)
+    thread, engine, app = start_server(home, talkative_model_dir, run.parent)
     with thread:
         client = openai.OpenAI(base_url=thread.url + "/v1", api_key="unused", max_retries=0, timeout=60)
         yield {"home": home, "run": run, "log": log_url, "client": client, "url": thread.url}

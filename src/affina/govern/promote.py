@@ -3,7 +3,9 @@
 The candidate, the version currently holding the alias, and the base model are evaluated on the
 evaluation set registered with the model name. Each gate looks at those results and passes or
 refuses; the alias moves only when every gate passes (or `force`, recorded as forced). Gates
-are pluggable: `register_gate` adds one (bias deltas, regression on earlier tasks, ...).
+are pluggable: `register_gate` adds one (bias deltas, ...). `forgetting` re-scores a continued
+candidate (train.continue_from) on every earlier evaluation set in its run record against the
+incumbent (else the model it continued from) and refuses a regression beyond its margin.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ from ..paths import affina_home
 from .registry import (TAG_METRIC, RegisteredVersion, _client, check_alias, eval_data_of, lookup,
                        parse_ref, record_alias_event, resolve_ref)
 
-__all__ = ["Gate", "GateResult", "PromotionContext", "MetricGate", "register_gate", "GATES",
-           "promote", "LOWER_IS_BETTER"]
+__all__ = ["Gate", "GateResult", "PromotionContext", "MetricGate", "ForgettingGate", "register_gate",
+           "GATES", "promote", "LOWER_IS_BETTER"]
 
 LOWER_IS_BETTER = {"loss", "perplexity"}
 
@@ -41,6 +43,9 @@ class PromotionContext:
     metric: str
     margin: float
     results: dict[str, dict] = field(default_factory=dict)  # "candidate" / "incumbent" / "base"
+    settings: object = None  # the EvalSettings every model is scored with
+    forgetting_margin: float | None = None  # None: `margin`
+    forgetting: list[dict] = field(default_factory=list)  # per earlier set, by ForgettingGate
 
     def score(self, who: str) -> float | None:
         r = self.results.get(who)
@@ -77,6 +82,53 @@ class MetricGate:
                           f"{other:.4f}; worse by {max(worse_by, 0):.4f}, margin {ctx.margin:.4f}")
 
 
+class ForgettingGate:
+    """A continued candidate may trail the incumbent (else the model it continued from) on each
+    earlier evaluation set by at most the forgetting margin; a set that is gone or changed
+    refuses, since forgetting on it cannot be checked."""
+
+    name = "forgetting"
+
+    def check(self, ctx: PromotionContext) -> GateResult:
+        from ..data.loading import file_sha256, load_records
+        from ..record import read_record
+
+        continual = read_record(ctx.candidate.run_dir).continual or {}
+        sets = continual.get("earlier_eval") or []
+        if not sets:
+            return GateResult(self.name, True, "not a continued run: no earlier evaluation sets")
+        margin = ctx.margin if ctx.forgetting_margin is None else ctx.forgetting_margin
+        if ctx.incumbent is not None:
+            reference, who = ctx.incumbent.run_dir, ctx.incumbent.ref
+        else:
+            reference, who = Path(continual["run_dir"]), f"{continual['from']} (continued from)"
+        records = []
+        for s in sets:
+            path = Path(s["path"])
+            if not path.is_file() or file_sha256(path) != s["sha256"]:
+                return GateResult(self.name, False, f"earlier evaluation set {path} is gone or changed "
+                                  "since training; forgetting on it cannot be checked")
+            records.append(load_records([str(path)]).records)
+        cand = _evaluate_sets(str(ctx.candidate.run_dir), records, ctx.settings, "candidate")
+        ref = _evaluate_sets(str(reference), records, ctx.settings, "reference")
+        regressed, parts = [], []
+        for s, c, r in zip(sets, cand, ref):
+            metric = ctx.metric if ctx.metric in c and ctx.metric in r else "loss"
+            lower = metric in LOWER_IS_BETTER
+            worse_by = (c[metric] - r[metric]) if lower else (r[metric] - c[metric])
+            row = {"path": s["path"], "origin": s.get("origin"), "metric": metric, "candidate": c[metric],
+                   "reference": r[metric], "reference_model": who, "worse_by": worse_by,
+                   "regressed": worse_by > margin}
+            ctx.forgetting.append(row)
+            parts.append(f"{Path(s['path']).name}: {metric} {c[metric]:.4f} vs {r[metric]:.4f}, worse by "
+                         f"{max(worse_by, 0):.4f}")
+            if row["regressed"]:
+                regressed.append(Path(s["path"]).name)
+        verdict = (f"regresses {', '.join(regressed)} beyond the margin {margin:.4f}" if regressed
+                   else f"no earlier set regresses beyond the margin {margin:.4f}")
+        return GateResult(self.name, not regressed, f"{verdict} (candidate vs {who}: {'; '.join(parts)})")
+
+
 GATES: dict[str, Gate] = {}
 
 
@@ -86,6 +138,7 @@ def register_gate(gate: Gate) -> Gate:
 
 
 register_gate(MetricGate())
+register_gate(ForgettingGate())
 
 
 def _evaluate(ref_or_spec: str, records, settings, label: str) -> dict:
@@ -98,6 +151,16 @@ def _evaluate(ref_or_spec: str, records, settings, label: str) -> dict:
     return flat_scores(evaluate_model(opened, records, settings, label=label)) or {}
 
 
+def _evaluate_sets(ref: str, record_sets: list, settings, label: str) -> list[dict]:
+    """Flat scores of one model (opened once) on each of several record sets."""
+    from ..evaluate.evaluator import evaluate_model, flat_scores
+    from ..runs import open_model
+
+    opened = open_model(ref)
+    return [flat_scores(evaluate_model(opened, records, settings, label=label)) or {}
+            for records in record_sets]
+
+
 def _settings_of(run_dir: Path, metric: str):
     """The candidate run's own evaluation settings (max length, generation budget, batch size)."""
     from ..evaluate.evaluator import EvalSettings
@@ -108,7 +171,8 @@ def _settings_of(run_dir: Path, metric: str):
 
 def promote(ref_text: str, alias: str = "champion", *, data: list[str] | None = None,
             margin: float = 0.0, metric: str | None = None, force: bool = False,
-            gates: list[str] | None = None, uri: str | None = None) -> dict:
+            gates: list[str] | None = None, uri: str | None = None,
+            forgetting_margin: float | None = None) -> dict:
     """Evaluate and decide; move the alias when allowed. Returns the decision record."""
     from ..data.loading import load_records
     from ..evaluate.metrics import METRICS
@@ -145,7 +209,8 @@ def promote(ref_text: str, alias: str = "champion", *, data: list[str] | None = 
         raise AffinaError(f"{candidate.ref} is a classifier: it is scored by "
                           f"{' or '.join(method.task.default_metrics)}, not {metric}; pass --metric")
     settings = _settings_of(candidate.run_dir, metric)
-    ctx = PromotionContext(candidate, incumbent, alias, metric, margin)
+    ctx = PromotionContext(candidate, incumbent, alias, metric, margin, settings=settings,
+                           forgetting_margin=forgetting_margin)
     ctx.results["candidate"] = _evaluate(str(candidate.run_dir), records, settings, "candidate")
     if incumbent is not None:
         ctx.results["incumbent"] = _evaluate(str(incumbent.run_dir), records, settings, "incumbent")
@@ -169,6 +234,8 @@ def promote(ref_text: str, alias: str = "champion", *, data: list[str] | None = 
         "settings": {**dataclasses.asdict(settings),
                      "metrics": list(settings.metrics) if settings.metrics else None},
         "results": ctx.results,
+        "forgetting": ctx.forgetting,
+        "forgetting_margin": margin if forgetting_margin is None else forgetting_margin,
         "gates": [c.__dict__ for c in checks], "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     report_dir = affina_home() / "registry" / "reports"

@@ -6,7 +6,7 @@ followed by the reply the model gave. The latest feedback on a request wins. Eve
 its lineage (request id, feedback id, model, rating) in a `lineage` field beside `messages`,
 which the chat format ignores for training and lineage keeps. Rows that cannot become training
 data are counted by reason: no usable feedback, a completions request (a raw text prompt, not a
-chat), a prompt not logged (`affina serve --redact`).
+chat), a prompt not logged (`affina serve --redact`), an empty reply or prompt.
 """
 
 from __future__ import annotations
@@ -70,8 +70,14 @@ def feedback_rows(store: FeedbackStore, *, model: str | None = None, since: date
         if not isinstance(fb["prompt"], list):
             skip("prompt not logged (served with --redact)")
             continue
+        if not reply.strip():  # training data needs a reply to learn
+            skip("empty reply")
+            continue
         messages = [{"role": m["role"], "content": clean(m["content"])} for m in fb["prompt"]
-                    if isinstance(m, dict) and isinstance(m.get("content"), str)]
+                    if isinstance(m, dict) and isinstance(m.get("content"), str) and m["content"].strip()]
+        if not any(m["role"] == "user" for m in messages):
+            skip("empty prompt")
+            continue
         messages.append({"role": "assistant", "content": clean(reply)})
         rows.append({"messages": messages, "lineage": {
             "source": "feedback", "kind": kind, "request_id": request_id,
