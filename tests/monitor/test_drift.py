@@ -96,3 +96,66 @@ def test_bad_settings_and_models_are_one_line_errors(served):
                            str(served["run"].parent), "--db", served["log"]],
                           capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert done.returncode == 2 and "nope: not a registered" in done.stderr
+
+
+def test_scheduled_monitoring_runs_beside_a_responsive_api(served, tmp_path):
+    import time
+
+    from affina.errors import AffinaError
+    from affina.record.requestlog import RequestLog
+    from affina.serve.monitoring import MonitorScheduler, parse_interval
+
+    assert parse_interval("1h") == 3600 and parse_interval("90s") == 90 and parse_interval("30m") == 1800
+    with pytest.raises(AffinaError, match="--monitor-every"):
+        parse_interval("soon")
+    config = tmp_path / "monitor.yaml"
+    config.write_text("".join(f"{s.replace('=', ': ')}\n" for s in SETTINGS))
+    send(served["client"], "shop", traffic.rows("listing", 30, seed=103))
+    log = RequestLog(served["log"])
+    scheduler = MonitorScheduler(5, store=served["run"].parent, log=log, config=config,
+                                 monitor_dir=tmp_path / "monitor")
+    assert scheduler.monitored() == ["shop"]  # the run answered in the log; not the base
+    scheduler.start()
+    try:
+        answered = 0
+        while not scheduler.runs:  # the API answers while the report is being made
+            assert httpx.get(served["url"] + "/v1/models", timeout=30).status_code == 200
+            answered += 1
+            time.sleep(0.5)
+    finally:
+        scheduler.stop()
+    assert scheduler.runs[0]["model"] == "shop" and scheduler.runs[0]["exit"] == 0, scheduler.runs
+    assert answered > 0
+    (history,) = MonitorStore(tmp_path / "monitor").history("shop")
+    assert history["figures"]["domain_classifier"]["n_window"] == 30
+
+
+def test_alert_webhook_gets_the_summary_and_a_dead_hook_is_reported():
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from affina.monitor.alerts import send_alerts
+
+    got = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self):
+            got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/drift"
+        (ok,) = send_alerts({"model": "shop", "drifted": True}, webhook=url)
+        assert ok == {"hook": "webhook", "ok": True, "detail": "HTTP 204"}
+        assert got == [{"event": "affina.drift", "model": "shop", "drifted": True}]
+    finally:
+        server.shutdown()
+    (dead,) = send_alerts({"model": "shop"}, webhook=url, timeout=5)  # nobody listens any more
+    (failing,) = send_alerts({"model": "shop"}, command=f"{sys.executable} -c 'import sys; sys.exit(3)'")
+    assert not dead["ok"] and not failing["ok"] and failing["detail"].startswith("exit 3")

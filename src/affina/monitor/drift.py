@@ -60,7 +60,7 @@ class DriftSettings:
     window: int = _f(200, "Answered requests in a window: the newest N for the model (unless --since/--until).")
     min_samples: int = _f(20, "Fewest window requests (and reference rows) a figure is judged on; fewer: reported, not judged.")
     alpha: float = _f(0.01, "False-alarm rate of each permutation or KS test (its threshold is the null's 1-alpha quantile).")
-    permutations: int = _f(200, "Label permutations behind the classifier and MMD thresholds.")
+    permutations: int = _f(100, "Label permutations behind the classifier and MMD thresholds.")
     max_reference: int = _f(500, "Training rows sampled (with `seed`) as the reference.")
     seed: int = _f(0, "Seed for reference sampling, folds and permutations.")
     oov_margin: float = _f(0.10, "Out-of-vocabulary rate above the reference's own held-out rate that counts as drift.")

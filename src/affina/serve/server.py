@@ -48,6 +48,10 @@ class ServeOptions:
     threads: int | None = None  # torch CPU threads for generation (default: torch's choice)
     auth: str | None = None  # "open" or "keys"; None: decided once at start-up (see auth_mode)
     registry_ttl: float | None = None  # seconds an alias lookup is reused (default 2)
+    monitor_every: float | None = None  # seconds between scheduled drift reports; None: off
+    monitor_models: list[str] = field(default_factory=list)  # empty: every served run/reference
+    monitor_config: Path | None = None  # monitor settings YAML (thresholds, alerts)
+    monitor_policy: Path | None = None  # retraining policy YAML: scheduled runs apply the loop
 
 
 def is_loopback(host: str) -> bool:
@@ -177,6 +181,15 @@ def serve(options: ServeOptions) -> None:
     engine = build_engine(options)
     app = build_app(options, engine)
     engine.start()
+    scheduler = None
+    if options.monitor_every:
+        from .monitoring import MonitorScheduler
+
+        scheduler = MonitorScheduler(options.monitor_every, store=options.store, log=app.state.log,
+                                     models=options.monitor_models or None,
+                                     config=options.monitor_config, policy=options.monitor_policy).start()
+        info(f"drift monitoring every {options.monitor_every:.0f}s of "
+             f"{', '.join(options.monitor_models) or 'every served run and registry reference'}")
     runs = engine.served_runs()
     info(f"serving base {engine.base.spec!r} as {BASE_NAME!r} and {len(runs)} run(s) from "
          f"{options.store} on http://{options.host}:{options.port}/v1 "
@@ -188,6 +201,8 @@ def serve(options: ServeOptions) -> None:
         logging.getLogger("uvicorn.access").addFilter(DropQueryStrings())
         uvicorn.Server(config).run()
     finally:
+        if scheduler is not None:
+            scheduler.stop()
         engine.stop()
 
 

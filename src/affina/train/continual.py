@@ -100,7 +100,8 @@ def continual_config(cfg: RunConfig, earlier: EarlierModel) -> tuple[RunConfig, 
         replay["replay_files"] = [{"path": str(Path(p).resolve()), "rows": n, "sha256": file_sha256(Path(p))}
                                   for p, n in zip(replay_files, replay_rows)]
     elif fraction > 0:
-        warn(f"{earlier.given}: no earlier training data recorded; training on the new data alone")
+        warn(f"{earlier.given}: its training data is the new data itself (or none is recorded); "
+             "nothing else to replay")
     plan = {"from": earlier.given or str(earlier.run_dir), "version": earlier.ref,
             "run_dir": str(earlier.run_dir), "artifact": record.artifact, "method": record.method.name,
             "rewarm_ratio": cfg.train.rewarm_ratio, "replay": replay,
