@@ -10,7 +10,11 @@ from pathlib import Path
 
 from ..errors import AffinaError
 
-__all__ = ["register"]
+__all__ = ["register", "LOG_URL_ENV"]
+
+# The request log URL when --db is not given (how `affina serve` hands its log to the scheduled
+# monitor without putting a database password on a command line).
+LOG_URL_ENV = "AFFINA_MONITOR_LOG_URL"
 
 
 def _when(text: str | None, flag: str) -> datetime | None:
@@ -38,7 +42,10 @@ def _cmd_monitor(args) -> int:
             overrides.append(f"{key}={json.dumps(value)}")
     settings = load_settings(Path(args.config) if args.config else None, overrides)
     target = resolve_target(args.model, Path(args.store) if args.store else None)
-    report, path = monitor_once(target, settings, log_url=args.db, monitor_dir=args.monitor_dir,
+    import os
+
+    log_url = args.db or os.environ.get(LOG_URL_ENV)
+    report, path = monitor_once(target, settings, log_url=log_url, monitor_dir=args.monitor_dir,
                                 since=_when(args.since, "--since"), until=_when(args.until, "--until"),
                                 save=not args.no_save)
     history = MonitorStore(args.monitor_dir).history(target.name) if path else []
@@ -65,7 +72,7 @@ def _cmd_monitor(args) -> int:
         from .loop import load_policy, run_loop
 
         policy = load_policy(Path(args.policy) if args.policy else None, args.policy_set or [])
-        outcome = run_loop(target, policy, log_url=args.db, monitor_dir=args.monitor_dir)
+        outcome = run_loop(target, policy, log_url=log_url, monitor_dir=args.monitor_dir)
         info(f"loop: {outcome['step']}: {outcome['reason']}")
         if args.json:
             print(json.dumps(outcome, indent=1, default=str))
@@ -97,7 +104,8 @@ def register(sub) -> None:
     m.add_argument("model", metavar="MODEL", help="the model name clients use: NAME@ALIAS|VERSION, a run "
                    "name in --store, or a run directory")
     m.add_argument("--store", default="runs", help="model store the server serves (default: runs)")
-    m.add_argument("--db", help="request log database URL (default: sqlite in $AFFINA_HOME/serve)")
+    m.add_argument("--db", help="request log database URL (default: $AFFINA_MONITOR_LOG_URL, else sqlite "
+                   "in $AFFINA_HOME/serve)")
     m.add_argument("--window", type=int, help="newest N answered requests (default: the setting `window`, 200)")
     m.add_argument("--since", help="window from this time (ISO, UTC unless zoned) instead of the newest N")
     m.add_argument("--until", help="window before this time (ISO)")

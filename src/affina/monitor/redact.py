@@ -37,8 +37,14 @@ def _card(match: re.Match) -> str:
     return "[CARD]" if 13 <= len(digits) <= 19 and _luhn(digits) else match.group()
 
 
+_DATE = re.compile(r"\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4}")
+
+
 def _phone(match: re.Match) -> str:
-    return "[PHONE]" if len(re.sub(r"\D", "", match.group())) >= 7 else match.group()
+    text = match.group()
+    if _DATE.fullmatch(text.strip()):  # 2026-11-27, 27.11.2026: dates, not numbers to hide
+        return text
+    return "[PHONE]" if len(re.sub(r"\D", "", text)) >= 7 else text
 
 
 def redact_text(text: str) -> tuple[str, dict[str, int]]:

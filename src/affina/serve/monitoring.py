@@ -11,6 +11,7 @@ interval; stopping the server stops the thread and the run in progress.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from pathlib import Path
 from sqlalchemy import select
 
 from ..errors import AffinaError
+from ..monitor.commands import LOG_URL_ENV
 from ..record.requestlog import RequestLog, requests_table
 
 __all__ = ["MonitorScheduler", "parse_interval"]
@@ -74,8 +76,9 @@ class MonitorScheduler:
         return [n for n in names if "@" in n or (self.store / n / "affina.json").is_file()]
 
     def command(self, model: str) -> list[str]:
-        cmd = [sys.executable, "-m", "affina.cli", "monitor", model, "--store", str(self.store),
-               "--db", self.log.url]
+        # The log's URL travels in the environment (LOG_URL_ENV), not in argv: a database
+        # password would otherwise show in every process listing.
+        cmd = [sys.executable, "-m", "affina.cli", "monitor", model, "--store", str(self.store)]
         if self.config:
             cmd += ["-c", str(self.config)]
         if self.monitor_dir:
@@ -89,8 +92,9 @@ class MonitorScheduler:
             if self._stop.is_set():
                 return
             try:
+                env = {**os.environ, LOG_URL_ENV: self.log.url}
                 self._proc = subprocess.Popen(self.command(model), stdout=subprocess.PIPE,
-                                              stderr=subprocess.PIPE, text=True)
+                                              stderr=subprocess.PIPE, text=True, env=env)
                 out, err = self._proc.communicate()
                 code = self._proc.returncode
             except OSError as e:
