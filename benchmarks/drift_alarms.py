@@ -58,6 +58,8 @@ def main() -> None:
     p.add_argument("--calm", type=int, default=100, help="no-shift windows per size")
     p.add_argument("--shifted", type=int, default=30, help="shifted windows per size")
     p.add_argument("--mixed", type=int, default=30, help="30%%-shifted windows per size")
+    p.add_argument("--pool", type=int, default=1500, help="fresh listing prompts to draw windows from "
+                   "(half as many questions)")
     p.add_argument("--json", help="also write the rates here")
     args = p.parse_args()
     settings = DriftSettings().validate()
@@ -65,10 +67,10 @@ def main() -> None:
 
     reference = [prompt_of(json.loads(line)) for line in
                  (ROOT / "examples" / "product_json" / "train.jsonl").read_text().splitlines()]
-    biggest = max(sizes)
-    need = {"calm": args.calm * biggest, "shifted": args.shifted * biggest, "mixed": args.mixed * biggest}
-    pools = {"listing": [prompt_of(r) for r in traffic.rows("listing", need["calm"] + need["mixed"], seed=1001)],
-             "shifted": [prompt_of(r) for r in traffic.rows("shifted", need["shifted"] + need["mixed"], seed=1002)]}
+    # Each window is drawn without replacement from a pool of fresh prompts; windows may share
+    # prompts with each other (never with the reference's generator seed).
+    pools = {"listing": [prompt_of(r) for r in traffic.rows("listing", args.pool, seed=1001)],
+             "shifted": [prompt_of(r) for r in traffic.rows("shifted", args.pool // 2, seed=1002)]}
     started = time.time()
     embedder = TextEmbedder(settings.embedding_model)
     emb = {k: embedder.encode(v).numpy().astype(np.float64) for k, v in

@@ -24,16 +24,20 @@ from tests.serve.conftest import start_server
 NAME = "shop@champion"
 SETTINGS = load_settings(None, ["window=30", "min_samples=20", "permutations=100", "alpha=0.01"])
 REFUSAL = "Sorry, I cannot help with that request."
-TRAIN = ["train.max_steps=30", "train.lr=3e-2", "train.batch_size=8", "eval.max_new_tokens=8",
-         "track.mlflow=false", "data.val_fraction=0"]
+TRAIN = ["train.max_steps=30", "train.batch_size=8", "eval.max_new_tokens=8", "track.mlflow=false",
+         "data.val_fraction=0"]
+# Bad corrections, no replay, a high learning rate: the earlier task is forgotten. Good
+# corrections, half replay, a gentle rate: it is kept (within the margin).
+BAD = ["train.lr=3e-2"]
+GOOD = ["train.lr=LR_GOOD"]
 
 
 @pytest.fixture(scope="module")
 def loop_world(home, talkative_model_dir):
     eval_a = write_rows(home / "listing-eval.jsonl", traffic.rows("listing", 8, seed=7))
     run = train_listing_run(home, talkative_model_dir, "shop-v1", f"eval.data={eval_a}",
-                            "eval.max_new_tokens=8", "track.mlflow=false", "train.max_steps=20",
-                            "train.lr=1e-2")
+                            "eval.max_new_tokens=8", "track.mlflow=false", "train.max_steps=40",
+                            "train.lr=2e-2")
     register_run(run, "shop", eval_data=[str(eval_a)], metric="loss")
     set_alias("shop@1", "champion")
     log_url = f"sqlite:///{home / 'requests.db'}"
@@ -60,9 +64,9 @@ def _window(world, style: str, seed: int, correct=None) -> dict:
 
 def test_drift_feedback_retraining_and_gated_promotion(loop_world, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the continued runs go to ./runs
-    policy = load_policy(None, ["drift_windows=2", "min_feedback=20", "replay_fraction=0.5",
-                                "forgetting_margin=0.0", "margin=0.0"])
-    policy.train = list(TRAIN)
+    policy = load_policy(None, ["drift_windows=2", "min_feedback=20", "replay_fraction=0.0",
+                                "forgetting_margin=0.25", "margin=0.25"])
+    policy.train = TRAIN + BAD
 
     # Traffic as trained: no drift, nothing to do.
     calm = _window(loop_world, "listing", 11)
@@ -87,7 +91,8 @@ def test_drift_feedback_retraining_and_gated_promotion(loop_world, tmp_path, mon
     assert promotion["forgetting"][0]["regressed"] and not promotion["gates"][1]["passed"]
 
     # Two more drifted windows, now with the right answers: retrained with replay, promoted only
-    # because no earlier set regressed.
+    # because no earlier set regressed beyond the margin.
+    policy.replay_fraction, policy.train = 0.5, TRAIN + GOOD
     _window(loop_world, "shifted", 14, correct=lambda row: row["output"])
     assert run_loop(resolve_target(NAME), policy, log_url=loop_world["log"])["step"] == "waiting"
     good_window = _window(loop_world, "shifted", 15, correct=lambda row: row["output"])
