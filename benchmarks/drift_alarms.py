@@ -105,7 +105,8 @@ def main() -> None:
                             "seconds_per_window": (time.time() - t0) / max(repeats, 1),
                             **{k: v / repeats for k, v in counts.items()},
                             "drifted_ci": wilson(counts["drifted"], repeats)})
-            print(f"{scenario} n={size}: drifted {counts['drifted']}/{repeats}", file=sys.stderr)
+            print(f"{scenario} n={size}: drifted {counts['drifted']}/{repeats}; "
+                  + ", ".join(f"{n} {counts[n]}" for n in FIGURES), file=sys.stderr)
 
     rows = [[r["scenario"], r["window"], r["repeats"], *[f"{r[n]:.3f}" for n in FIGURES],
              f"{r['drifted']:.3f} [{r['drifted_ci'][0]:.3f}, {r['drifted_ci'][1]:.3f}]",

@@ -29,7 +29,7 @@ TRAIN = ["train.max_steps=30", "train.batch_size=8", "eval.max_new_tokens=8", "t
 # Bad corrections, no replay, a high learning rate: the earlier task is forgotten. Good
 # corrections, half replay, a gentle rate: it is kept (within the margin).
 BAD = ["train.lr=3e-2"]
-GOOD = ["train.lr=LR_GOOD"]
+GOOD = ["train.lr=1e-2"]
 
 
 @pytest.fixture(scope="module")
