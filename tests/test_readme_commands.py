@@ -36,7 +36,9 @@ def test_readme_and_makefile_agree_on_runs_demo(tmp_path):
     assert "runs/demo already holds a finished demo run" in done.stderr and "DEMO_NAME=" in done.stderr
 
 
-SKIP = {"chat": "interactive", "train --resume": "needs an interrupted run"}
+SKIP = {"chat": "interactive", "train --resume": "needs an interrupted run",
+        "monitor": "needs served traffic (tests/monitor runs it)",
+        "feedback": "needs feedback on served requests (tests/monitor runs it)"}
 
 
 @pytest.mark.slow

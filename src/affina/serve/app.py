@@ -128,6 +128,9 @@ def create_app(engine: Engine, keys: KeyStore, log: RequestLog, limits: Limits =
         raise ValueError(f"auth must be 'open' or 'keys', not {auth!r}")
     app = FastAPI(title="affina", docs_url=None, redoc_url=None, openapi_url=None)
     metrics = _Metrics(engine)
+    from ..monitor.gauges import DriftCollector
+
+    metrics.registry.register(DriftCollector())  # the latest drift report of each monitored model
     app.state.engine, app.state.log, app.state.metrics = engine, log, metrics
     app.add_middleware(JsonErrors)
 
@@ -379,4 +382,8 @@ def create_app(engine: Engine, keys: KeyStore, log: RequestLog, limits: Limits =
     from .dashboard import mount_dashboard  # the web pages at / and the JSON they read
 
     mount_dashboard(app, engine=engine, log=log, authenticate=authenticate, allowed=allowed, auth=auth)
+
+    from .feedback_api import feedback_router
+
+    app.include_router(feedback_router(log, authenticate, read_body))
     return app
