@@ -128,6 +128,28 @@ def test_job_queued_across_a_restart_runs_to_a_served_fine_tuned_model(jobs_env)
     assert job.id in format_lineage(info) and training.id in format_lineage(info)
 
 
+def test_a_distributed_job_trains_on_torchrun(jobs_env):
+    """`method.affina.distributed`: the worker's `affina train` starts torchrun (2 CPU processes,
+    gloo); rank 0's events reach the job and the record says two processes trained it."""
+    from affina.record import read_record
+
+    alice = jobs_env.client(jobs_env.alice)
+    job = alice.fine_tuning.jobs.create(
+        model="base", training_file=jobs_env.upload(alice).id, suffix="ddp",
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 4}},
+                "affina": {"method": "lora", "options": {"r": 2},
+                           "distributed": {"strategy": "ddp", "nproc_per_node": 2}}})
+    jobs_env.start_worker()
+    try:
+        done = wait_status(alice, job.id, ("succeeded", "failed"), timeout=240)
+    finally:
+        jobs_env.stop_workers()
+    assert done.status == "succeeded", done.error
+    assert [e for e in _events(alice, job.id) if e.type == "metrics"]
+    run_dir = Path(jobs_env.service.store.get_job(job.id).run_dir)
+    assert read_record(run_dir).train.world_size == 2
+
+
 def test_cancel_stops_training_within_seconds(jobs_env):
     alice = jobs_env.client(jobs_env.alice)
     training = jobs_env.upload(alice)
@@ -237,7 +259,14 @@ def test_bad_job_requests_answer_openai_errors(jobs_env):
                "method": {"type": "supervised", "affina": {"method": "nosuch"}}}, "method"),
              ({"model": "base", "training_file": training.id,
                "method": {"type": "supervised", "affina": {"method": "lora", "options": {"rank": 4}}}},
-              "method")]
+              "method"),
+             ({"model": "base", "training_file": training.id,
+               "method": {"type": "supervised", "affina": {"distributed": {"strategy": "zero3"}}}},
+              "method.affina.distributed"),
+             ({"model": "base", "training_file": training.id,
+               "method": {"type": "supervised", "affina": {"method": "prefix",
+                                                           "distributed": {"strategy": "fsdp"}}}},
+              "method.affina.distributed")]
     for body, param in cases:
         with pytest.raises((openai.BadRequestError, openai.NotFoundError)) as e:
             alice.fine_tuning.jobs.create(**body)

@@ -199,12 +199,14 @@ class JobsService:
             raise JobRequestError("seed must be an integer between 0 and 2147483647", param="seed")
         metadata = _metadata(body.get("metadata"))
         self._check_method(method_name, options, train_extra)
+        spread = _distributed(body.get("method"), method_name)
         job_id = new_id("ftjob")
         row = JobRow(id=job_id, owner=caller.key_id, model=model, base_spec=base_spec,
                      training_file=training, validation_file=validation, requested=requested,
                      hyperparameters=dict(requested),
                      method={**method_obj, "affina": {"method": method_name, "options": options,
-                                                      **({"train": train_extra} if train_extra else {})}},
+                                                      **({"train": train_extra} if train_extra else {}),
+                                                      **({"distributed": spread} if spread else {})}},
                      suffix=suffix, seed=seed, metadata=metadata, status="validating_files",
                      created_at=int(time.time()), run_dir=str(self.runs_dir / job_id))
         self.store.add_job(row)
@@ -414,6 +416,37 @@ def _parse_method(method) -> tuple[dict, str, dict, dict, dict]:
     return stored, name, options, hp, train_extra
 
 
+def _distributed(method, method_name: str) -> dict:
+    """`method.affina.distributed`: the job trains on torchrun (the worker's `affina train`
+    launches it), e.g. {"strategy": "ddp", "nproc_per_node": 4}; {} when absent."""
+    from dataclasses import fields
+
+    from ..config import DistributedConfig
+    from ..methods import get_method
+
+    if not isinstance(method, dict):
+        return {}
+    kind = method.get("type", "supervised")
+    section = method.get(kind) if isinstance(method.get(kind), dict) else {}
+    extension = method.get("affina") or section.get("affina") or {}
+    spread = extension.get("distributed") if isinstance(extension, dict) else None
+    if not spread:
+        return {}
+    allowed = {f.name for f in fields(DistributedConfig)}
+    if not isinstance(spread, dict) or set(spread) - allowed:
+        raise JobRequestError("method.affina.distributed: an object with keys among "
+                              f"{', '.join(sorted(allowed))}", param="method.affina.distributed")
+    try:
+        DistributedConfig(**spread).validate()
+    except (AffinaError, TypeError) as e:
+        raise JobRequestError(f"method.affina.distributed: {e}", param="method.affina.distributed") from None
+    if spread.get("strategy") == "fsdp" and not get_method(method_name).shards_with_fsdp:
+        raise JobRequestError(f"method.affina.distributed: method {method_name} does not train sharded "
+                              "(lora, dora, rslora, qlora and full do); use strategy ddp",
+                              param="method.affina.distributed")
+    return dict(spread)
+
+
 def _metadata(value) -> dict | None:
     if value is None:
         return None
@@ -454,4 +487,6 @@ def run_config(job: JobRow, training_path: str, validation_path: str | None):
     t.save_total_limit = 3
     for key, value in (job.method["affina"].get("train") or {}).items():
         setattr(t, key, value)
+    for key, value in (job.method["affina"].get("distributed") or {}).items():
+        setattr(cfg.distributed, key, value)  # the worker's `affina train` launches torchrun
     return cfg.validate()
