@@ -19,6 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "affina.serve.commands",
     "affina.export_commands",
     "affina.govern.commands",
+    "affina.rag.commands",
 )
 
 
