@@ -54,6 +54,16 @@ def _cmd_list(args) -> int:
     return 0
 
 
+def _cmd_eval(args) -> int:
+    from .evaluation import evaluate_rag
+
+    evaluate_rag(args.name, args.data, model=None if args.no_answers else args.model, k=args.k,
+                 mode=args.mode, limit=args.limit, max_new_tokens=args.max_new_tokens,
+                 max_length=args.max_length, batch_size=args.batch_size, metrics=args.metrics,
+                 out_dir=args.out)
+    return 0
+
+
 def register(sub) -> None:
     rag = sub.add_parser("rag", help="knowledge bases for retrieval: index, search, eval, raft")
     rsub = rag.add_subparsers(dest="rag_command", required=True, metavar="SUBCOMMAND")
@@ -78,5 +88,25 @@ def register(sub) -> None:
     se.add_argument("-k", type=int, default=4)
     se.add_argument("--mode", choices=["hybrid", "vector", "bm25"], default="hybrid")
     se.set_defaults(func=_cmd_search)
+    ev = rsub.add_parser("eval", help="retrieval recall@k/MRR, and answers with vs without retrieval",
+                         description="Score retrieval on a labelled set (chat rows with \"source\": the "
+                                     "file that answers, optional \"evidence\": the passage) in every "
+                                     "mode, then a model's answers without and with the retrieved "
+                                     "sources in its prompt (the one evaluator).")
+    ev.add_argument("name", help="index name")
+    ev.add_argument("--data", nargs="+", required=True, metavar="FILE", help="labelled questions")
+    ev.add_argument("--model", default="default", help="model spec or run directory (default: default)")
+    ev.add_argument("--no-answers", action="store_true", help="retrieval scores only; load no model")
+    ev.add_argument("-k", type=int, default=4, help="chunks retrieved per question (default 4)")
+    ev.add_argument("--mode", choices=["hybrid", "vector", "bm25"], default="hybrid",
+                    help="retrieval mode for the answers (default hybrid)")
+    ev.add_argument("--limit", type=int, help="only the first N questions")
+    ev.add_argument("--metrics", type=lambda v: [m for m in v.replace(",", " ").split() if m],
+                    metavar="M1,M2", help="answer metrics (default: chosen from the data)")
+    ev.add_argument("--max-new-tokens", type=int, default=64)
+    ev.add_argument("--max-length", type=int, default=2048)
+    ev.add_argument("--batch-size", type=int, default=8)
+    ev.add_argument("--out", type=Path, metavar="DIR", help="write report.json and predictions.jsonl here")
+    ev.set_defaults(func=_cmd_eval)
     ls = rsub.add_parser("list", help="knowledge bases with their sizes and settings")
     ls.set_defaults(func=_cmd_list)
