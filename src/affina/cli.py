@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "affina.export_commands",
     "affina.govern.commands",
     "affina.rag.commands",
+    "affina.govern.advise_commands",
 )
 
 
