@@ -79,3 +79,30 @@ def test_answers_with_and_without_retrieval(built_kb, monkeypatch, tmp_path, tin
     with_rag = [r for r in rows if r["setting"] == "with retrieval"]
     assert len(with_rag) == 6 and with_rag[0]["sources"][0]["file"].endswith("battery.md")
     assert json.loads((tmp_path / "out" / "report.json").read_text())["retrieval"]["hybrid"]["n"] == 6
+
+
+def test_raft_rows_hold_the_oracle_among_distractors(built_kb, monkeypatch, tmp_path):
+    from affina.data.loading import load_records
+    from affina.rag.raft import build_raft
+
+    home, _, name = built_kb
+    monkeypatch.setenv("AFFINA_HOME", str(home))
+    data = write_labelled(tmp_path / "q.jsonl")
+    report = build_raft(name, [data], tmp_path / "raft.jsonl", distractors=2, p_oracle=0.5, seed=1)
+    rows = [json.loads(line) for line in (tmp_path / "raft.jsonl").read_text().splitlines()]
+    assert report.rows == len(rows) == 6 and report.oracle_missing == 0
+    assert report.with_oracle == sum(r["raft"]["oracle"] for r in rows) and 0 < report.with_oracle < 6
+    kb = Retriever.open(name).kb
+    for row, (q, source, evidence) in zip(rows, QUESTIONS):
+        system, user, reply = row["messages"]
+        assert system["role"] == "system" and user["content"] == q and reply["content"] == "see the manual"
+        chunks = kb.chunks(row["raft"]["chunks"])
+        relevant = [c for c in chunks.values() if is_relevant(c, source, evidence)]
+        assert len(relevant) == (1 if row["raft"]["oracle"] else 0)
+        assert len(chunks) == 2 + row["raft"]["oracle"]
+        for n, cid in enumerate(row["raft"]["chunks"], 1):
+            assert f"[{n}] " in system["content"] and chunks[cid].text.strip() in system["content"]
+    # The rows are ordinary chat data for `affina train`.
+    assert len(load_records([tmp_path / "raft.jsonl"]).records) == 6
+    again = build_raft(name, [data], tmp_path / "again.jsonl", distractors=2, p_oracle=0.5, seed=1)
+    assert (tmp_path / "again.jsonl").read_text() == (tmp_path / "raft.jsonl").read_text() and again.rows == 6

@@ -64,6 +64,18 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+def _cmd_raft(args) -> int:
+    from ..ui import info, print_table
+    from .raft import build_raft
+
+    report = build_raft(args.name, args.data, args.out, distractors=args.distractors,
+                        p_oracle=args.p_oracle, seed=args.seed)
+    print_table(f"RAFT rows from {args.name}", ["rows", "with oracle", "distractors only", "oracle not in index"],
+                [[str(report.rows), str(report.with_oracle), str(report.without_oracle), str(report.oracle_missing)]])
+    info(f"wrote {args.out}: train on it with `affina train data.train=[{args.out}]`")
+    return 0
+
+
 def register(sub) -> None:
     rag = sub.add_parser("rag", help="knowledge bases for retrieval: index, search, eval, raft")
     rsub = rag.add_subparsers(dest="rag_command", required=True, metavar="SUBCOMMAND")
@@ -108,5 +120,18 @@ def register(sub) -> None:
     ev.add_argument("--batch-size", type=int, default=8)
     ev.add_argument("--out", type=Path, metavar="DIR", help="write report.json and predictions.jsonl here")
     ev.set_defaults(func=_cmd_eval)
+    ra = rsub.add_parser("raft", help="training rows with retrieved context and distractors (RAFT)",
+                         description="For each labelled question (chat rows with \"source\" and optional "
+                                     "\"evidence\"), write a chat row whose prompt holds numbered sources "
+                                     "as served retrieval writes them: the answering chunk among hard "
+                                     "distractors (with probability --p-oracle), else distractors only.")
+    ra.add_argument("name", help="index name")
+    ra.add_argument("--data", nargs="+", required=True, metavar="FILE", help="labelled questions with answers")
+    ra.add_argument("--out", type=Path, required=True, metavar="FILE", help="output JSONL (chat rows)")
+    ra.add_argument("--distractors", type=int, default=3, help="distractor chunks per row (default 3)")
+    ra.add_argument("--p-oracle", type=float, default=0.8,
+                    help="share of rows that contain the answering chunk (default 0.8, as in the paper)")
+    ra.add_argument("--seed", type=int, default=0)
+    ra.set_defaults(func=_cmd_raft)
     ls = rsub.add_parser("list", help="knowledge bases with their sizes and settings")
     ls.set_defaults(func=_cmd_list)
