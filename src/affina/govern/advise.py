@@ -165,7 +165,8 @@ def advise(train: list[str], eval_data: list[str], *, docs: list[str] | None = N
            model: str = "default", budget_minutes: float = 30.0, fractions=DEFAULT_FRACTIONS,
            metric: str | None = None, config: str | None = None, overrides: list[str] | None = None,
            shots: int = 4, rag_k: int = 4, epochs: float = 3.0, max_new_tokens: int = 64,
-           limit: int | None = None, out_dir: Path | None = None, seed: int = 0) -> dict:
+           limit: int | None = None, out_dir: Path | None = None, seed: int = 0,
+           chunk_size: int = 200, chunk_overlap: int = 40) -> dict:
     from ..data.loading import load_records
     from ..data.sources import read_rows
     from ..evaluate.evaluator import EvalSettings, default_metrics
@@ -200,7 +201,9 @@ def advise(train: list[str], eval_data: list[str], *, docs: list[str] | None = N
         from ..rag.retrieve import Retriever
 
         inputs += [data_file(p, "docs", out) for p in expand_paths(docs)]
-        update_index(docs, kb_name)
+        from ..rag.chunking import ChunkSettings
+
+        update_index(docs, kb_name, ChunkSettings(size=chunk_size, overlap=chunk_overlap))
         retriever = Retriever.open(kb_name)
     write_inputs(out, inputs)
     info(f"advice in {out}: {len(train_rows)} training rows, {len(eval_records)} evaluation rows, "
@@ -268,7 +271,8 @@ def advise(train: list[str], eval_data: list[str], *, docs: list[str] | None = N
     result = {"schema_version": 1, "model": model, "model_fingerprint": model_fingerprint_of(model),
               "metric": metric, "metrics": metrics, "budget_minutes": budget_minutes,
               "ladder": sizes, "fractions": list(fractions), "seed": seed, "shots": shots,
-              "epochs": epochs, "rag": {"index": kb_name, "k": rag_k} if retriever else None,
+              "epochs": epochs, "rag": {"index": kb_name, "k": rag_k, "chunk_size": chunk_size,
+                                             "chunk_overlap": chunk_overlap} if retriever else None,
               "settings": settings.__dict__, "arms": [a.__dict__ for a in arms], "verdict": words,
               "seconds": round(time.perf_counter() - t_start, 1), "versions": _versions()}
     (out / "advice.json").write_text(json.dumps(result, indent=2, default=str) + "\n")

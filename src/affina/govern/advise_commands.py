@@ -22,7 +22,8 @@ def _cmd_advise(args) -> int:
     advise(args.train, args.eval, docs=args.docs, model=args.model, budget_minutes=args.budget_minutes,
            fractions=_fractions(args.ladder), metric=args.metric, config=args.config,
            overrides=args.overrides, shots=args.shots, rag_k=args.k, epochs=args.epochs,
-           max_new_tokens=args.max_new_tokens, limit=args.limit, out_dir=args.out, seed=args.seed)
+           max_new_tokens=args.max_new_tokens, limit=args.limit, out_dir=args.out, seed=args.seed,
+           chunk_size=args.chunk_size, chunk_overlap=args.chunk_overlap)
     return 0
 
 
@@ -44,6 +45,8 @@ def register(sub) -> None:
     a.add_argument("--metric", help="the measure the verdict uses (default token_f1 for free text)")
     a.add_argument("--shots", type=int, default=4, help="few-shot examples per prompt (default 4)")
     a.add_argument("-k", type=int, default=4, help="retrieved chunks per question (default 4)")
+    a.add_argument("--chunk-size", type=int, default=200, help="--docs chunk length in tokens (default 200)")
+    a.add_argument("--chunk-overlap", type=int, default=40, help="--docs chunk overlap in tokens (default 40)")
     a.add_argument("--epochs", type=float, default=3.0, help="fine-tuning epochs on every rung (default 3)")
     a.add_argument("--max-new-tokens", type=int, default=64)
     a.add_argument("--limit", type=int, help="score only the first N evaluation rows")
