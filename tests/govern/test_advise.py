@@ -94,3 +94,21 @@ def test_a_whole_advice_on_the_tiny_model(tmp_path, monkeypatch, tiny_model_dir)
     assert (out / "advice.png").stat().st_size > 10_000 and "Verdict" in (out / "advice.md").read_text()
     with pytest.raises(ConfigError, match="already holds an advice"):
         advise([str(train)], [str(ev)], model=str(tiny_model_dir), out_dir=out)
+
+
+def test_bad_inputs_stop_with_one_line(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[2] / "src"
+    raw = tmp_path / "raw.jsonl"
+    raw.write_text(json.dumps({"text": "just text"}) + "\n")
+    env = {"PYTHONPATH": str(src), "AFFINA_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin"}
+    for args, expect in [(["--train", str(tmp_path / "missing.jsonl"), "--eval", str(raw)], "file not found"),
+                         (["--train", str(raw), "--eval", str(raw)], "must be prompt/reply examples"),
+                         (["--train", str(raw), "--eval", str(raw), "--ladder", "0.5,x"], "--ladder")]:
+        proc = subprocess.run([sys.executable, "-m", "affina", "advise", *args, "--out", str(tmp_path / "a")],
+                              env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        assert proc.returncode == 2 and expect in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr

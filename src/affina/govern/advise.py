@@ -178,7 +178,6 @@ def advise(train: list[str], eval_data: list[str], *, docs: list[str] | None = N
     out = Path(out_dir or Path("advice") / f"advise-{datetime.now():%Y%m%d-%H%M%S}").resolve()
     if (out / "advice.json").exists():
         raise ConfigError(f"{out} already holds an advice; choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
     train_rows = [row for path in train for _, row in read_rows(path)]
     eval_records = load_records(eval_data).records[:limit] if limit else load_records(eval_data).records
     load_records(train)  # the training rows must be valid data before anything runs
@@ -189,6 +188,7 @@ def advise(train: list[str], eval_data: list[str], *, docs: list[str] | None = N
     metric = metric or ("token_f1" if "token_f1" in metrics else metrics[0])
     if metric not in metrics:
         metrics.append(metric)
+    out.mkdir(parents=True, exist_ok=True)  # only once the inputs are known to be good
     settings = EvalSettings(metrics=tuple(metrics), max_length=2048, max_new_tokens=max_new_tokens, batch_size=8)
     inputs = [data_file(p, "train", out) for p in train] + [data_file(p, "eval", out) for p in eval_data]
     sizes = plan_ladder(len(train_rows), fractions)
