@@ -4,6 +4,7 @@ embeddings), BM25 (SQLite FTS5 over the chunk texts), or both fused by reciproca
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 from ..errors import ConfigError
@@ -46,12 +47,18 @@ class Retriever:
     def __init__(self, kb: KnowledgeBase):
         self.kb = kb
         self.embedder = embedder_for(kb.meta["embedding_model"])
+        # The server searches from several threads; one SQLite connection serves them in turn.
+        self._lock = threading.Lock()
 
     @classmethod
     def open(cls, name: str) -> "Retriever":
         return cls(KnowledgeBase.open(name))
 
     def search(self, query: str, k: int = 4, mode: str = "hybrid") -> list[Hit]:
+        with self._lock:
+            return self._search(query, k, mode)
+
+    def _search(self, query: str, k: int, mode: str) -> list[Hit]:
         if mode not in MODES:
             raise ConfigError(f"retrieval mode {mode!r}: use one of {', '.join(MODES)}")
         depth = max(50, 4 * k)  # each ranking looks deeper than k so that fusion has overlap
