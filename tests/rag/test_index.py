@@ -69,9 +69,12 @@ def test_vector_matrix_rewrite_and_search_match_numpy(tmp_path):
     assert m.rows == len(expect)
     q = rng.standard_normal((3, 16)).astype(np.float32)
     scores, rows = m.search(q, 10)
-    truth = np.argsort(-(q @ expect.T), axis=1)[:, :10]
-    assert (rows == truth).all()
-    np.testing.assert_allclose(scores, np.take_along_axis(q @ expect.T, truth, 1), rtol=1e-5)
+    exact = q @ expect.T
+    truth = np.argsort(-exact, axis=1)[:, :10]
+    # Half-precision products: the same neighbours, scores within float16 rounding.
+    np.testing.assert_allclose(scores, np.take_along_axis(exact, truth, 1), atol=5e-3)
+    np.testing.assert_allclose(np.take_along_axis(exact, rows, 1), scores, atol=5e-3)
+    assert np.mean([len(set(a) & set(b)) for a, b in zip(rows.tolist(), truth.tolist())]) >= 9.5
 
 
 def test_bm25_matches_a_hand_computed_score(rag_home):

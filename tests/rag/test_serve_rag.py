@@ -79,6 +79,9 @@ def test_unknown_index_and_bad_options_are_openai_errors(client):
     with pytest.raises(openai.BadRequestError) as e:
         _ask(client, "base", {"index": "../etc"})
     assert e.value.body["code"] == "invalid_index_name"
+    with pytest.raises(openai.BadRequestError) as e:  # not silently ignored on plain completions
+        client.completions.create(model="base", prompt="hi", max_tokens=2, extra_body={"rag": {"index": "manual"}})
+    assert e.value.body["param"] == "rag" and "chat/completions" in e.value.body["message"]
 
 
 def test_sources_render_through_the_chat_template(built_kb, tiny_model_dir):

@@ -132,6 +132,14 @@ class CompletionRequest(_Sampling):
     # An empty prompt is refused (400) rather than generated from BOS: not every tokenizer has
     # a BOS token, and a model continuing nothing is rarely what a client meant.
     prompt: Annotated[str, Field(strict=True, min_length=1)] | list[StrictStr]
+    rag: object = None  # retrieval is for chat: refused here rather than silently ignored
+
+    @field_validator("rag", mode="before")
+    @classmethod
+    def _no_rag(cls, value):
+        if value is not None:
+            raise ValueError("retrieval works on /v1/chat/completions only")
+        return value
 
     @field_validator("prompt")
     @classmethod
