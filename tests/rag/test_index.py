@@ -203,3 +203,15 @@ def test_cli_errors_are_one_line(tmp_path):
         assert proc.returncode == 2, proc.stderr
         assert expect in proc.stderr and "Traceback" not in proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_list_and_search_commands(built_kb, monkeypatch, capsys):
+    from affina.cli import main
+
+    home, _, name = built_kb
+    monkeypatch.setenv("AFFINA_HOME", str(home))
+    assert main(["rag", "list"]) == 0
+    out = capsys.readouterr().out
+    assert name in out and "80 chars / 20" in out
+    assert main(["rag", "search", name, "microfibre cloth", "-k", "2", "--mode", "bm25"]) == 0
+    assert "cleaning.md" in capsys.readouterr().out
