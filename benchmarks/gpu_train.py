@@ -12,7 +12,9 @@ padding, bf16 weights on CUDA with autocast, LoRA r=16 alpha=32 on every linear 
   (fp32 adapter weights, inputs cast to them).
 - `+ bf16 adapter input`: PEFT's input cast off (`keep_input_dtype`).
 - `+ chunked loss`: the output projection and cross-entropy 1024 tokens at a time (`chunked_lm_loss`).
-- `+ compiled blocks` (= the `speed` profile): each decoder block `torch.compile`d.
+- `+ compiled blocks` (= the `speed` profile without liger-kernel): each decoder block `torch.compile`d.
+- `speed, liger fused loss` (= the `speed` profile with `liger-kernel` installed): the chunked
+  loss replaced by liger-kernel's fused linear + cross-entropy Triton kernel.
 - `full (plain)`: full fine-tuning with the plain loop, for reference.
 
 Tokens/s is over the timed steps after the warm-up steps (compilation happens in warm-up); peak
@@ -34,7 +36,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from affina.train.speed import _causal_lm, chunked_lm_loss, compile_blocks, keep_input_dtype  # noqa: E402
+from affina.train.speed import (_causal_lm, chunked_lm_loss, compile_blocks, fused_loss_available,  # noqa: E402
+                                keep_input_dtype)
 
 SHAPES = {
     # Llama-3.2-1B and Llama-3-8B (Meta's published configs), tiny for a CPU smoke run.
@@ -53,6 +56,7 @@ CASES = [
     ("+ bf16 adapter input", dict(lora=True, keep_dtype=True)),
     ("+ chunked loss", dict(lora=True, keep_dtype=True, chunked=True)),
     ("+ compiled blocks (speed)", dict(lora=True, keep_dtype=True, chunked=True, compiled=True)),
+    ("speed, liger fused loss", dict(lora=True, keep_dtype=True, chunked=True, compiled=True, fused=True)),
     ("full (plain)", dict(lora=False)),
 ]
 
@@ -96,7 +100,7 @@ def _run_case(args, name: str, opts: dict, device, dtype) -> dict:
             else:
                 hidden = causal.get_decoder()(input_ids=ids, use_cache=False).last_hidden_state
                 loss = chunked_lm_loss(hidden, causal.get_output_embeddings().weight, ids,
-                                       chunk_tokens=args.chunk)
+                                       chunk_tokens=args.chunk, fused=opts.get("fused", False))
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -150,6 +154,9 @@ def main() -> None:
     for name, opts in cases:
         if opts.get("compiled") and device.type == "cpu":
             continue  # compiled blocks are a CUDA switch of the profile
+        if opts.get("fused") and not fused_loss_available():
+            print(f"  {name}: skipped (liger-kernel is not installed)", flush=True)
+            continue
         rows.append(_run_case(args, name, opts, device, dtype))
         r = rows[-1]
         print(f"  {name}: {r['tokens_per_s']:,.0f} tokens/s, {r['peak_gib']:.1f} GiB", flush=True)

@@ -6,9 +6,9 @@ An import into a higher layer, or a cycle between packages, fails with the full 
 
   1 core     config, errors, ui, paths, __init__, models/, data/, methods/
   2 record   record/, runs
-  3 recipes  evaluate/ < train/ < tune/ (rag/ beside train/), export (and any parity module)
+  3 recipes  evaluate/ < train/ < tune/, export (and any parity module); bias/, rag/ beside train/
   4 govern   govern/
-  5 service  serve/, cli, export_commands, every */commands.py
+  5 service  serve/, jobs/, cli, export_commands, every */commands.py
 """
 
 from __future__ import annotations
@@ -24,15 +24,16 @@ CORE, RECORD, RECIPES, GOVERN, SERVICE = 1, 2, 3, 4, 5
 LAYER_NAMES = {CORE: "core", RECORD: "record", RECIPES: "recipes", GOVERN: "govern",
                SERVICE: "service/CLI"}
 # Within the recipes layer: evaluate < train < tune; export and parity beside them.
-RECIPE_ORDER = {"evaluate": 0, "train": 1, "tune": 2, "rag": 1, "export": 0, "gguf_export": 0, "parity": 0}
+RECIPE_ORDER = {"evaluate": 0, "train": 1, "tune": 2, "export": 0, "gguf_export": 0, "parity": 0,
+                "bias": 1, "rag": 1}
 PACKAGE_LAYER = {
     "config": CORE, "errors": CORE, "ui": CORE, "paths": CORE, "__init__": CORE,
     "models": CORE, "data": CORE, "methods": CORE,
     "record": RECORD, "runs": RECORD,
     "evaluate": RECIPES, "train": RECIPES, "tune": RECIPES, "export": RECIPES, "gguf_export": RECIPES,
-    "parity": RECIPES, "rag": RECIPES,
+    "parity": RECIPES, "bias": RECIPES, "rag": RECIPES,
     "govern": GOVERN,
-    "serve": SERVICE, "cli": SERVICE, "export_commands": SERVICE, "__main__": SERVICE,
+    "serve": SERVICE, "jobs": SERVICE, "cli": SERVICE, "__main__": SERVICE, "export_commands": SERVICE,
 }
 
 

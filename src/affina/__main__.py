@@ -1,4 +1,4 @@
-"""`python -m affina ...` is the `affina` command (torchrun launches it this way)."""
+"""`python -m affina ...` is the `affina` command (torchrun and the job workers start it this way)."""
 
 import sys
 

@@ -19,6 +19,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "affina.serve.commands",
     "affina.export_commands",
     "affina.govern.commands",
+    "affina.jobs.commands",
+    "affina.bias.commands",
     "affina.rag.commands",
     "affina.govern.advise_commands",
 )

@@ -56,3 +56,24 @@ def test_fsdp_trains_and_saves_a_whole_adapter(tmp_path, tiny_model_dir):
     hidden = json.loads((Path(tiny_model_dir) / "config.json").read_text())["hidden_size"]
     a = [v for k, v in saved.items() if "q_proj.lora_A" in k]
     assert a and a[0].shape[1] == hidden  # whole tensors, not one rank's shard
+
+
+def test_fused_loss_equals_the_chunked_loss(tiny_model_dir):
+    from affina.train.speed import chunked_lm_loss, fused_loss_available
+
+    if not fused_loss_available():
+        pytest.skip("liger-kernel is not installed (pip install 'affina[gpu]')")
+    torch.manual_seed(0)
+    hidden = torch.randn(2, 64, 128, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    weight = (torch.randn(1000, 128, device="cuda", dtype=torch.bfloat16) * 0.05).requires_grad_()
+    labels = torch.randint(0, 1000, (2, 64), device="cuda")
+    labels[0, :10] = -100
+    results = []
+    for fused in (False, True):
+        loss = chunked_lm_loss(hidden, weight, labels, chunk_tokens=16, fused=fused)
+        grads = torch.autograd.grad(loss, (hidden, weight))
+        results.append((loss.float(), [g.float() for g in grads]))
+    (plain, plain_grads), (fused, fused_grads) = results
+    torch.testing.assert_close(fused, plain, rtol=1e-2, atol=1e-2)
+    for a, b in zip(fused_grads, plain_grads):
+        torch.testing.assert_close(a, b, rtol=5e-2, atol=5e-3)

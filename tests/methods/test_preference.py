@@ -82,10 +82,19 @@ def test_reference_is_the_base_with_the_adapter_disabled(runs):
 def test_preference_evaluation_before_and_after(runs):
     metrics = runs["dpo"][0].record.metrics
     for scores in (metrics.eval_before, metrics.eval_after):
-        assert set(scores) == {"pref_win_rate", "pref_win_rate_per_token", "pref_margin"}
         assert 0 <= scores["pref_win_rate"] <= 1 and 0 <= scores["pref_win_rate_per_token"] <= 1
-    after = json.loads((runs["dpo"][0].run_dir / "eval" / "after.json").read_text())
-    assert after["examples"] == len(PAIRS) and "margin" in after["predictions"][0]["scores"]
+    # The base has no reference to be rewarded against; the adapter's reference is the base.
+    assert set(metrics.eval_before) == {"pref_win_rate", "pref_win_rate_per_token", "pref_margin"}
+    assert set(metrics.eval_after) == {"pref_win_rate", "pref_win_rate_per_token", "pref_margin",
+                                       "pref_reward_accuracy", "pref_reward_margin"}
+    # Implicit reward margin = β·(margin under the adapter − margin under the reference): the
+    # reference scored with the adapter disabled equals the base scored before training.
+    before, after = metrics.eval_before, metrics.eval_after
+    assert after["pref_reward_margin"] == pytest.approx(0.1 * (after["pref_margin"] - before["pref_margin"]),
+                                                        rel=1e-3, abs=1e-5)
+    assert 0 <= after["pref_reward_accuracy"] <= 1
+    scored = json.loads((runs["dpo"][0].run_dir / "eval" / "after.json").read_text())
+    assert scored["examples"] == len(PAIRS) and "reward_margin" in scored["predictions"][0]["scores"]
 
 
 def test_formats_are_detected(tmp_path):

@@ -17,8 +17,8 @@ from affina.config import load_config
 from affina.errors import ConfigError
 from affina.record.run_record import RUN_CONFIG_NAME
 from affina.train import train
-from affina.train.speed import (_blocks, _causal_lm, chunked_lm_loss, compile_blocks, keep_input_dtype,
-                                profile_of)
+from affina.train.speed import (_blocks, _causal_lm, chunked_lm_loss, compile_blocks, fused_loss_available,
+                                keep_input_dtype, profile_of)
 
 
 def _lora(model_dir):
@@ -113,6 +113,8 @@ def test_profiles_resolve_per_device():
     speed_cpu, speed_cuda = profile_of("speed", cpu), profile_of("speed", cuda, loss_chunk_tokens=256)
     assert speed_cpu.chunked_loss and not speed_cpu.compile_blocks
     assert speed_cuda.compile_blocks and speed_cuda.loss_chunk_tokens == 256
+    assert not speed_cpu.fused_loss  # liger-kernel's fused loss is a CUDA kernel
+    assert speed_cuda.fused_loss == fused_loss_available()
     memory_cpu = profile_of("memory", cpu)
     assert memory_cpu.checkpointing and not memory_cpu.offload_activations
     assert profile_of("memory", cuda).offload_activations

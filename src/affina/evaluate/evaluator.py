@@ -28,13 +28,15 @@ class EvalSettings:
     max_new_tokens: int = 128
     batch_size: int = 16
     train_on_prompt: bool = False
+    reward_beta: float | None = None  # β of the implicit rewards on preference pairs (method.beta)
 
     @classmethod
     def of_run_config(cls, cfg, **overrides) -> "EvalSettings":
         """The evaluation settings a run was trained and evaluated with (its `config.yaml`)."""
         settings = cls(metrics=tuple(cfg.eval.metrics) if cfg.eval.metrics else None,
                        max_length=cfg.data.max_length, max_new_tokens=cfg.eval.max_new_tokens,
-                       batch_size=cfg.eval.batch_size, train_on_prompt=cfg.data.train_on_prompt)
+                       batch_size=cfg.eval.batch_size, train_on_prompt=cfg.data.train_on_prompt,
+                       reward_beta=_method_beta(cfg))
         return replace(settings, **{k: v for k, v in overrides.items() if v is not None})
 
     @classmethod
@@ -47,6 +49,16 @@ class EvalSettings:
         if cfg is None:
             return replace(cls(), **{k: v for k, v in overrides.items() if v is not None})
         return cls.of_run_config(cfg, **overrides)
+
+
+def _method_beta(cfg) -> float | None:
+    """The run's `method.beta` with its method's default filled in (preference methods), or None."""
+    from ..methods import build_method_config, get_method
+
+    try:
+        return getattr(build_method_config(get_method(cfg.method.name), dict(cfg.method.options)), "beta", None)
+    except Exception:  # an unknown method or bad options: validated elsewhere, not here
+        return None
 
 
 def default_metrics(records: list[Record], task=None) -> list[str]:
@@ -71,7 +83,7 @@ def evaluate_model(opened, records: list[Record], settings: EvalSettings = EvalS
         if shots:
             raise ConfigError("preference pairs are scored by log-probability; they take no few-shot examples")
         return score_preferences(opened.model, opened.tokenizer, records, max_length=settings.max_length,
-                                 batch_size=settings.batch_size, label=label)
+                                 batch_size=settings.batch_size, label=label, beta=settings.reward_beta)
     metrics = list(settings.metrics) if settings.metrics is not None else default_metrics(records, task)
     check_metric_names(metrics)
     if task.output == "label":

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-__all__ = ["evaluate_loss", "per_example_losses"]
+__all__ = ["evaluate_loss", "per_example_losses", "per_token_loss_sums", "sequence_logprobs"]
 
 
 @torch.no_grad()
@@ -23,6 +23,30 @@ def per_token_loss_sums(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]
         shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1),
         ignore_index=-100, reduction="none").view(shift_labels.shape)  # (B, T-1)
     return loss.sum(-1), (shift_labels != -100).sum(-1)
+
+
+def sequence_logprobs(model, examples: list, pad_token_id: int, batch_size: int = 16,
+                      progress: str | None = None) -> list[tuple[float, int]]:
+    """(summed log-probability, token count) of the tokens that carry a label in each example.
+
+    Examples are batched by length (similar lengths together, so little padding) and the
+    results come back in the order given. `progress`: a bar description, or None for none."""
+    from tqdm.auto import tqdm
+
+    from ..data.packing import BatchCollator
+    from ..ui import progress_bars
+
+    collator = BatchCollator(pad_token_id)
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
+    out: list[tuple[float, int]] = [(0.0, 0)] * len(examples)
+    model.eval()
+    for start in tqdm(range(0, len(order), batch_size), desc=progress, leave=False,
+                      disable=not (progress and progress_bars())):
+        chunk = order[start:start + batch_size]
+        sums, counts = per_token_loss_sums(model, collator([examples[i] for i in chunk]))
+        for i, s, c in zip(chunk, sums.tolist(), counts.tolist()):
+            out[i] = (-s, int(c))
+    return out
 
 
 def evaluate_loss(model, examples: list, collator, batch_size: int = 8,

@@ -102,8 +102,14 @@ def _cmd_promote(args) -> int:
     from ..ui import info, print_table
     from .promote import promote
 
+    bias = None
+    if args.bias_suite is not None or args.bias_probes:
+        from ..bias import PUBLIC_SUITES, BiasSettings
+
+        suites = args.bias_suite if args.bias_suite is not None else (() if args.bias_probes else PUBLIC_SUITES)
+        bias = BiasSettings(suites=suites, probes=args.bias_probes, limit=args.bias_limit)
     d = promote(args.ref, args.to, data=args.data, margin=args.margin, metric=args.metric,
-                force=args.force, gates=args.gate)
+                force=args.force, gates=args.gate, bias=bias, bias_margin=args.bias_margin)
     who = [k for k in ("candidate", "incumbent", "base") if k in d["results"]]
     measures = sorted({m for k in who for m in d["results"][k]})
     print_table(f"promotion of {d['candidate']} to {args.ref.split('@')[0]}@{args.to}", ["measure"] + who,
@@ -150,4 +156,14 @@ def register(sub) -> None:
     pr.add_argument("--metric", help="primary metric (default: the one registered with NAME)")
     pr.add_argument("--gate", action="append", help="gates to apply (default: all registered)")
     pr.add_argument("--force", action="store_true", help="move the alias even if a gate fails (recorded)")
+    from ..bias.commands import suite_list
+
+    pr.add_argument("--bias-suite", type=suite_list, metavar="S1,S2",
+                    help="bias suites the bias gate scores on the candidate and the incumbent (or base): "
+                         "crows_pairs,bbq,stereoset, or none (default: those of the run's last "
+                         "`affina bias`; the gate passes unmeasured where there are none)")
+    pr.add_argument("--bias-probes", metavar="FILE.jsonl", help="your own bias probes for the bias gate")
+    pr.add_argument("--bias-limit", type=int, metavar="N", help="items per bias suite, stratified by category")
+    pr.add_argument("--bias-margin", type=float, default=0.0, metavar="POINTS",
+                    help="rise of a bias figure (points) the bias gate tolerates")
     pr.set_defaults(func=_cmd_promote)

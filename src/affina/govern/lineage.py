@@ -64,10 +64,41 @@ def lineage(ref: str, *, uri: str | None = None) -> dict:
             "files": current,
             "verified": None if expected is None else expected == current,
         },
+        "job": _job(run_dir),
+        "bias": _bias(run_dir),
         "registry": versions,
-        "served": _served([f"{v['name']}@{v['version']}" for v in versions] + [run_dir.name],
+        "served": _served([f"{v['name']}@{v['version']}" for v in versions] + [run_dir.name]
+                          + ([_job(run_dir)["fine_tuned_model"]] if _job(run_dir) else []),
                           artifact_dir),
     }
+
+
+def _job(run_dir: Path) -> dict | None:
+    """The fine-tuning job that trained the run (`job.json`, written by the jobs worker): its
+    id, owner and the uploaded files it trained on. None for a run started with `affina train`."""
+    path = run_dir / "job.json"
+    if not path.is_file():
+        return None
+    try:
+        job = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    keys = ("job_id", "owner", "model", "training_file", "validation_file", "fine_tuned_model")
+    return {k: job.get(k) for k in keys} if isinstance(job, dict) else None
+
+
+def _bias(run_dir: Path) -> dict | None:
+    """The run's last `affina bias` result (eval/bias.json): its overall figures and deltas."""
+    path = run_dir / "eval" / "bias.json"
+    if not path.is_file():
+        return None
+    report = json.loads(path.read_text(encoding="utf-8"))
+    label = report.get("run")
+    model = next((m for m in report.get("models", []) if m.get("label") == label), {})
+    return {"report": str(path), "created": report.get("created"), "against": model.get("base"),
+            "items": {s: v.get("n") for s, v in report.get("items", {}).items()},
+            "figures": [f for f in report.get("figures", []) if f["model"] == label and f["category"] == "all"],
+            "deltas": [d for d in report.get("deltas", []) if d["category"] == "all"]}
 
 
 def _subset(split) -> dict:
@@ -102,7 +133,14 @@ def _served(model_names: list[str], artifact_dir: Path) -> dict | None:
 
 
 def format_lineage(info: dict) -> str:
-    lines = [f"lineage of {info['ref']}", "", "source data"]
+    lines = [f"lineage of {info['ref']}", ""]
+    job = info.get("job")
+    if job:
+        files = f"training file {job['training_file']}" + (
+            f", validation file {job['validation_file']}" if job.get("validation_file") else "")
+        lines += ["fine-tuning job", f"  {job['job_id']} ({files}; key {job.get('owner') or '-'})",
+                  f"  fine-tuned model {job['fine_tuned_model']}"]
+    lines.append("source data")
     for f in info["sources"]:
         lines.append(f"  {f.get('role', '?'):<10} {f['path']}  ({f.get('format')}, {f.get('rows')} rows, "
                      f"sha256 {str(f.get('sha256', ''))[:16]}…)")
@@ -123,6 +161,15 @@ def format_lineage(info: dict) -> str:
               f"  metrics {json.dumps(r['metrics'])}"]
     for report in r["eval_reports"]:
         lines.append(f"  eval report {report}")
+    b = info.get("bias")
+    if b:
+        lines.append(f"bias  ({b['created']}, against {b['against']}; {b['report']})")
+        for d in b["deltas"]:
+            if d["delta"] is None:
+                continue
+            flag = "  rose" if d["flagged"] and d["delta"] > 0 else ("  fell" if d["flagged"] else "")
+            lines.append(f"  {d['suite']} {d['figure']}: {d['delta']:+.1f} "
+                         f"[{d['ci'][0]:+.1f}, {d['ci'][1]:+.1f}] (n {d['n']}){flag}")
     a = info["artifact"]
     state = {None: "not registered", True: "verified against registered hashes",
              False: "MODIFIED since registration"}[a["verified"]]

@@ -3,7 +3,13 @@
 The candidate, the version currently holding the alias, and the base model are evaluated on the
 evaluation set registered with the model name. Each gate looks at those results and passes or
 refuses; the alias moves only when every gate passes (or `force`, recorded as forced). Gates
-are pluggable: `register_gate` adds one (bias deltas, regression on earlier tasks, ...).
+are pluggable: `register_gate` adds one.
+
+The `bias` gate compares the candidate's bias figures (affina.bias: CrowS-Pairs, BBQ, StereoSet,
+the organisation's probes) with the incumbent's, or the base model's where there is no
+incumbent, on the same items, and refuses a rise beyond `bias_margin` whose bootstrap interval
+excludes zero. The suites are the ones asked for (`bias=`), else those the candidate was last
+scored on by `affina bias` (its `eval/bias.json`); with neither, it passes and says so.
 """
 
 from __future__ import annotations
@@ -20,8 +26,8 @@ from ..paths import affina_home
 from .registry import (TAG_METRIC, RegisteredVersion, _client, check_alias, eval_data_of, lookup,
                        parse_ref, record_alias_event, resolve_ref)
 
-__all__ = ["Gate", "GateResult", "PromotionContext", "MetricGate", "register_gate", "GATES",
-           "promote", "LOWER_IS_BETTER"]
+__all__ = ["Gate", "GateResult", "PromotionContext", "MetricGate", "BiasGate", "register_gate",
+           "GATES", "promote", "LOWER_IS_BETTER"]
 
 LOWER_IS_BETTER = {"loss", "perplexity"}
 
@@ -41,6 +47,9 @@ class PromotionContext:
     metric: str
     margin: float
     results: dict[str, dict] = field(default_factory=dict)  # "candidate" / "incumbent" / "base"
+    # the bias comparison (see `_measure_bias`), None when no suites were asked for or recorded
+    bias: dict | None = None
+    bias_margin: float = 0.0
 
     def score(self, who: str) -> float | None:
         r = self.results.get(who)
@@ -77,6 +86,32 @@ class MetricGate:
                           f"{other:.4f}; worse by {max(worse_by, 0):.4f}, margin {ctx.margin:.4f}")
 
 
+class BiasGate:
+    """No overall bias figure of the candidate may rise above the incumbent's (or the base's)
+    by more than `bias_margin` points with a bootstrap interval that excludes zero."""
+
+    name = "bias"
+
+    def check(self, ctx: PromotionContext) -> GateResult:
+        if ctx.bias is None:
+            return GateResult(self.name, True, "not measured: pass --bias-suite/--bias-probes, or "
+                                               "score the run with `affina bias` first")
+        worse, seen = [], []
+        for d in ctx.bias["deltas"]:
+            text = (f"{d['suite']} {d['figure']} {d['delta']:+.1f} "
+                    f"[{d['ci'][0]:+.1f}, {d['ci'][1]:+.1f}]" if d["delta"] is not None
+                    else f"{d['suite']} {d['figure']} n/a")
+            seen.append(text)
+            if d["delta"] is not None and d["delta"] > ctx.bias_margin and d["flagged"]:
+                worse.append(text)
+        against = ctx.bias["against"]
+        if worse:
+            return GateResult(self.name, False, f"bias rose over the {against} beyond the margin "
+                              f"{ctx.bias_margin:g}: " + "; ".join(worse))
+        return GateResult(self.name, True, f"no bias figure rose over the {against} beyond the "
+                          f"margin {ctx.bias_margin:g}: " + "; ".join(seen))
+
+
 GATES: dict[str, Gate] = {}
 
 
@@ -86,6 +121,7 @@ def register_gate(gate: Gate) -> Gate:
 
 
 register_gate(MetricGate())
+register_gate(BiasGate())
 
 
 def _evaluate(ref_or_spec: str, records, settings, label: str) -> dict:
@@ -106,10 +142,41 @@ def _settings_of(run_dir: Path, metric: str):
     return EvalSettings.of_run(run_dir, metrics=(metric,) if metric in METRICS else ())
 
 
+def _bias_settings(run_dir: Path, asked):
+    """The bias suites to check: those asked for, else those of the run's last `affina bias`."""
+    from ..bias import BIAS_JSON, BiasSettings
+
+    if asked is not None:
+        return asked
+    recorded = Path(run_dir) / "eval" / BIAS_JSON
+    if not recorded.is_file():
+        return None
+    settings = json.loads(recorded.read_text(encoding="utf-8")).get("settings") or {}
+    return BiasSettings.from_dict(settings)
+
+
+def _measure_bias(settings, candidate: str, against: tuple[str, str]) -> dict:
+    """Score the candidate and `against` (label, ref) on the same bias items: both models'
+    overall figures and the candidate's bias-figure deltas (what the gate reads)."""
+    from ..bias import compare, gate_figures, load_items, score_model
+
+    items = load_items(settings)
+    scored = {"candidate": score_model(candidate, items, settings)}
+    scored[against[0]] = score_model(against[1], items, settings)
+    figures, deltas = compare(items, scored, [("candidate", against[0])], settings)
+    return {"settings": settings.to_dict(), "against": against[0], "against_ref": against[1],
+            "items": {s: len(v) for s, v in items.items()},
+            "figures": [f for f in figures if f["category"] == "all"],
+            "deltas": gate_figures(deltas, "candidate", against[0])}
+
+
 def promote(ref_text: str, alias: str = "champion", *, data: list[str] | None = None,
             margin: float = 0.0, metric: str | None = None, force: bool = False,
-            gates: list[str] | None = None, uri: str | None = None) -> dict:
-    """Evaluate and decide; move the alias when allowed. Returns the decision record."""
+            gates: list[str] | None = None, uri: str | None = None, bias=None,
+            bias_margin: float = 0.0) -> dict:
+    """Evaluate and decide; move the alias when allowed. Returns the decision record.
+    `bias`: the bias suites the bias gate scores (affina.bias.BiasSettings); `bias_margin`: the
+    rise in points that gate tolerates."""
     from ..data.loading import load_records
     from ..evaluate.metrics import METRICS
 
@@ -145,17 +212,22 @@ def promote(ref_text: str, alias: str = "champion", *, data: list[str] | None = 
         raise AffinaError(f"{candidate.ref} is a classifier: it is scored by "
                           f"{' or '.join(method.task.default_metrics)}, not {metric}; pass --metric")
     settings = _settings_of(candidate.run_dir, metric)
-    ctx = PromotionContext(candidate, incumbent, alias, metric, margin)
+    names = gates or list(GATES)
+    unknown = [g for g in names if g not in GATES]
+    if unknown:
+        raise AffinaError(f"unknown gate(s): {', '.join(unknown)}; available: {', '.join(GATES)}")
+    ctx = PromotionContext(candidate, incumbent, alias, metric, margin, bias_margin=bias_margin)
     ctx.results["candidate"] = _evaluate(str(candidate.run_dir), records, settings, "candidate")
     if incumbent is not None:
         ctx.results["incumbent"] = _evaluate(str(incumbent.run_dir), records, settings, "incumbent")
     if method.task.compares_base:  # a new classification head has no base to compare with
         ctx.results["base"] = _evaluate(record.base_model.spec, records, settings, "base")
+    bias_settings = _bias_settings(candidate.run_dir, bias) if "bias" in names else None
+    if bias_settings is not None:
+        against = (("incumbent", str(incumbent.run_dir)) if incumbent is not None
+                   else ("base", record.base_model.spec))
+        ctx.bias = _measure_bias(bias_settings, str(candidate.run_dir), against)
 
-    names = gates or list(GATES)
-    unknown = [g for g in names if g not in GATES]
-    if unknown:
-        raise AffinaError(f"unknown gate(s): {', '.join(unknown)}; available: {', '.join(GATES)}")
     checks = [GATES[g].check(ctx) for g in names]
     passed = all(c.passed for c in checks)
     moved = passed or force
@@ -169,7 +241,9 @@ def promote(ref_text: str, alias: str = "champion", *, data: list[str] | None = 
         "settings": {**dataclasses.asdict(settings),
                      "metrics": list(settings.metrics) if settings.metrics else None},
         "results": ctx.results,
+        "bias": ctx.bias, "bias_margin": bias_margin,
         "gates": [c.__dict__ for c in checks], "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "reasons": [f"{c.gate}: {c.detail}" for c in checks if not c.passed],
     }
     report_dir = affina_home() / "registry" / "reports"
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -178,7 +252,7 @@ def promote(ref_text: str, alias: str = "champion", *, data: list[str] | None = 
     decision["report"] = str(report)
     client.set_model_version_tag(ref.name, str(candidate.version), f"affina.promotion.{alias}",
                                  json.dumps({k: decision[k] for k in ("decision", "forced", "metric",
-                                             "margin", "incumbent", "time", "report")}))
+                                             "margin", "incumbent", "time", "report", "reasons")}))
     if moved:
         client.set_registered_model_alias(ref.name, alias, str(candidate.version))
     record_alias_event(client, ref.name, {

@@ -84,6 +84,7 @@ class Method(ABC):
     # Whether the method trains under FSDP2 (distributed.strategy=fsdp): its artifact is the
     # trained model's own `save_pretrained`, which the Trainer writes from the gathered shards.
     shards_with_fsdp: ClassVar[bool] = False
+    loss_label: ClassVar[str] = "loss (mean over loss tokens)"  # the learning curve's y axis
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

@@ -156,6 +156,7 @@ class PreferenceBase(LoraMethod):
 
 class DpoMethod(PreferenceBase):
     name = "dpo"
+    loss_label = "DPO loss: −log σ(β · reward margin)"
     description = "Direct Preference Optimization on chosen/rejected pairs (Rafailov et al. 2023), LoRA via TRL."
 
     def trl_classes(self):
@@ -166,6 +167,7 @@ class DpoMethod(PreferenceBase):
 
 class OrpoMethod(PreferenceBase):
     name = "orpo"
+    loss_label = "ORPO loss: reply NLL + λ · odds-ratio term"
     description = "Odds-ratio preference optimization, no reference model (Hong et al. 2024), LoRA via TRL."
     uses_reference = False
 
@@ -179,6 +181,7 @@ class OrpoMethod(PreferenceBase):
 
 class KtoMethod(PreferenceBase):
     name = "kto"
+    loss_label = "KTO loss: 1 − σ(β · (reward − reference point)), weighted"
     description = "Kahneman-Tversky Optimization on desirable/undesirable replies (Ethayarajh et al. 2024), LoRA via TRL."
     needs_pairs = False
 

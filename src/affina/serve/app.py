@@ -1,7 +1,8 @@
 """The HTTP API: OpenAI's /v1 endpoints over the engine, with keys, limits, the log and metrics.
 
-Every /v1 request ends in exactly one request-log row, committed before the response (or, for a
-stream, before its final `data: [DONE]`) leaves the server.
+Every inference request (/v1/chat/completions, /v1/completions) ends in exactly one request-log
+row, committed before the response (or, for a stream, before its final `data: [DONE]`) leaves
+the server. The Files and Fine-tuning APIs are in serve/jobs_api.py.
 """
 
 from __future__ import annotations
@@ -79,6 +80,8 @@ class _Metrics:
         version cannot be spelled into any number of labels."""
         from ..govern.registry import parse_ref
 
+        if isinstance(model, str) and model.startswith("ft:"):
+            return model, True  # a fine-tuning job's model: labelled by name once it answered
         if isinstance(model, str) and "@" in model:
             ref = parse_ref(model)
             if ref is None:
@@ -117,9 +120,11 @@ def _sse(payload: dict) -> str:
 
 
 def create_app(engine: Engine, keys: KeyStore, log: RequestLog, limits: Limits = Limits(), *,
-               auth: str = "keys") -> FastAPI:
+               auth: str = "keys", jobs=None) -> FastAPI:
     """`auth`: "keys" (every /v1 request needs an active key, even while none exists) or "open"
-    (no keys; loopback only, checked by the caller). Fixed for the app's life."""
+    (no keys; loopback only, checked by the caller). Fixed for the app's life. `jobs`: a
+    `jobs.service.JobsService` to serve the Files and Fine-tuning APIs (serve/jobs_api.py) and
+    answer for its `ft:` models; None: inference only."""
     if auth not in ("open", "keys"):
         raise ValueError(f"auth must be 'open' or 'keys', not {auth!r}")
     app = FastAPI(title="affina", docs_url=None, redoc_url=None, openapi_url=None)
@@ -158,6 +163,15 @@ def create_app(engine: Engine, keys: KeyStore, log: RequestLog, limits: Limits =
         if key is None or key.allows(model):
             return True
         return model in engine.base_aliases and any(key.allows(a) for a in engine.base_aliases)
+
+    fine_tuned = None
+    if jobs is not None:
+        from .jobs_api import FineTunedModels, caller_of, jobs_router
+
+        fine_tuned = FineTunedModels(jobs)
+        if engine.store is not None:
+            engine.store.fine_tuned = fine_tuned
+        app.include_router(jobs_router(jobs, authenticate))
 
     async def read_body(request: Request) -> bytes:
         declared = request.headers.get("content-length")
@@ -210,6 +224,8 @@ def create_app(engine: Engine, keys: KeyStore, log: RequestLog, limits: Limits =
             return error_response(e)
         scan = await run_in_threadpool(engine.scan)
         names = [(engine.base_name, 0)] + [(r.name, _created(r.run_dir)) for r in scan.servable]
+        if fine_tuned is not None:
+            names += await run_in_threadpool(fine_tuned.names_for, caller_of(key))
         data = [{"id": name, "object": "model", "created": created, "owned_by": "affina"}
                 for name, created in names if allowed(key, name)]
         # An affina extension beside OpenAI's list: runs in the store that cannot be served.
@@ -244,6 +260,11 @@ def create_app(engine: Engine, keys: KeyStore, log: RequestLog, limits: Limits =
             if not allowed(key, req.model):
                 raise ApiError(403, f"this API key may not use model {req.model!r}", "model_not_allowed",
                                "model")
+            if fine_tuned is not None and not await run_in_threadpool(fine_tuned.may_use, caller_of(key),
+                                                                      req.model):
+                # Another key's fine-tuned model: as unknown as one that does not exist.
+                raise ApiError(404, f"model {req.model!r} does not exist: GET /v1/models lists the "
+                               "models served", "model_not_found", "model")
             try:
                 # Off the event loop: a registry reference may query MLflow and hash files.
                 target = await run_in_threadpool(engine.resolve, req.model)
@@ -370,4 +391,7 @@ def create_app(engine: Engine, keys: KeyStore, log: RequestLog, limits: Limits =
     async def completions(request: Request):
         return await generate(request, chat=False)
 
+    from .dashboard import mount_dashboard  # the web pages at / and the JSON they read
+
+    mount_dashboard(app, engine=engine, log=log, authenticate=authenticate, allowed=allowed, auth=auth)
     return app

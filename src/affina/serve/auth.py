@@ -35,7 +35,8 @@ CREATE TABLE IF NOT EXISTS api_keys (
     secret_hash TEXT NOT NULL,
     models      TEXT NOT NULL,
     created_at  TEXT NOT NULL,
-    revoked_at  TEXT
+    revoked_at  TEXT,
+    admin       INTEGER NOT NULL DEFAULT 0
 )
 """
 
@@ -51,6 +52,7 @@ class ApiKey:
     models: tuple[str, ...]
     created_at: str
     revoked_at: str | None
+    admin: bool = False  # sees and manages every key's files, jobs and fine-tuned models
 
     def allows(self, model: str) -> bool:
         return ALL_MODELS in self.models or model in self.models
@@ -66,6 +68,9 @@ class KeyStore:
         private_file(self.path)  # 0600: key hashes and allow-lists are nobody else's business
         with self._connect() as conn:
             conn.execute(_SCHEMA)
+            columns = {row["name"] for row in conn.execute("PRAGMA table_info(api_keys)")}
+            if "admin" not in columns:  # a key file from before admin keys
+                conn.execute("ALTER TABLE api_keys ADD COLUMN admin INTEGER NOT NULL DEFAULT 0")
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -79,17 +84,19 @@ class KeyStore:
         finally:
             conn.close()
 
-    def create(self, name: str, models: list[str]) -> tuple[ApiKey, str]:
-        """A new key and its plaintext, which is shown once and never stored."""
+    def create(self, name: str, models: list[str], *, admin: bool = False) -> tuple[ApiKey, str]:
+        """A new key and its plaintext, which is shown once and never stored. An `admin` key sees
+        every key's files, jobs and fine-tuned models; any other key only its own."""
         models = [m.strip() for m in models if m.strip()]
         if not models:
             raise AffinaError("--models: give at least one model name, or '*' for every model")
         key_id, secret, salt = secrets.token_hex(6), secrets.token_urlsafe(32), secrets.token_hex(16)
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
         with self._connect() as conn:
-            conn.execute("INSERT INTO api_keys VALUES (?, ?, ?, ?, ?, ?, NULL)",
-                         (key_id, name, salt, _hash(salt, secret), json.dumps(models), now))
-        return ApiKey(key_id, name, tuple(models), now, None), f"{_PREFIX}-{key_id}-{secret}"
+            conn.execute("INSERT INTO api_keys (key_id, name, salt, secret_hash, models, created_at, "
+                         "revoked_at, admin) VALUES (?, ?, ?, ?, ?, ?, NULL, ?)",
+                         (key_id, name, salt, _hash(salt, secret), json.dumps(models), now, int(admin)))
+        return ApiKey(key_id, name, tuple(models), now, None, admin), f"{_PREFIX}-{key_id}-{secret}"
 
     def list(self, include_revoked: bool = True) -> list[ApiKey]:
         with self._connect() as conn:
@@ -129,4 +136,4 @@ class KeyStore:
     @staticmethod
     def _key(row: sqlite3.Row) -> ApiKey:
         return ApiKey(row["key_id"], row["name"], tuple(json.loads(row["models"])), row["created_at"],
-                      row["revoked_at"])
+                      row["revoked_at"], bool(row["admin"]))

@@ -23,7 +23,10 @@ def _cmd_serve(args) -> int:
                       max_tokens=args.max_tokens_limit, default_max_tokens=args.default_max_tokens,
                       max_stop_tokens=args.max_stop_tokens, max_request_seconds=args.max_request_seconds),
         log_url=args.log_db, redact=args.redact, keys_path=args.keys_db, device=args.device,
-        dtype=args.dtype, threads=args.threads, auth=args.auth)
+        dtype=args.dtype, threads=args.threads, auth=args.auth, jobs=not args.no_jobs,
+        workers=args.workers, lease_seconds=args.lease_seconds)
+    if args.workers < 0:
+        raise AffinaError(f"--workers {args.workers}: give 0 or more")
     if args.print_vllm:
         print(vllm_command(options))
         return 0
@@ -34,9 +37,9 @@ def _cmd_serve(args) -> int:
 def _cmd_keys_create(args) -> int:
     from .auth import KeyStore
 
-    key, plaintext = KeyStore(args.keys_db).create(args.name, args.models.split(","))
-    print(f"created API key {key.key_id} ({key.name}) for models: {', '.join(key.models)}",
-          file=sys.stderr)
+    key, plaintext = KeyStore(args.keys_db).create(args.name, args.models.split(","), admin=args.admin)
+    print(f"created {'admin ' if key.admin else ''}API key {key.key_id} ({key.name}) for models: "
+          f"{', '.join(key.models)}", file=sys.stderr)
     print("store it now; it is not shown again:", file=sys.stderr)
     print(plaintext)
     return 0
@@ -47,8 +50,9 @@ def _cmd_keys_list(args) -> int:
     from .auth import KeyStore
 
     keys = KeyStore(args.keys_db).list(include_revoked=not args.active)
-    print_table("API keys", ["key id", "name", "models", "created", "revoked"],
-                [[k.key_id, k.name, ",".join(k.models), k.created_at, k.revoked_at or ""] for k in keys])
+    print_table("API keys", ["key id", "name", "models", "admin", "created", "revoked"],
+                [[k.key_id, k.name, ",".join(k.models), "yes" if k.admin else "", k.created_at,
+                  k.revoked_at or ""] for k in keys])
     return 0
 
 
@@ -138,6 +142,12 @@ def register(subparsers) -> None:
     s.add_argument("--dtype", help="float32, bfloat16, float16 (default: per device)")
     s.add_argument("--threads", type=int, help="CPU threads for generation (default: torch's choice)")
     s.add_argument("--print-vllm", action="store_true", help="print the equivalent vLLM command and exit")
+    s.add_argument("--workers", type=int, default=1, help="fine-tuning worker processes to start with "
+                   "the server (0: none; run `affina jobs worker` elsewhere) (default: 1)")
+    s.add_argument("--lease-seconds", type=float, help="how long a job stays a dead worker's before "
+                   "another worker takes it over (default: 30)")
+    s.add_argument("--no-jobs", action="store_true", help="serve inference only: no /v1/files or "
+                   "/v1/fine_tuning endpoints")
     s.set_defaults(func=_cmd_serve)
 
     k = subparsers.add_parser("keys", help="create, list and revoke API keys for `affina serve`")
@@ -145,6 +155,8 @@ def register(subparsers) -> None:
     kc = ksub.add_parser("create", help="create a key (printed once)")
     kc.add_argument("--name", required=True, help="who or what the key is for")
     kc.add_argument("--models", default="*", help="comma-separated model names it may use, or '*'")
+    kc.add_argument("--admin", action="store_true", help="the key sees and manages every key's "
+                    "files, fine-tuning jobs and fine-tuned models (others see only their own)")
     kc.set_defaults(func=_cmd_keys_create)
     kl = ksub.add_parser("list", help="list keys (ids, names, allow-lists; never the keys)")
     kl.add_argument("--active", action="store_true", help="hide revoked keys")

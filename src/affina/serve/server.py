@@ -48,6 +48,10 @@ class ServeOptions:
     threads: int | None = None  # torch CPU threads for generation (default: torch's choice)
     auth: str | None = None  # "open" or "keys"; None: decided once at start-up (see auth_mode)
     registry_ttl: float | None = None  # seconds an alias lookup is reused (default 2)
+    jobs: bool = True  # the Files and Fine-tuning APIs (serve/jobs_api.py)
+    workers: int = 1  # local worker processes started with the server (0: none)
+    lease_seconds: float | None = None  # a worker's lease on its job (default: jobs.worker's)
+    files_dir: Path | None = None  # uploaded files (default: $AFFINA_HOME/serve/files)
 
 
 def is_loopback(host: str) -> bool:
@@ -144,7 +148,67 @@ def build_app(options: ServeOptions, engine: Engine):
              f"{options.port} may use every model; keys created later are not required until "
              "a restart with --auth keys")
     log = RequestLog(options.log_url, redact=options.redact)
-    return create_app(engine, keys, log, options.limits, auth=mode)
+    return create_app(engine, keys, log, options.limits, auth=mode,
+                      jobs=jobs_service(options, engine, log.url) if options.jobs else None)
+
+
+def jobs_service(options: ServeOptions, engine: Engine, db_url: str):
+    """The jobs service over the request log's database, writing job runs into the model store
+    (created if missing, so a server started with --base alone can still fine-tune)."""
+    from ..jobs.service import JobsService
+    from ..jobs.store import JobStore
+    from ..paths import affina_home
+
+    if engine.store is None:
+        options.store.mkdir(parents=True, exist_ok=True)
+        engine.store = ModelStore(options.store, registry_ttl=options.registry_ttl)
+    files = options.files_dir or affina_home() / "serve" / "files"
+    return JobsService(JobStore(db_url), files, options.store, base_spec=engine.base.spec,
+                       base_names=tuple(sorted(engine.base_aliases)))
+
+
+def start_workers(options: ServeOptions, db_url: str) -> list:
+    """`options.workers` local `affina jobs worker` processes on the same database and store.
+    Each dies with the server (parent-death signal) and hands its job back when stopped."""
+    import os
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "affina", "jobs", "worker", "--store", str(options.store)]
+    if options.lease_seconds:
+        command += ["--lease-seconds", str(options.lease_seconds)]
+    # The URL travels in the environment, not the command line: `ps` shows command lines, and
+    # a PostgreSQL URL may hold a password.
+    env = {**os.environ, "AFFINA_SERVICE_DB": db_url}
+    return [subprocess.Popen(command, env=env, preexec_fn=_stop_with_parent)
+            for _ in range(options.workers)]
+
+
+def _stop_with_parent() -> None:
+    """In a worker before exec: SIGTERM when the server dies however it dies, so the worker
+    hands its job back to the queue and stops its training (Linux)."""
+    import signal
+
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def stop_workers(workers: list) -> None:
+    import signal
+    import subprocess
+
+    for proc in workers:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)  # the worker requeues its job and stops its training
+    for proc in workers:
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 class DropQueryStrings(logging.Filter):
@@ -181,6 +245,17 @@ def serve(options: ServeOptions) -> None:
     info(f"serving base {engine.base.spec!r} as {BASE_NAME!r} and {len(runs)} run(s) from "
          f"{options.store} on http://{options.host}:{options.port}/v1 "
          f"(request log: {app.state.log.display_url})")
+    workers = start_workers(options, app.state.log.url) if options.jobs and options.workers > 0 else []
+    if options.jobs:
+        info(f"fine-tuning jobs: {len(workers)} local worker(s) on the queue in "
+             f"{app.state.log.display_url}" + ("" if workers else
+                                               "; start workers with `affina jobs worker`"))
+    import signal
+
+    # uvicorn shuts down gracefully on SIGTERM and then raises the signal again under the handler
+    # that was installed before it started; this one turns it into an ordinary exit, so the
+    # workers are stopped below (they hand their jobs back to the queue) and the engine too.
+    signal.signal(signal.SIGTERM, _exit_quietly)
     try:
         config = uvicorn.Config(app, host=options.host, port=options.port, log_level="info")
         # Added after Config, which (re)configures uvicorn's loggers. Access lines name the
@@ -188,7 +263,12 @@ def serve(options: ServeOptions) -> None:
         logging.getLogger("uvicorn.access").addFilter(DropQueryStrings())
         uvicorn.Server(config).run()
     finally:
+        stop_workers(workers)
         engine.stop()
+
+
+def _exit_quietly(signum, frame) -> None:
+    raise SystemExit(0)
 
 
 def vllm_command(options: ServeOptions) -> str:

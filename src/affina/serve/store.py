@@ -93,6 +93,9 @@ class ModelStore:
             raise AffinaError(f"model store {self.root} is not a directory: pass --store DIR, the "
                               "directory that holds your run directories (train.output_dir)")
         self._real_root = self.root.resolve()
+        # Resolves `ft:...` names (fine-tuning jobs' results) when the jobs API is on:
+        # a callable (store, name) -> ServedRun, set by serve/jobs_api.py.
+        self.fine_tuned = None
 
     def resolve(self, name: str) -> ServedRun:
         """The run called `name`, checked to be a LoRA adapter run inside the store; or a
@@ -101,6 +104,8 @@ class ModelStore:
         their hashes (once per change of the files; see registry_cache.py)."""
         from ..govern.registry import parse_ref
 
+        if isinstance(name, str) and name.startswith("ft:") and self.fine_tuned is not None:
+            return self.fine_tuned(self, name)
         if isinstance(name, str) and parse_ref(name) is not None:
             return self._resolve_registered(name)
         check_model_name(name)
@@ -132,9 +137,14 @@ class ModelStore:
         # Named by the exact version, so the adapter cache never serves an alias's old target.
         return self._served_run(version.ref, version.run_dir.resolve())
 
-    def _served_run(self, name: str, real: Path) -> ServedRun:
+    def served_run_at(self, name: str, run_dir: Path, artifact: str | None = None) -> ServedRun:
+        """The run in `run_dir` served as `name`, optionally with another artifact directory of
+        the run (a checkpoint's adapter, relative to the run); checked as `resolve` checks."""
+        return self._served_run(name, Path(run_dir).resolve(), artifact)
+
+    def _served_run(self, name: str, real: Path, artifact: str | None = None) -> ServedRun:
         try:
-            return self._check_run(name, real)
+            return self._check_run(name, real, artifact)
         except AffinaError:
             raise
         except (TypeError, ValueError, AttributeError, KeyError, OSError) as e:
@@ -143,14 +153,14 @@ class ModelStore:
             raise UnservableModel(f"model {name!r}: its run record or artifact is malformed "
                                   f"({type(e).__name__}: {e})") from None
 
-    def _check_run(self, name: str, real: Path) -> ServedRun:
+    def _check_run(self, name: str, real: Path, artifact: str | None = None) -> ServedRun:
         from ..runs import method_of_record
 
         try:
             record = read_record(real)
         except AffinaError as e:  # a record this version cannot read: say why, never crash
             raise UnservableModel(f"model {name!r}: its run record is unreadable ({e})") from None
-        artifact = record.artifact
+        artifact = artifact or record.artifact
         artifact_dir = (real / artifact).resolve()
         if not _inside(artifact_dir, real) or artifact_dir == real:
             raise InvalidModelName(f"model {name!r}: its artifact {artifact!r} points outside the run; refused")

@@ -59,8 +59,18 @@ class TrainingDisplay(TrainerCallback):
         if self.bar is not None:
             self.bar.set_postfix_str(self._postfix(state))
         numbers = {k: v for k, v in logs.items() if isinstance(v, (int, float))}
-        self._emit({"event": "log", "step": state.global_step, "epoch": round(state.epoch or 0, 4),
-                    "tokens_per_s": self._tokens_per_s(state), **numbers})
+        self._emit({"event": "log", "step": state.global_step, "max_steps": state.max_steps,
+                    "epoch": round(state.epoch or 0, 4), "tokens_per_s": self._tokens_per_s(state),
+                    "tokens_seen": state.num_input_tokens_seen or 0, **numbers})
+
+    def on_save(self, args, state, control, **kwargs):
+        # Called once the checkpoint is on disk; the losses are the latest logged (a validation
+        # at the same step is logged before the save).
+        import os
+
+        self._emit({"event": "checkpoint", "step": state.global_step,
+                    "path": os.path.join(args.output_dir, f"checkpoint-{state.global_step}"),
+                    "loss": self.loss, "eval_loss": self.val_loss})
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.bar is not None:

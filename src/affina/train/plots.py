@@ -20,7 +20,8 @@ def loss_series(log_history: list[dict]) -> tuple[list[tuple[int, float]], list[
 
 
 def plot_learning_curve(log_history: list[dict], path: Path, title: str = "", *,
-                        best_step: int | None = None, stop_step: int | None = None) -> Path | None:
+                        best_step: int | None = None, stop_step: int | None = None,
+                        ylabel: str = "loss (mean over loss tokens)") -> Path | None:
     """Write the curve to `path`. `best_step` marks the checkpoint kept as best; `stop_step`
     marks where early stopping ended training (None: training ran to the end)."""
     train, val = loss_series(log_history)
@@ -46,7 +47,7 @@ def plot_learning_curve(log_history: list[dict], path: Path, title: str = "", *,
         else:
             ax.axvline(best_step, color="#2ca02c", linestyle=":", label=f"best checkpoint (step {best_step})")
     ax.set_xlabel("optimiser step")
-    ax.set_ylabel("loss (mean over loss tokens)")
+    ax.set_ylabel(ylabel)
     ax.set_title(title or "learning curve")
     ax.grid(alpha=0.3)
     ax.legend()

@@ -178,7 +178,8 @@ def train(cfg: RunConfig, *, resume: Path | None = None, checkpoint: str | None 
         plot_learning_curve(history, run_dir / "learning_curve.png",
                             f"{method.name} on {Path(cfg.model.spec).name}",
                             best_step=stopping["best_step"],
-                            stop_step=stopping["stop_step"] if stopping["stopped_early"] else None)
+                            stop_step=stopping["stop_step"] if stopping["stopped_early"] else None,
+                            ylabel=method.loss_label)
 
         after = None
         if eval_records and (evaluate_after is None or evaluate_after()):
@@ -250,7 +251,9 @@ def _apply_profile(model, cfg: RunConfig, device) -> Profile:
     if profile.name != "default":
         kept = keep_input_dtype(model) if profile.keep_input_dtype else 0
         compiled = compile_blocks(model) if profile.compile_blocks else 0
-        info(f"profile {profile.name}: chunked loss ({profile.loss_chunk_tokens} tokens a chunk)"
+        loss = ("fused linear + cross-entropy (liger-kernel)" if profile.fused_loss
+                else f"chunked loss ({profile.loss_chunk_tokens} tokens a chunk)")
+        info(f"profile {profile.name}: {loss}"
              + (f", {kept} adapter layers keep their input dtype" if kept else "")
              + (f", {compiled} blocks compiled" if compiled else "")
              + (", activation checkpointing" if profile.checkpointing else "")

@@ -8,7 +8,9 @@
   the copy bought nothing); (2) chunked linear + cross-entropy: the output projection and the loss
   are computed `train.loss_chunk_tokens` tokens at a time and recomputed in the backward pass, so
   the [tokens x vocabulary] logits are never held, in fp32 or at all, and positions whose label is
-  masked are never projected; (3) regional compilation: each decoder block is compiled with
+  masked are never projected (on CUDA with the `liger-kernel` package installed, its fused
+  linear + cross-entropy Triton kernel does this step; without it, the chunked PyTorch code
+  below, which gives the same loss); (3) regional compilation: each decoder block is compiled with
   `torch.compile` (the blocks share one compiled graph, so it compiles once, not once per layer),
   with inductor's cache under `$AFFINA_HOME/cache/inductor`, on CUDA only.
 - `memory`: chunked linear + cross-entropy, activation checkpointing, and on CUDA the saved
@@ -34,7 +36,7 @@ from torch.utils.checkpoint import checkpoint
 from ..config import PROFILES
 from ..paths import affina_home
 
-__all__ = ["PROFILES", "Profile", "chunked_lm_loss", "chunked_loss_parts", "keep_input_dtype",
+__all__ = ["fused_loss_available", "PROFILES", "Profile", "chunked_lm_loss", "chunked_loss_parts", "keep_input_dtype",
            "compile_blocks", "profile_of", "SpeedTrainerMixin", "speed_trainer_class"]
 
 IGNORE_INDEX = -100
@@ -49,6 +51,7 @@ class Profile:
     loss_chunk_tokens: int = 1024
     keep_input_dtype: bool = False
     compile_blocks: bool = False
+    fused_loss: bool = False  # liger-kernel's fused linear + cross-entropy (CUDA, when installed)
     checkpointing: bool = False
     offload_activations: bool = False
 
@@ -59,16 +62,31 @@ class Profile:
 def profile_of(name: str, device: torch.device, *, loss_chunk_tokens: int = 1024) -> Profile:
     """The switches of profile `name` on `device` (compilation and offload are CUDA-only)."""
     cuda = device.type == "cuda"
+    fused = cuda and fused_loss_available()
     if name == "speed":
         return Profile(name, chunked_loss=True, loss_chunk_tokens=loss_chunk_tokens,
-                       keep_input_dtype=True, compile_blocks=cuda)
+                       keep_input_dtype=True, compile_blocks=cuda, fused_loss=fused)
     if name == "memory":
         return Profile(name, chunked_loss=True, loss_chunk_tokens=loss_chunk_tokens,
-                       keep_input_dtype=True, checkpointing=True, offload_activations=cuda)
+                       keep_input_dtype=True, checkpointing=True, offload_activations=cuda,
+                       fused_loss=fused)
     return Profile()
 
 
 # ---- chunked linear + cross-entropy ---------------------------------------------------------
+
+def fused_loss_available() -> bool:
+    """Whether liger-kernel's fused linear + cross-entropy can be imported (it needs Triton)."""
+    import importlib.util
+
+    if importlib.util.find_spec("liger_kernel") is None:
+        return False
+    try:
+        from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy  # noqa: F401
+    except Exception:  # a broken or Triton-less install: the PyTorch path instead
+        return False
+    return True
+
 
 def _chunk_ce_sum(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     logits = F.linear(hidden, weight).float()
@@ -76,7 +94,7 @@ def _chunk_ce_sum(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tens
 
 
 def chunked_loss_parts(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *,
-                       chunk_tokens: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+                       chunk_tokens: int = 1024, fused: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum of next-token cross-entropy, number of counted tokens) of a causal LM, from its final
     hidden states [batch, seq, hidden], its output projection weight [vocab, hidden] and labels
     [batch, seq] (-100 = not counted). Labels are shifted as transformers' causal-LM loss does.
@@ -89,6 +107,10 @@ def chunked_loss_parts(hidden: torch.Tensor, weight: torch.Tensor, labels: torch
     count = keep.sum()
     if h.shape[0] == 0:
         return hidden.sum() * 0.0, count
+    if fused and h.is_cuda:
+        from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
+
+        return liger_fused_linear_cross_entropy(h, weight, y, reduction="sum"), count
     total = None
     for start in range(0, h.shape[0], chunk_tokens):
         hc, yc = h[start:start + chunk_tokens], y[start:start + chunk_tokens]
@@ -99,10 +121,10 @@ def chunked_loss_parts(hidden: torch.Tensor, weight: torch.Tensor, labels: torch
 
 
 def chunked_lm_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *,
-                    chunk_tokens: int = 1024, num_items_in_batch=None) -> torch.Tensor:
+                    chunk_tokens: int = 1024, num_items_in_batch=None, fused: bool = False) -> torch.Tensor:
     """The causal-LM loss as transformers computes it (mean over counted tokens, or the sum over
     `num_items_in_batch` when the trainer passes the accumulated batch's token count), chunked."""
-    total, count = chunked_loss_parts(hidden, weight, labels, chunk_tokens=chunk_tokens)
+    total, count = chunked_loss_parts(hidden, weight, labels, chunk_tokens=chunk_tokens, fused=fused)
     if num_items_in_batch is not None:
         if torch.is_tensor(num_items_in_batch):
             num_items_in_batch = num_items_in_batch.to(total.device)
@@ -196,7 +218,7 @@ class SpeedTrainerMixin:
             hidden = causal.get_decoder()(**inputs, use_cache=False).last_hidden_state
             loss = chunked_lm_loss(hidden, causal.get_output_embeddings().weight, labels,
                                    chunk_tokens=profile.loss_chunk_tokens,
-                                   num_items_in_batch=num_items_in_batch)
+                                   num_items_in_batch=num_items_in_batch, fused=profile.fused_loss)
         if (self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs
                 and num_items_in_batch is not None):
             loss = loss * self.accelerator.num_processes  # as Trainer.compute_loss scales it

@@ -1,0 +1,12 @@
+"""Fine-tuning jobs: the rows and durable queue in the service database (`store.py`), the
+service the HTTP API and CLI call (`service.py`), the "auto" hyperparameter policy (`auto.py`)
+and the worker that trains claimed jobs in a subprocess (`worker.py`).
+
+    affina serve --workers 1            # the API, with one local worker
+    affina jobs worker --db URL         # more workers, on this or other machines
+    affina jobs submit --training-file examples/product_json/train.jsonl --follow
+"""
+
+from .store import JobStore
+
+__all__ = ["JobStore"]

@@ -1,0 +1,457 @@
+"""The jobs service: what the HTTP API and the CLI ask of files and fine-tuning jobs.
+
+- `add_file`: an upload checked with the data checks of `affina data inspect` (every row read
+  and converted, one kind of example, duplicates counted), then published by rename; a bad file
+  is refused with the one-line `file:line` message and nothing of it is kept.
+- `create_job`: the request checked (files owned by the caller, the model, the method and its
+  options, the hyperparameters), stored as `validating_files`; `validate_job` then reads the
+  data with the base model's tokenizer, resolves "auto" hyperparameters (`auto.py`) and queues it.
+- `cancel`, `pause`, `resume`: status moves; a worker running the job sees them at its next
+  heartbeat (about a second) and stops the training process.
+- `run_config`: the run config a worker trains a job with (the same `affina train` recipe).
+
+Ownership: every file and job belongs to the API key that created it (None on an open server).
+A caller that is not an admin sees only its own; another key's ids answer "not found".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import AffinaError
+from .store import TERMINAL, FileRow, JobRow, JobStore, new_id
+
+__all__ = ["JobsService", "Caller", "JobRequestError", "NotFound", "FILE_SUFFIXES", "SUPPORTED_PURPOSES",
+           "ft_registry_name", "run_config"]
+
+FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt")
+SUPPORTED_PURPOSES = ("fine-tune",)
+_SUFFIX = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_HYPERPARAMETERS = ("n_epochs", "batch_size", "learning_rate_multiplier")
+_METADATA_LIMITS = (16, 64, 512)  # pairs, key length, value length (OpenAI's)
+
+
+class JobRequestError(AffinaError):
+    """A request the service refuses; the API answers `status` with OpenAI's error object."""
+
+    def __init__(self, message: str, *, status: int = 400, code: str = "invalid_request",
+                 param: str | None = None):
+        super().__init__(message)
+        self.status, self.code, self.param = status, code, param
+
+
+class NotFound(JobRequestError):
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message, status=404, code="not_found", param=param)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who asks: an API key id (None on an open server) and whether it may see everything."""
+
+    key_id: str | None
+    admin: bool = True
+
+
+def ft_registry_name(job: JobRow) -> str:
+    """The registry name a job's result is registered under: `ft-<base>-<suffix>-<job id>`,
+    cleaned to the registry's characters (the `ft:...` name itself holds colons). One name per
+    job, ending in its id, so a registry reference is owned as the job is."""
+    middle = re.sub(r"[^A-Za-z0-9._-]+", "-", f"{job.model}-{job.suffix}" if job.suffix else job.model)
+    return f"ft-{middle.strip('-.')[:60]}-{job.id}"
+
+
+class JobsService:
+    def __init__(self, store: JobStore, files_dir: Path, models_dir: Path, *, base_spec: str,
+                 base_names: tuple[str, ...] = ()):
+        """`models_dir`: where job runs are written (the server's model store). `base_spec`: the
+        base the server serves; `base_names`: the names it answers to (`base`, `default`...)."""
+        self.store = store
+        self.files_dir = Path(files_dir)
+        self.models_dir = Path(models_dir).resolve()
+        # Job runs live in a hidden directory of the store: the store's own listing (names that
+        # start with a letter or digit) never serves them under a plain name, only as `ft:`
+        # names, which are checked against their owner.
+        self.runs_dir = self.models_dir / ".jobs"
+        self.base_spec = base_spec
+        self.base_names = tuple(dict.fromkeys((*base_names, base_spec)))
+        if not self.files_dir.is_dir():  # uploaded data is nobody else's business: 0700
+            self.files_dir.mkdir(parents=True, mode=0o700)
+            os.chmod(self.files_dir, 0o700)
+        self.models_dir.mkdir(parents=True, exist_ok=True)
+        self._tokenizer = None
+
+    # -- files ---------------------------------------------------------------------------
+
+    def upload_dir(self) -> Path:
+        """A fresh private directory for one upload, inside the files directory (so that the
+        final rename stays on one file system)."""
+        return Path(tempfile.mkdtemp(prefix=".upload-", dir=self.files_dir))
+
+    def add_file(self, staged: Path, filename: str, purpose: str, caller: Caller) -> FileRow:
+        """Check and publish `staged` (a file in an `upload_dir`); the upload directory is
+        removed whatever happens."""
+        try:
+            return self._add_file(staged, filename, purpose, caller)
+        finally:
+            shutil.rmtree(staged.parent, ignore_errors=True)
+
+    def _add_file(self, staged: Path, filename: str, purpose: str, caller: Caller) -> FileRow:
+        from ..data.checks import find_duplicates
+        from ..data.loading import load_records
+
+        if purpose not in SUPPORTED_PURPOSES:
+            raise JobRequestError(f"purpose {purpose!r} is not supported: this server takes "
+                                  f"{', '.join(SUPPORTED_PURPOSES)} files", param="purpose")
+        suffix = Path(filename).suffix.lower()
+        if suffix not in FILE_SUFFIXES:
+            raise JobRequestError(f"{filename}: unsupported file type {suffix or '(none)'!r}; upload "
+                                  f"{', '.join(FILE_SUFFIXES)}", code="invalid_file_format", param="file")
+        prefix = str(staged.parent) + os.sep
+        try:
+            loaded = load_records([staged])
+        except AffinaError as e:  # the file:line message, naming the file as the client sent it
+            raise JobRequestError(str(e).replace(prefix, "").splitlines()[0],
+                                  code="invalid_file_format", param="file") from None
+        if not loaded.records:
+            raise JobRequestError(f"{filename}: no examples in the file", code="invalid_file_format",
+                                  param="file")
+        notes = [w.replace(prefix, "") for w in loaded.warnings]
+        duplicates = find_duplicates(loaded.records)
+        if duplicates and not any("duplicate" in n for n in notes):
+            notes.append(f"{len(duplicates)} duplicate example(s)")
+        file_id = new_id("file")
+        final = self.files_dir / f"{file_id}{suffix}"
+        digest = hashlib.sha256(staged.read_bytes()).hexdigest()
+        size = staged.stat().st_size
+        os.replace(staged, final)  # atomic: the file is whole under its final name, or absent
+        row = FileRow(id=file_id, owner=caller.key_id, filename=filename, purpose=purpose, bytes=size,
+                      created_at=int(time.time()), path=str(final), sha256=digest,
+                      format=loaded.files[0]["format"], rows=len(loaded.records),
+                      status_details="; ".join(notes) or None)
+        try:
+            return self.store.add_file(row)
+        except Exception:
+            final.unlink(missing_ok=True)
+            raise
+
+    def file(self, file_id: str, caller: Caller, param: str | None = None) -> FileRow:
+        row = self.store.get_file(file_id, caller.key_id, admin=caller.admin)
+        if row is None:
+            raise NotFound(f"No such File object: {file_id}", param=param)
+        return row
+
+    def delete_file(self, file_id: str, caller: Caller) -> FileRow:
+        row = self.file(file_id, caller)
+        job = self.store.file_in_use(file_id)
+        if job:
+            raise JobRequestError(f"file {file_id} is used by job {job}, which has not finished; "
+                                  "cancel it or wait", status=409, code="file_in_use")
+        self.store.delete_file(file_id)
+        Path(row.path).unlink(missing_ok=True)
+        return row
+
+    # -- jobs ----------------------------------------------------------------------------
+
+    def job(self, job_id: str, caller: Caller) -> JobRow:
+        row = self.store.get_job(job_id, caller.key_id, admin=caller.admin)
+        if row is None:
+            raise NotFound(f"No such fine-tuning job: {job_id}", param="fine_tuning_job_id")
+        return row
+
+    def create_job(self, body: dict, caller: Caller) -> JobRow:
+        """Check a POST /v1/fine_tuning/jobs body and store the job as `validating_files`."""
+        if not isinstance(body, dict):
+            raise JobRequestError("the request body must be a JSON object")
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise JobRequestError("model is required: the base model to fine-tune", param="model")
+        base_spec = self._base_of(model)
+        training = body.get("training_file")
+        if not isinstance(training, str):
+            raise JobRequestError("training_file is required: the id of an uploaded file",
+                                  param="training_file")
+        self.file(training, caller, "training_file")
+        validation = body.get("validation_file")
+        if validation is not None:
+            if not isinstance(validation, str):
+                raise JobRequestError("validation_file must be a file id", param="validation_file")
+            self.file(validation, caller, "validation_file")
+        method_obj, method_name, options, section_hp, train_extra = _parse_method(body.get("method"))
+        requested = {**_hyperparameters(body.get("hyperparameters"), "hyperparameters"), **section_hp}
+        for key in _HYPERPARAMETERS:
+            requested.setdefault(key, "auto")
+        suffix = body.get("suffix")
+        if suffix is not None and (not isinstance(suffix, str) or not _SUFFIX.fullmatch(suffix)):
+            raise JobRequestError("suffix: up to 64 letters, digits, '.', '_' or '-'", param="suffix")
+        seed = body.get("seed")
+        if seed is None:
+            seed = int.from_bytes(os.urandom(3), "big")
+        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= 2_147_483_647:
+            raise JobRequestError("seed must be an integer between 0 and 2147483647", param="seed")
+        metadata = _metadata(body.get("metadata"))
+        self._check_method(method_name, options, train_extra)
+        job_id = new_id("ftjob")
+        row = JobRow(id=job_id, owner=caller.key_id, model=model, base_spec=base_spec,
+                     training_file=training, validation_file=validation, requested=requested,
+                     hyperparameters=dict(requested),
+                     method={**method_obj, "affina": {"method": method_name, "options": options,
+                                                      **({"train": train_extra} if train_extra else {})}},
+                     suffix=suffix, seed=seed, metadata=metadata, status="validating_files",
+                     created_at=int(time.time()), run_dir=str(self.runs_dir / job_id))
+        self.store.add_job(row)
+        self.store.add_event(job_id, f"Created fine-tuning job: {job_id}")
+        self.store.add_event(job_id, f"Validating training file: {training}"
+                             + (f" and validation file: {validation}" if validation else ""))
+        return row
+
+    def _base_of(self, model: str) -> str:
+        """The spec a job trains from. The server serves one base, and a job's result must be
+        answerable by it, so a job fine-tunes that base, named as the server names it."""
+        if model in self.base_names:
+            return self.base_spec
+        if model.startswith("ft:") or "@" in model:
+            raise JobRequestError(f"model {model!r}: fine-tuning a fine-tuned model is not supported; "
+                                  f"fine-tune the base ({', '.join(self.base_names)})",
+                                  code="model_not_supported", param="model")
+        raise JobRequestError(f"model {model!r} is not a base model this server fine-tunes; use "
+                              f"one of: {', '.join(self.base_names)}", code="model_not_found",
+                              param="model")
+
+    @staticmethod
+    def _check_method(name: str, options: dict, train_extra: dict) -> None:
+        from ..config import TrainConfig
+        from ..methods import build_method_config, get_method
+
+        try:
+            build_method_config(get_method(name), options)
+        except AffinaError as e:
+            raise JobRequestError(f"method: {e}", param="method") from None
+        allowed = {"save_steps", "eval_steps", "logging_steps", "max_steps", "warmup_ratio",
+                   "scheduler", "weight_decay", "grad_accum", "save_total_limit", "gradient_checkpointing"}
+        unknown = sorted(set(train_extra) - allowed)
+        if unknown:
+            raise JobRequestError(f"method.affina.train: unknown key(s) {', '.join(unknown)}; allowed: "
+                                  f"{', '.join(sorted(allowed))}", param="method")
+        try:
+            TrainConfig(**train_extra).validate()
+        except (AffinaError, TypeError) as e:
+            raise JobRequestError(f"method.affina.train: {e}", param="method") from None
+
+    def validate_job(self, job_id: str) -> JobRow:
+        """`validating_files` → `queued` with the hyperparameters resolved, or → `failed` with
+        OpenAI's error object. Idempotent: a job no longer validating is left alone."""
+        from ..methods import get_method
+        from .auto import data_shape, resolve_hyperparameters
+
+        job = self.store.get_job(job_id)
+        if job is None or job.status != "validating_files":
+            return job
+        try:
+            training = self.store.get_file(job.training_file)
+            if training is None:
+                raise JobRequestError(f"training file {job.training_file} was deleted",
+                                      code="invalid_training_file", param="training_file")
+            from ..data.loading import load_records
+
+            records = load_records([training.path]).records
+            method = get_method(job.method["affina"]["method"])
+            preference = any(r.kind == "preference" for r in records)
+            wants_preference = job.method.get("type") == "dpo" or method.name in ("dpo", "orpo", "kto")
+            if wants_preference != preference:
+                raise JobRequestError(
+                    f"training file {job.training_file} ({training.filename}) holds "
+                    f"{'preference' if preference else 'supervised'} examples, but method "
+                    f"{method.name} needs {'preference (prompt/chosen/rejected)' if wants_preference else 'supervised'} "
+                    "examples", code="invalid_training_file", param="training_file")
+            val_fraction = 0.0 if job.validation_file else _val_fraction(len(records))
+            shape = data_shape(records, self._base_tokenizer(), 512, val_fraction=val_fraction)
+            resolved = resolve_hyperparameters(job.requested, shape, method)
+            resolved["val_fraction"] = val_fraction
+            max_steps = (job.method["affina"].get("train") or {}).get("max_steps")
+            if max_steps and max_steps > 0:  # an explicit step budget ends the job sooner
+                resolved["total_steps"] = min(resolved["total_steps"], int(max_steps))
+        except JobRequestError as e:
+            self.store.set_status(job_id, "failed", e.args[0], expect=("validating_files",), level="error",
+                                  error={"code": e.code, "message": e.args[0], "param": e.param})
+            return self.store.get_job(job_id)
+        except AffinaError as e:
+            message = str(e).splitlines()[0]
+            self.store.set_status(job_id, "failed", message, expect=("validating_files",), level="error",
+                                  error={"code": "invalid_training_file", "message": message,
+                                         "param": "training_file"})
+            return self.store.get_job(job_id)
+        self.store.update_job(job_id, expect=("validating_files",), hyperparameters=resolved)
+        self.store.add_event(job_id, f"Hyperparameters: {resolved['n_epochs']} epoch(s), batch size "
+                             f"{resolved['batch_size']}, learning rate {resolved['learning_rate']:.3g} "
+                             f"({resolved['total_steps']} steps)", data=resolved)
+        self.store.set_status(job_id, "queued", "Files validated, moving job to queued state",
+                              expect=("validating_files",))
+        return self.store.get_job(job_id)
+
+    def _base_tokenizer(self):
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            from ..models import resolve_model_path
+
+            self._tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(self.base_spec))
+        return self._tokenizer
+
+    def cancel(self, job_id: str, caller: Caller) -> JobRow:
+        job = self.job(job_id, caller)
+        if job.status in TERMINAL:
+            raise JobRequestError(f"job {job_id} has already {job.status}; it cannot be cancelled",
+                                  code="job_not_cancellable")
+        self.store.set_status(job_id, "cancelled", "Job was cancelled", expect=(job.status,))
+        return self.job(job_id, caller)
+
+    def pause(self, job_id: str, caller: Caller) -> JobRow:
+        job = self.job(job_id, caller)
+        if job.status not in ("queued", "running", "validating_files"):
+            raise JobRequestError(f"job {job_id} is {job.status}; only a queued or running job can be "
+                                  "paused", code="job_not_pausable")
+        self.store.set_status(job_id, "paused", "Job was paused; it keeps its last checkpoint",
+                              expect=(job.status,))
+        return self.job(job_id, caller)
+
+    def resume(self, job_id: str, caller: Caller) -> JobRow:
+        job = self.job(job_id, caller)
+        if job.status != "paused":
+            raise JobRequestError(f"job {job_id} is {job.status}; only a paused job can be resumed",
+                                  code="job_not_paused")
+        validated = job.hyperparameters.get("total_steps") is not None
+        status = "queued" if validated else "validating_files"
+        self.store.set_status(job_id, status, "Job was resumed; it continues from its last checkpoint",
+                              expect=("paused",), worker_id=None, lease_until=None)
+        if not validated:
+            self.validate_job(job_id)
+        return self.job(job_id, caller)
+
+    def pending_validation(self) -> list[str]:
+        """Jobs left in `validating_files` (a server stopped while checking them)."""
+        return [j.id for j in self.store.list_jobs(limit=10_000, status="validating_files").data]
+
+
+def _val_fraction(rows: int) -> float:
+    """The share held out for validation when no validation file is given: 10%, none below 20 rows."""
+    return 0.1 if rows >= 20 else 0.0
+
+
+def _hyperparameters(value, param: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise JobRequestError(f"{param} must be an object", param=param)
+    out = {}
+    for key, v in value.items():
+        if key == "beta":
+            continue  # DPO's own, read with the method
+        if key not in _HYPERPARAMETERS:
+            raise JobRequestError(f"{param}.{key} is not supported; use {', '.join(_HYPERPARAMETERS)}",
+                                  param=f"{param}.{key}")
+        if v == "auto" or v is None:
+            out[key] = "auto"
+            continue
+        number = isinstance(v, (int, float)) and not isinstance(v, bool)
+        if key == "learning_rate_multiplier":
+            ok = number and 0 < v <= 10
+        else:
+            ok = number and float(v).is_integer() and 1 <= v <= (50 if key == "n_epochs" else 256)
+            v = int(v) if ok else v
+        if not ok:
+            limits = {"n_epochs": "an integer 1..50", "batch_size": "an integer 1..256",
+                      "learning_rate_multiplier": "a number in (0, 10]"}[key]
+            raise JobRequestError(f"{param}.{key} must be \"auto\" or {limits}, got {v!r}",
+                                  param=f"{param}.{key}")
+        out[key] = v
+    return out
+
+
+def _parse_method(method) -> tuple[dict, str, dict, dict, dict]:
+    """(the method object as stored, affina method name, its options, the section's
+    hyperparameters, extra train keys). `{"type": "supervised"}` trains LoRA unless the affina
+    extension names another method; `{"type": "dpo"}` trains the `dpo` method."""
+    if method is None:
+        method = {"type": "supervised"}
+    if not isinstance(method, dict):
+        raise JobRequestError("method must be an object like {\"type\": \"supervised\"}", param="method")
+    kind = method.get("type", "supervised")
+    if kind not in ("supervised", "dpo"):
+        raise JobRequestError(f"method.type {kind!r} is not supported; use supervised or dpo",
+                              param="method.type")
+    section = method.get(kind) or {}
+    if not isinstance(section, dict):
+        raise JobRequestError(f"method.{kind} must be an object", param=f"method.{kind}")
+    extension = method.get("affina") or section.get("affina") or {}
+    if not isinstance(extension, dict):
+        raise JobRequestError("method.affina must be an object like {\"method\": \"dora\", "
+                              "\"options\": {...}}", param="method.affina")
+    section_hp = section.get("hyperparameters") or {}
+    hp = _hyperparameters(section_hp, f"method.{kind}.hyperparameters")
+    name = extension.get("method") or ("dpo" if kind == "dpo" else "lora")
+    options = extension.get("options") or {}
+    train_extra = extension.get("train") or {}
+    if not isinstance(name, str) or not isinstance(options, dict) or not isinstance(train_extra, dict):
+        raise JobRequestError("method.affina: method is a name, options and train are objects",
+                              param="method.affina")
+    if kind == "dpo":
+        beta = section_hp.get("beta", "auto") if isinstance(section_hp, dict) else "auto"
+        if beta != "auto":
+            if not isinstance(beta, (int, float)) or isinstance(beta, bool) or beta <= 0:
+                raise JobRequestError("method.dpo.hyperparameters.beta must be \"auto\" or a number > 0",
+                                      param="method.dpo.hyperparameters.beta")
+            options = {**options, "beta": float(beta)}
+    stored = {"type": kind, kind: {k: v for k, v in section.items() if k != "affina"}}
+    return stored, name, options, hp, train_extra
+
+
+def _metadata(value) -> dict | None:
+    if value is None:
+        return None
+    pairs, key_len, value_len = _METADATA_LIMITS
+    ok = (isinstance(value, dict) and len(value) <= pairs
+          and all(isinstance(k, str) and isinstance(v, str) and len(k) <= key_len and len(v) <= value_len
+                  for k, v in value.items()))
+    if not ok:
+        raise JobRequestError(f"metadata: at most {pairs} string pairs, keys up to {key_len} and values "
+                              f"up to {value_len} characters", param="metadata")
+    return dict(value)
+
+
+def run_config(job: JobRow, training_path: str, validation_path: str | None):
+    """The RunConfig the worker trains `job` with: the server's base, the uploaded files, the
+    method and options, the resolved hyperparameters; checkpoints about five times a job."""
+    from ..config import RunConfig
+
+    hp = job.hyperparameters
+    cfg = RunConfig()
+    cfg.model.spec = job.base_spec
+    cfg.data.train = [training_path]
+    cfg.data.validation = [validation_path] if validation_path else []
+    steps = hp.get("total_steps") or 1
+    cfg.data.val_fraction = 0.0 if validation_path else hp.get("val_fraction", 0.1)
+    cfg.method.name = job.method["affina"]["method"]
+    cfg.method.options = dict(job.method["affina"].get("options") or {})
+    run_dir = Path(job.run_dir)
+    t = cfg.train
+    t.output_dir, t.run_name = str(run_dir.parent), run_dir.name
+    t.seed = job.seed
+    t.epochs = float(hp["n_epochs"])
+    t.batch_size = int(hp["batch_size"])
+    t.lr = float(hp["learning_rate"])
+    every = max(1, math.ceil(steps / 5))
+    t.save_steps = t.eval_steps = every
+    t.logging_steps = max(1, min(5, every))
+    t.save_total_limit = 3
+    for key, value in (job.method["affina"].get("train") or {}).items():
+        setattr(t, key, value)
+    return cfg.validate()
