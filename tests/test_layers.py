@@ -7,7 +7,7 @@ An import into a higher layer, or a cycle between packages, fails with the full 
   1 core     config, errors, ui, paths, __init__, models/, data/, methods/
   2 record   record/, runs
   3 recipes  evaluate/ < train/ < tune/, export (and any parity module); bias/, rag/ beside train/
-  4 govern   govern/
+  4 govern   govern/, monitor/
   5 service  serve/, jobs/, cli, export_commands, every */commands.py
 """
 
@@ -32,7 +32,7 @@ PACKAGE_LAYER = {
     "record": RECORD, "runs": RECORD,
     "evaluate": RECIPES, "train": RECIPES, "tune": RECIPES, "export": RECIPES, "gguf_export": RECIPES,
     "parity": RECIPES, "bias": RECIPES, "rag": RECIPES,
-    "govern": GOVERN,
+    "govern": GOVERN, "monitor": GOVERN,
     "serve": SERVICE, "jobs": SERVICE, "cli": SERVICE, "__main__": SERVICE, "export_commands": SERVICE,
 }
 

@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "affina.govern.commands",
     "affina.jobs.commands",
     "affina.bias.commands",
+    "affina.monitor.commands",
     "affina.rag.commands",
     "affina.govern.advise_commands",
 )
@@ -38,7 +39,7 @@ def _cmd_train(args) -> int:
                if distributed.rank().main else "quiet")  # one rank speaks for a distributed run
     shown = ["-q"] if args.quiet else ["--log-format", args.log_format]
     if args.resume:
-        if args.config or args.overrides:
+        if args.config or args.overrides or args.continue_from:
             raise AffinaError("--resume continues a run with the config saved in it; "
                               "drop -c and key=value overrides")
         from .train.rundir import config_of_run, split_resume_target
@@ -51,14 +52,18 @@ def _cmd_train(args) -> int:
         return 0
     from .methods import method_field_names
 
-    cfg = load_config(args.config, args.overrides, method_field_names)
+    overrides = list(args.overrides)
+    if args.continue_from:
+        overrides.append(f"train.continue_from={args.continue_from}")
+    cfg = load_config(args.config, overrides, method_field_names)
     if cfg.distributed.strategy != "none" and not distributed.launched():
-        overrides = distributed.pin_run_name(args.overrides, cfg)
+        overrides = distributed.pin_run_name(overrides, cfg)
         own = [*(["-c", args.config] if args.config else []), *overrides, *shown]
         return _launch(load_config(args.config, overrides, method_field_names), own, args.print_launch)
     if args.print_launch:
         raise AffinaError("--print-launch needs distributed.strategy=ddp or fsdp")
-    train(cfg, display=display)
+    earlier = _earlier_model(cfg.train.continue_from) if cfg.train.continue_from else None
+    train(cfg, display=display, earlier=earlier)
     return 0
 
 
@@ -76,6 +81,19 @@ def _launch(cfg, train_args: list[str], print_only: bool) -> int:
             print(shlex.join(command))
         return 0
     return distributed.launch(cfg, train_args)
+
+
+def _earlier_model(text: str):
+    """`train.continue_from` resolved: a registry reference (its files verified, and the
+    evaluation sets registered with its name), else a run directory."""
+    from .govern.registry import eval_data_of, parse_ref, resolve_ref, show_model
+    from .train.continual import EarlierModel
+
+    if parse_ref(text) is not None and not Path(text).exists():
+        version = resolve_ref(text)
+        return EarlierModel(version.run_dir, given=text, ref=version.ref,
+                            eval_sets=eval_data_of(show_model(version.name)["tags"]))
+    return EarlierModel.of_run_dir(text)
 
 
 def _cmd_data_inspect(args) -> int:
@@ -194,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
     t.add_argument("--checkpoint", metavar="checkpoint-N", help="with --resume: continue from this "
                    "checkpoint instead of the newest (also: --resume RUN_DIR/checkpoints/checkpoint-N)")
+    t.add_argument("--continue-from", metavar="NAME@ALIAS|RUN_DIR", help="continue an earlier model "
+                   "on new data (data.train) with replay of its training data (replay.fraction), a "
+                   "re-warmed learning rate, and forgetting measured on every earlier evaluation set")
     t.add_argument("--log-format", choices=("bar", "jsonl"), default="bar",
                    help="bar: one progress bar (loss, validation loss, tokens/s, ETA); jsonl: one "
                         "JSON object per training event on stdout, for scripts (default: bar)")

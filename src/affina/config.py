@@ -20,7 +20,7 @@ from .errors import ConfigError
 
 __all__ = [
     "DataConfig", "ModelConfig", "MethodConfig", "TrainConfig", "EvalConfig", "TrackConfig",
-    "RunConfig", "load_config", "read_yaml_mapping", "apply_overrides", "apply_values", "config_to_dict", "describe_keys",
+    "ReplayConfig", "RunConfig", "load_config", "read_yaml_mapping", "apply_overrides", "apply_values", "config_to_dict", "describe_keys",
 ]
 
 
@@ -144,6 +144,8 @@ class TrainConfig:
     profile: str = _f("default", "Training-step profile (docs/training.md): default (the plain transformers step); speed (bf16 adapter inputs kept bf16, chunked output projection + cross-entropy, per-block torch.compile on CUDA); memory (chunked loss, activation checkpointing, saved activations offloaded to CPU on CUDA).")
     loss_chunk_tokens: int = _f(1024, "With profile speed or memory: tokens whose logits are computed at a time in the chunked loss.")
     neftune_alpha: float | None = _f(None, "NEFTune noise scale on the input embeddings during training (Jain et al. 2023, arXiv:2310.05914; the paper uses 5-15); unset or 0: off.")
+    continue_from: str | None = _f(None, "Continue an earlier model on new data: a run directory, or NAME@VERSION|ALIAS from the registry (`affina train --continue-from`). Its method and options are kept, its weights are the starting point, `replay.fraction` of the training examples are drawn from its training data, and every earlier evaluation set is scored before and after (forgetting).")
+    rewarm_ratio: float = _f(0.1, "With continue_from: the fraction of steps over which the learning rate is re-warmed from 0 to train.lr before it decays again (replaces warmup_ratio; Ibrahim et al. 2024, arXiv:2403.08763).")
 
     def validate(self) -> None:
         _check(self.optimizer in _OPTIMIZERS, "train.optimizer", self.optimizer, ", ".join(_OPTIMIZERS))
@@ -167,6 +169,7 @@ class TrainConfig:
         _check(self.max_grad_norm >= 0, "train.max_grad_norm", self.max_grad_norm, ">= 0 (0: no clipping)")
         _check(self.eval_steps >= 0, "train.eval_steps", self.eval_steps, ">= 0")
         _check(self.scheduler in _SCHEDULERS, "train.scheduler", self.scheduler, ", ".join(_SCHEDULERS))
+        _check(0 <= self.rewarm_ratio < 1, "train.rewarm_ratio", self.rewarm_ratio, "in [0, 1)")
         _check(self.early_stopping_patience >= 0, "train.early_stopping_patience",
                self.early_stopping_patience, ">= 0 (0 turns early stopping off)")
         if self.run_name is not None:
@@ -236,6 +239,14 @@ class DistributedConfig:
 
 
 @dataclass
+class ReplayConfig:
+    fraction: float = _f(0.25, "With train.continue_from: the share of training examples drawn (seeded by train.seed, without replacement where the earlier data is large enough) from the earlier model's training data, so it keeps what it knew (experience replay); 0: new data only.")
+
+    def validate(self) -> None:
+        _check(0 <= self.fraction < 1, "replay.fraction", self.fraction, "in [0, 1)")
+
+
+@dataclass
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -244,12 +255,13 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     track: TrackConfig = field(default_factory=TrackConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
 
     def validate(self) -> "RunConfig":
         """Check every section's values (not only their types) and the settings that conflict
         across sections; raises ConfigError naming the key. Called whenever a config is built,
         so a bad value stops a run before anything is written or loaded."""
-        for section in (self.data, self.model, self.train, self.eval, self.track, self.distributed):
+        for section in (self.data, self.model, self.train, self.eval, self.track, self.distributed, self.replay):
             section.validate()
         t = self.train
         if t.early_stopping_patience and (t.eval_steps <= 0 or not (self.data.validation

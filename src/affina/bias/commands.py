@@ -27,7 +27,7 @@ def _cmd_bias(args) -> int:
 
 
 def register(subparsers) -> None:
-    from .suites import PUBLIC_SUITES
+    from .data import PUBLIC_SUITES
 
     p = subparsers.add_parser(
         "bias", help="bias probes on models side by side, with deltas against the base model",

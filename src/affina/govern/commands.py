@@ -109,11 +109,17 @@ def _cmd_promote(args) -> int:
         suites = args.bias_suite if args.bias_suite is not None else (() if args.bias_probes else PUBLIC_SUITES)
         bias = BiasSettings(suites=suites, probes=args.bias_probes, limit=args.bias_limit)
     d = promote(args.ref, args.to, data=args.data, margin=args.margin, metric=args.metric,
-                force=args.force, gates=args.gate, bias=bias, bias_margin=args.bias_margin)
+                force=args.force, gates=args.gate, bias=bias, bias_margin=args.bias_margin,
+                forgetting_margin=args.forgetting_margin)
     who = [k for k in ("candidate", "incumbent", "base") if k in d["results"]]
     measures = sorted({m for k in who for m in d["results"][k]})
     print_table(f"promotion of {d['candidate']} to {args.ref.split('@')[0]}@{args.to}", ["measure"] + who,
                 [[m] + [f"{d['results'][k].get(m, float('nan')):.4f}" for k in who] for m in measures])
+    if d["forgetting"]:
+        print_table("earlier evaluation sets (forgetting gate)",
+                    ["set", "metric", "candidate", "reference", "worse by", "regressed"],
+                    [[Path(r["path"]).name, r["metric"], f"{r['candidate']:.4f}", f"{r['reference']:.4f}",
+                      f"{r['worse_by']:.4f}", "YES" if r["regressed"] else "no"] for r in d["forgetting"]])
     for g in d["gates"]:
         print(f"gate {g['gate']}: {'pass' if g['passed'] else 'FAIL'} — {g['detail']}")
     info(f"{d['decision']}: report {d['report']}")
@@ -154,6 +160,9 @@ def register(sub) -> None:
     pr.add_argument("--data", nargs="+", help="evaluation files (default: the set registered with NAME)")
     pr.add_argument("--margin", type=float, default=0.0, help="how much worse than the incumbent is tolerated")
     pr.add_argument("--metric", help="primary metric (default: the one registered with NAME)")
+    pr.add_argument("--forgetting-margin", type=float, help="how much worse than the incumbent (or the "
+                    "model it continued from) a continued candidate may be on each earlier evaluation "
+                    "set (default: --margin)")
     pr.add_argument("--gate", action="append", help="gates to apply (default: all registered)")
     pr.add_argument("--force", action="store_true", help="move the alias even if a gate fails (recorded)")
     from ..bias.commands import suite_list

@@ -58,6 +58,10 @@ def lineage(ref: str, *, uri: str | None = None) -> dict:
             "train": body["train"], "metrics": body["metrics"],
             "config": config,
             "eval_reports": sorted(str(p) for p in (run_dir / "eval").glob("*.json")),
+            # continued training: the earlier model, the replay draw, forgetting per earlier
+            # set, and what triggered it (the retraining loop: drift reports, feedback rows)
+            "continual": body.get("continual"),
+            "trigger": _trigger(run_dir),
         },
         "artifact": {
             "dir": str(artifact_dir), "kind": record.kind,
@@ -105,6 +109,12 @@ def _subset(split) -> dict:
     out = {"rows": split.rows, "fingerprint": split.fingerprint}
     out.update({k: split.stats[k] for k in ("tokens", "loss_tokens", "truncated") if k in split.stats})
     return out
+
+
+def _trigger(run_dir: Path) -> dict | None:
+    """Why the retraining loop started this run (`trigger.json`, written by monitor/loop.py)."""
+    path = run_dir / "trigger.json"
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def _config(run_dir: Path) -> dict:
@@ -170,6 +180,21 @@ def format_lineage(info: dict) -> str:
             flag = "  rose" if d["flagged"] and d["delta"] > 0 else ("  fell" if d["flagged"] else "")
             lines.append(f"  {d['suite']} {d['figure']}: {d['delta']:+.1f} "
                          f"[{d['ci'][0]:+.1f}, {d['ci'][1]:+.1f}] (n {d['n']}){flag}")
+    c = r.get("continual")
+    if c:
+        rp = c.get("replay") or {}
+        lines.append(f"  continued from {c.get('version') or c.get('from')} ({c.get('run_dir')}): "
+                     f"{rp.get('new_rows')} new rows + {rp.get('replay_rows')} replayed "
+                     f"(fraction {rp.get('fraction')}, seed {rp.get('seed')})")
+        for f in c.get("forgetting") or []:
+            lines.append(f"    forgetting on {Path(f['path']).name}: " + ", ".join(
+                f"{k} {v:+.4f}" for k, v in sorted(f.get("delta", {}).items())))
+    t = r.get("trigger")
+    if t:
+        lines.append(f"  triggered by the retraining loop at {t.get('time')}: {t.get('reason')}; "
+                     f"feedback {t.get('feedback', {}).get('rows')} rows "
+                     f"({len(t.get('feedback', {}).get('request_ids', []))} request ids), "
+                     f"{len(t.get('drift_reports', []))} drift reports")
     a = info["artifact"]
     state = {None: "not registered", True: "verified against registered hashes",
              False: "MODIFIED since registration"}[a["verified"]]

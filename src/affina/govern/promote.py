@@ -10,6 +10,10 @@ the organisation's probes) with the incumbent's, or the base model's where there
 incumbent, on the same items, and refuses a rise beyond `bias_margin` whose bootstrap interval
 excludes zero. The suites are the ones asked for (`bias=`), else those the candidate was last
 scored on by `affina bias` (its `eval/bias.json`); with neither, it passes and says so.
+
+are pluggable: `register_gate` adds one (bias deltas, ...). `forgetting` re-scores a continued
+candidate (train.continue_from) on every earlier evaluation set in its run record against the
+incumbent (else the model it continued from) and refuses a regression beyond its margin.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from ..paths import affina_home
 from .registry import (TAG_METRIC, RegisteredVersion, _client, check_alias, eval_data_of, lookup,
                        parse_ref, record_alias_event, resolve_ref)
 
-__all__ = ["Gate", "GateResult", "PromotionContext", "MetricGate", "BiasGate", "register_gate",
+__all__ = ["Gate", "GateResult", "PromotionContext", "MetricGate", "BiasGate", "ForgettingGate", "register_gate",
            "GATES", "promote", "LOWER_IS_BETTER"]
 
 LOWER_IS_BETTER = {"loss", "perplexity"}
@@ -50,6 +54,9 @@ class PromotionContext:
     # the bias comparison (see `_measure_bias`), None when no suites were asked for or recorded
     bias: dict | None = None
     bias_margin: float = 0.0
+    settings: object = None  # the EvalSettings every model is scored with
+    forgetting_margin: float | None = None  # None: `margin`
+    forgetting: list[dict] = field(default_factory=list)  # per earlier set, by ForgettingGate
 
     def score(self, who: str) -> float | None:
         r = self.results.get(who)
@@ -111,6 +118,52 @@ class BiasGate:
         return GateResult(self.name, True, f"no bias figure rose over the {against} beyond the "
                           f"margin {ctx.bias_margin:g}: " + "; ".join(seen))
 
+class ForgettingGate:
+    """A continued candidate may trail the incumbent (else the model it continued from) on each
+    earlier evaluation set by at most the forgetting margin; a set that is gone or changed
+    refuses, since forgetting on it cannot be checked."""
+
+    name = "forgetting"
+
+    def check(self, ctx: PromotionContext) -> GateResult:
+        from ..data.loading import file_sha256, load_records
+        from ..record import read_record
+
+        continual = read_record(ctx.candidate.run_dir).continual or {}
+        sets = continual.get("earlier_eval") or []
+        if not sets:
+            return GateResult(self.name, True, "not a continued run: no earlier evaluation sets")
+        margin = ctx.margin if ctx.forgetting_margin is None else ctx.forgetting_margin
+        if ctx.incumbent is not None:
+            reference, who = ctx.incumbent.run_dir, ctx.incumbent.ref
+        else:
+            reference, who = Path(continual["run_dir"]), f"{continual['from']} (continued from)"
+        records = []
+        for s in sets:
+            path = Path(s["path"])
+            if not path.is_file() or file_sha256(path) != s["sha256"]:
+                return GateResult(self.name, False, f"earlier evaluation set {path} is gone or changed "
+                                  "since training; forgetting on it cannot be checked")
+            records.append(load_records([str(path)]).records)
+        cand = _evaluate_sets(str(ctx.candidate.run_dir), records, ctx.settings, "candidate")
+        ref = _evaluate_sets(str(reference), records, ctx.settings, "reference")
+        regressed, parts = [], []
+        for s, c, r in zip(sets, cand, ref):
+            metric = ctx.metric if ctx.metric in c and ctx.metric in r else "loss"
+            lower = metric in LOWER_IS_BETTER
+            worse_by = (c[metric] - r[metric]) if lower else (r[metric] - c[metric])
+            row = {"path": s["path"], "origin": s.get("origin"), "metric": metric, "candidate": c[metric],
+                   "reference": r[metric], "reference_model": who, "worse_by": worse_by,
+                   "regressed": worse_by > margin}
+            ctx.forgetting.append(row)
+            parts.append(f"{Path(s['path']).name}: {metric} {c[metric]:.4f} vs {r[metric]:.4f}, worse by "
+                         f"{max(worse_by, 0):.4f}")
+            if row["regressed"]:
+                regressed.append(Path(s["path"]).name)
+        verdict = (f"regresses {', '.join(regressed)} beyond the margin {margin:.4f}" if regressed
+                   else f"no earlier set regresses beyond the margin {margin:.4f}")
+        return GateResult(self.name, not regressed, f"{verdict} (candidate vs {who}: {'; '.join(parts)})")
+
 
 GATES: dict[str, Gate] = {}
 
@@ -122,6 +175,7 @@ def register_gate(gate: Gate) -> Gate:
 
 register_gate(MetricGate())
 register_gate(BiasGate())
+register_gate(ForgettingGate())
 
 
 def _evaluate(ref_or_spec: str, records, settings, label: str) -> dict:
@@ -132,6 +186,16 @@ def _evaluate(ref_or_spec: str, records, settings, label: str) -> dict:
 
     opened = open_model(ref_or_spec)
     return flat_scores(evaluate_model(opened, records, settings, label=label)) or {}
+
+
+def _evaluate_sets(ref: str, record_sets: list, settings, label: str) -> list[dict]:
+    """Flat scores of one model (opened once) on each of several record sets."""
+    from ..evaluate.evaluator import evaluate_model, flat_scores
+    from ..runs import open_model
+
+    opened = open_model(ref)
+    return [flat_scores(evaluate_model(opened, records, settings, label=label)) or {}
+            for records in record_sets]
 
 
 def _settings_of(run_dir: Path, metric: str):
@@ -173,10 +237,11 @@ def _measure_bias(settings, candidate: str, against: tuple[str, str]) -> dict:
 def promote(ref_text: str, alias: str = "champion", *, data: list[str] | None = None,
             margin: float = 0.0, metric: str | None = None, force: bool = False,
             gates: list[str] | None = None, uri: str | None = None, bias=None,
-            bias_margin: float = 0.0) -> dict:
+            bias_margin: float = 0.0, forgetting_margin: float | None = None) -> dict:
     """Evaluate and decide; move the alias when allowed. Returns the decision record.
     `bias`: the bias suites the bias gate scores (affina.bias.BiasSettings); `bias_margin`: the
-    rise in points that gate tolerates."""
+    rise in points that gate tolerates; `forgetting_margin`: the regression on an earlier
+    evaluation set the forgetting gate tolerates (None: `margin`)."""
     from ..data.loading import load_records
     from ..evaluate.metrics import METRICS
 
@@ -216,7 +281,8 @@ def promote(ref_text: str, alias: str = "champion", *, data: list[str] | None = 
     unknown = [g for g in names if g not in GATES]
     if unknown:
         raise AffinaError(f"unknown gate(s): {', '.join(unknown)}; available: {', '.join(GATES)}")
-    ctx = PromotionContext(candidate, incumbent, alias, metric, margin, bias_margin=bias_margin)
+    ctx = PromotionContext(candidate, incumbent, alias, metric, margin, settings=settings,
+                           bias_margin=bias_margin, forgetting_margin=forgetting_margin)
     ctx.results["candidate"] = _evaluate(str(candidate.run_dir), records, settings, "candidate")
     if incumbent is not None:
         ctx.results["incumbent"] = _evaluate(str(incumbent.run_dir), records, settings, "incumbent")
@@ -242,6 +308,8 @@ def promote(ref_text: str, alias: str = "champion", *, data: list[str] | None = 
                      "metrics": list(settings.metrics) if settings.metrics else None},
         "results": ctx.results,
         "bias": ctx.bias, "bias_margin": bias_margin,
+        "forgetting": ctx.forgetting,
+        "forgetting_margin": margin if forgetting_margin is None else forgetting_margin,
         "gates": [c.__dict__ for c in checks], "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "reasons": [f"{c.gate}: {c.detail}" for c in checks if not c.passed],
     }

@@ -7,6 +7,12 @@ and the worker that trains claimed jobs in a subprocess (`worker.py`).
     affina jobs submit --training-file examples/product_json/train.jsonl --follow
 """
 
-from .store import JobStore
-
 __all__ = ["JobStore"]
+
+
+def __getattr__(name: str):
+    if name == "JobStore":  # loaded on first use: the CLI's parser stays light
+        from .store import JobStore
+
+        return JobStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,7 +8,8 @@ from pathlib import Path
 from ..errors import ConfigError
 from .base import Method, Sharing
 
-__all__ = ["PeftArtifact", "LoraFamilyArtifact", "apply_peft", "save_peft", "load_peft", "merge_peft", "target_list"]
+__all__ = ["PeftArtifact", "LoraFamilyArtifact", "apply_peft", "save_peft", "load_peft", "merge_peft", "target_list",
+           "continue_peft"]
 
 
 def target_list(targets: list[str]):
@@ -35,6 +36,24 @@ def load_peft(base, directory: Path):
     return PeftModel.from_pretrained(base, directory)
 
 
+def continue_peft(model, directory: Path):
+    """Load a saved adapter's weights into the freshly wrapped (trainable) PEFT model; every
+    adapter weight must be found, so an adapter of another shape is refused, not half-loaded."""
+    from peft import set_peft_model_state_dict
+    from peft.utils import load_peft_weights
+
+    weights = load_peft_weights(str(directory), device="cpu")
+    result = set_peft_model_state_dict(model, weights)
+    missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k or "ia3_" in k
+               or "prompt" in k or "magnitude" in k]
+    unexpected = list(getattr(result, "unexpected_keys", []))
+    if missing or unexpected:
+        raise ConfigError(f"{directory}: the earlier adapter does not fit this method's config "
+                          f"({len(missing)} weights missing, {len(unexpected)} unexpected, e.g. "
+                          f"{(missing + unexpected)[0]}); continue with the earlier run's method options")
+    return model
+
+
 def merge_peft(model):
     return model.merge_and_unload()
 
@@ -53,6 +72,9 @@ class PeftArtifact(Method):
 
     def merge(self, model):
         return merge_peft(model)
+
+    def continue_weights(self, model, cfg, directory: Path):
+        return continue_peft(model, directory)
 
 
 class LoraFamilyArtifact(PeftArtifact):

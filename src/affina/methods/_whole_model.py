@@ -7,7 +7,8 @@ from pathlib import Path
 
 from .base import Method
 
-__all__ = ["WholeModelArtifact", "optimizer_state_bytes", "save_whole_model", "load_whole_model", "transformer_blocks"]
+__all__ = ["WholeModelArtifact", "optimizer_state_bytes", "save_whole_model", "load_whole_model", "transformer_blocks",
+           "continue_whole_model"]
 
 
 def save_whole_model(model, directory: Path) -> None:
@@ -45,6 +46,40 @@ class WholeModelArtifact(Method):
 
     def merge(self, model):
         return model  # already a plain model
+
+    def continue_weights(self, model, cfg, directory: Path):
+        return continue_whole_model(model, directory)
+
+
+def continue_whole_model(model, directory: Path):
+    """Copy a saved whole model's weights into `model` in place, keeping which parameters
+    `apply` left trainable (and their dtype and device). Every weight must match by name."""
+    import torch
+    from safetensors.torch import load_file
+
+    from ..errors import ConfigError
+
+    files = sorted(Path(directory).glob("*.safetensors"))
+    if not files:
+        raise ConfigError(f"{directory}: no safetensors weights to continue from")
+    state = {}
+    for f in files:
+        state.update(load_file(str(f)))
+    own = model.state_dict()
+    missing = [k for k in own if k not in state and not _tied(model, k)]
+    if missing:
+        raise ConfigError(f"{directory}: the earlier model lacks {len(missing)} weights of this one "
+                          f"(e.g. {missing[0]}); it was trained on another base")
+    with torch.no_grad():
+        for name, tensor in own.items():
+            if name in state:
+                tensor.copy_(state[name].to(dtype=tensor.dtype, device=tensor.device))
+    return model
+
+
+def _tied(model, name: str) -> bool:
+    """The output head of a model with tied embeddings is saved once, as the input embeddings."""
+    return name.endswith("lm_head.weight") and bool(getattr(model.config, "tie_word_embeddings", False))
 
 
 def transformer_blocks(model):

@@ -115,6 +115,14 @@ class Method(ABC):
         raise ConfigError(f"a {self.name} run cannot be merged into plain weights; serve the run "
                           "itself (affina serve) or use it with affina generate")
 
+    def continue_weights(self, model, cfg, directory: Path) -> Any:
+        """The trainable model (`apply`'s result) with an earlier run's artifact in `directory`
+        loaded into it: the starting point of continued training (`train.continue_from`)."""
+        from ..errors import ConfigError
+
+        raise ConfigError(f"a {self.name} run cannot be continued (train.continue_from); start a "
+                          "new run on the combined data instead")
+
     def load_options(self, cfg) -> dict:
         """Extra `load_model` keyword arguments for the base (e.g. a quantization_config)."""
         return {}

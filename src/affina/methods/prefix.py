@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError
-from ._peft import apply_peft, load_peft, save_peft
+from ._peft import apply_peft, load_peft, save_peft, continue_peft
 from .base import Method, register
 
 __all__ = ["PrefixMethodConfig", "PrefixMethod"]
@@ -51,6 +51,9 @@ class PrefixMethod(Method):
 
     def load(self, base, directory: Path):
         return load_peft(base, directory)
+
+    def continue_weights(self, model, cfg, directory: Path):
+        return continue_peft(model, directory)
 
     def merge(self, model):
         raise ConfigError("prefix tuning cannot be merged: the prefix is extra attention state, not a "

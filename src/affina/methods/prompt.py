@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError
-from ._peft import apply_peft, load_peft, save_peft
+from ._peft import apply_peft, load_peft, save_peft, continue_peft
 from .base import Method, register
 
 __all__ = ["PromptMethodConfig", "PromptMethod"]
@@ -57,6 +57,9 @@ class PromptMethod(Method):
 
     def load(self, base, directory: Path):
         return load_peft(base, directory)
+
+    def continue_weights(self, model, cfg, directory: Path):
+        return continue_peft(model, directory)
 
     def merge(self, model):
         raise ConfigError("prompt tuning cannot be merged: the soft prompt is extra input, not a "

@@ -137,6 +137,9 @@ class RunRecord:
     metrics: MetricsInfo = field(default_factory=MetricsInfo)
     template: TemplateInfo | None = None
     sweep: dict | None = None
+    # Continued training: the earlier model, the replay draw, the earlier evaluation sets and
+    # the forgetting table (train/continual.py); None for a run trained from its base.
+    continual: dict | None = None
     schema_version: int = SCHEMA_VERSION
 
     def artifact_dir(self, run_dir: Path) -> Path:

@@ -130,6 +130,9 @@ def create_app(engine: Engine, keys: KeyStore, log: RequestLog, limits: Limits =
     app = FastAPI(title="affina", docs_url=None, redoc_url=None, openapi_url=None)
     metrics = _Metrics(engine)
     retrievals = Retrievals()
+    from ..monitor.gauges import DriftCollector
+
+    metrics.registry.register(DriftCollector())  # the latest drift report of each monitored model
     app.state.engine, app.state.log, app.state.metrics = engine, log, metrics
     app.add_middleware(JsonErrors)
 
@@ -394,4 +397,8 @@ def create_app(engine: Engine, keys: KeyStore, log: RequestLog, limits: Limits =
     from .dashboard import mount_dashboard  # the web pages at / and the JSON they read
 
     mount_dashboard(app, engine=engine, log=log, authenticate=authenticate, allowed=allowed, auth=auth)
+
+    from .feedback_api import feedback_router
+
+    app.include_router(feedback_router(log, authenticate, read_body))
     return app

@@ -14,6 +14,7 @@ __all__ = ["register"]
 
 def _cmd_serve(args) -> int:
     from .app import Limits
+    from .monitoring import parse_interval
     from .server import ServeOptions, serve, vllm_command
 
     options = ServeOptions(
@@ -24,7 +25,10 @@ def _cmd_serve(args) -> int:
                       max_stop_tokens=args.max_stop_tokens, max_request_seconds=args.max_request_seconds),
         log_url=args.log_db, redact=args.redact, keys_path=args.keys_db, device=args.device,
         dtype=args.dtype, threads=args.threads, auth=args.auth, jobs=not args.no_jobs,
-        workers=args.workers, lease_seconds=args.lease_seconds)
+        workers=args.workers, lease_seconds=args.lease_seconds,
+        monitor_every=parse_interval(args.monitor_every) if args.monitor_every else None,
+        monitor_models=args.monitor_model or [], monitor_config=args.monitor_config,
+        monitor_policy=args.monitor_policy)
     if args.workers < 0:
         raise AffinaError(f"--workers {args.workers}: give 0 or more")
     if args.print_vllm:
@@ -141,6 +145,16 @@ def register(subparsers) -> None:
     s.add_argument("--device", help="cpu, cuda, mps (default: the best available)")
     s.add_argument("--dtype", help="float32, bfloat16, float16 (default: per device)")
     s.add_argument("--threads", type=int, help="CPU threads for generation (default: torch's choice)")
+    s.add_argument("--monitor-every", metavar="INTERVAL", help="write a drift report of each monitored "
+                   "model every INTERVAL (90s, 30m, 1h, 1d), in a subprocess beside the API; see "
+                   "docs/monitoring.md (default: off)")
+    s.add_argument("--monitor-model", action="append", metavar="NAME", help="model name to monitor "
+                   "(repeatable; default: every run and NAME@ALIAS answered in the request log)")
+    s.add_argument("--monitor-config", type=Path, metavar="FILE", help="monitor settings YAML "
+                   "(thresholds, alpha, window, alert hooks)")
+    s.add_argument("--monitor-policy", type=Path, metavar="FILE", help="retraining policy YAML: each "
+                   "scheduled report of a NAME@ALIAS also applies the loop (retrain, register, "
+                   "gated promotion)")
     s.add_argument("--print-vllm", action="store_true", help="print the equivalent vLLM command and exit")
     s.add_argument("--workers", type=int, default=1, help="fine-tuning worker processes to start with "
                    "the server (0: none; run `affina jobs worker` elsewhere) (default: 1)")

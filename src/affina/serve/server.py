@@ -52,6 +52,10 @@ class ServeOptions:
     workers: int = 1  # local worker processes started with the server (0: none)
     lease_seconds: float | None = None  # a worker's lease on its job (default: jobs.worker's)
     files_dir: Path | None = None  # uploaded files (default: $AFFINA_HOME/serve/files)
+    monitor_every: float | None = None  # seconds between scheduled drift reports; None: off
+    monitor_models: list[str] = field(default_factory=list)  # empty: every served run/reference
+    monitor_config: Path | None = None  # monitor settings YAML (thresholds, alerts)
+    monitor_policy: Path | None = None  # retraining policy YAML: scheduled runs apply the loop
 
 
 def is_loopback(host: str) -> bool:
@@ -241,6 +245,15 @@ def serve(options: ServeOptions) -> None:
     engine = build_engine(options)
     app = build_app(options, engine)
     engine.start()
+    scheduler = None
+    if options.monitor_every:
+        from .monitoring import MonitorScheduler
+
+        scheduler = MonitorScheduler(options.monitor_every, store=options.store, log=app.state.log,
+                                     models=options.monitor_models or None,
+                                     config=options.monitor_config, policy=options.monitor_policy).start()
+        info(f"drift monitoring every {options.monitor_every:.0f}s of "
+             f"{', '.join(options.monitor_models) or 'every served run and registry reference'}")
     runs = engine.served_runs()
     info(f"serving base {engine.base.spec!r} as {BASE_NAME!r} and {len(runs)} run(s) from "
          f"{options.store} on http://{options.host}:{options.port}/v1 "
@@ -264,6 +277,8 @@ def serve(options: ServeOptions) -> None:
         uvicorn.Server(config).run()
     finally:
         stop_workers(workers)
+        if scheduler is not None:
+            scheduler.stop()
         engine.stop()
 
 

@@ -33,6 +33,8 @@ from ..record.trackers import WANDB_DIR, Trackers, open_trackers
 from ..runs import OpenedModel
 from ..ui import info, print_table, warn
 from .callbacks import HistoryCallback
+from .continual import (EarlierModel, continual_config, forgetting_rows, print_forgetting, read_plan,
+                        write_plan)
 from .display import TrainingDisplay
 from .plots import plot_learning_curve
 from . import distributed
@@ -74,12 +76,14 @@ def validate_run_config(cfg: RunConfig):
 
 
 def train(cfg: RunConfig, *, resume: Path | None = None, checkpoint: str | None = None,
-          callbacks: tuple = (), display: str = "bar", evaluate_after=None) -> TrainResult:
+          callbacks: tuple = (), display: str = "bar", evaluate_after=None,
+          earlier: EarlierModel | None = None) -> TrainResult:
     """Run one fine-tuning job. With `resume`, continue the run in that directory from its last
     intact checkpoint (or from `checkpoint`, `checkpoint-N`; `resume` may also be that checkpoint's
     directory), using the config and the (verified) data files saved there. `display`: bar,
     jsonl or quiet (see train/display.py). `evaluate_after`: False skips the held-out evaluation
-    of the tuned model (a sweep's pruned trial)."""
+    of the tuned model (a sweep's pruned trial). `earlier`: the model `train.continue_from`
+    names, resolved (a registry reference is resolved by the CLI); default: that run directory."""
     started = time.time()
     if resume is not None:
         resume, checkpoint = split_resume_target(Path(resume), checkpoint)
@@ -87,17 +91,27 @@ def train(cfg: RunConfig, *, resume: Path | None = None, checkpoint: str | None 
     method, method_cfg = validate_run_config(cfg)
     me = distributed.rank()  # under torchrun: only rank 0 writes; every rank trains
     distributed.init_process_group(cfg)
+    continual = None
+    if resume is None and cfg.train.continue_from:
+        # The earlier run's method, base and weights; new data + replay as a data.mix.
+        cfg, continual = continual_config(cfg, earlier or EarlierModel.of_run_dir(cfg.train.continue_from))
+        method, method_cfg = validate_run_config(cfg)
     if resume is not None:  # found once: opening a checkpoint to check it is not free
         run_dir, start_from = resume, resume_point(resume, checkpoint)
+        continual = read_plan(run_dir)
     elif me.distributed:
         if not cfg.train.run_name:
             raise ConfigError("a distributed run needs train.run_name, the same on every rank "
                               "(`affina train` and --print-launch set it)")
         run_dir, start_from = make_run_dir(cfg) if me.main else None, None
+        if continual and me.main:
+            write_plan(run_dir, continual)
         distributed.barrier()
         run_dir = run_dir or Path(cfg.train.output_dir) / cfg.train.run_name
     else:
         run_dir, start_from = make_run_dir(cfg), None
+        if continual:
+            write_plan(run_dir, continual)
     if not me.main:
         display = "quiet"
         cfg = dataclasses.replace(cfg, track=dataclasses.replace(cfg.track, mlflow=False,
@@ -137,14 +151,28 @@ def train(cfg: RunConfig, *, resume: Path | None = None, checkpoint: str | None 
             _remember_mlflow_run(run_dir, tracker.run_id)
 
         before = None
-        if eval_records and cfg.eval.compare_base and method.task.compares_base and me.main:
+        # A continued run's "before" is the earlier model (below), not the base.
+        if (eval_records and cfg.eval.compare_base and method.task.compares_base and not continual
+                and me.main):
             base_view = OpenedModel(loaded.model, loaded.tokenizer, "base", None, None, stops)
             before = _cached_eval(run_dir / "eval" / "before.json", lambda: _evaluate(
                 base_view, eval_records, settings, "before"))
 
         set_seed(cfg.train.seed)
         model = method.apply(loaded.model, method_cfg)
+        if continual:
+            model = method.continue_weights(model, method_cfg,
+                                            Path(continual["run_dir"]) / continual["artifact"])
         model = method.attach_data(model, method_cfg, data, loaded.tokenizer)
+        earlier_before = []
+        if continual and me.main:  # the earlier model, before the first step: "before" of every set
+            earlier_view = OpenedModel(model, loaded.tokenizer, "earlier", None, method, stops)
+            if eval_records:
+                before = _cached_eval(run_dir / "eval" / "before.json", lambda: _evaluate(
+                    earlier_view, eval_records, settings, "the earlier model"))
+            earlier_before = [_cached_eval(run_dir / "eval" / f"earlier-{i}-before.json", lambda s=s: _evaluate(
+                earlier_view, _set_records(s), settings, f"the earlier model on {Path(s['path']).name}"))
+                for i, s in enumerate(continual["earlier_eval"])]
         params = trainable_report(model)
         info(f"method {method.name}: {params.trainable:,} trainable of {params.total:,} "
              f"parameters ({params.percent:.3f}%)")
@@ -182,10 +210,17 @@ def train(cfg: RunConfig, *, resume: Path | None = None, checkpoint: str | None 
                             ylabel=method.loss_label)
 
         after = None
+        tuned = OpenedModel(model, loaded.tokenizer, "after", None, method, stops)
         if eval_records and (evaluate_after is None or evaluate_after()):
-            tuned = OpenedModel(model, loaded.tokenizer, "after", None, method, stops)
             after = _evaluate(tuned, eval_records, settings, "after")
             _write_json(run_dir / "eval" / "after.json", after)
+        if continual:  # forgetting: every earlier set, before vs after
+            earlier_after = [_evaluate(tuned, _set_records(s), settings, f"after, on {Path(s['path']).name}")
+                             for s in continual["earlier_eval"]]
+            continual["forgetting"] = forgetting_rows(
+                continual["earlier_eval"], [flat_scores(r) for r in earlier_before],
+                [flat_scores(r) for r in earlier_after])
+            _write_json(run_dir / "eval" / "forgetting.json", continual["forgetting"])
 
         record = RunRecord(
             kind=method.artifact_kind, artifact=artifact_dir.name,
@@ -204,7 +239,7 @@ def train(cfg: RunConfig, *, resume: Path | None = None, checkpoint: str | None 
                             seconds=round(time.time() - started, 1), world_size=me.world_size,
                             profile=profile.name, **stopping),
             metrics=MetricsInfo(val_metrics.get("eval_loss"), flat_scores(before), flat_scores(after)),
-            template=template)
+            template=template, continual=continual)
         write_record(run_dir, record)
         tracker.log_metrics({"final_validation_loss": val_metrics.get("eval_loss", float("nan"))})
         for tag, result in (("before", before), ("after", after)):
@@ -213,7 +248,20 @@ def train(cfg: RunConfig, *, resume: Path | None = None, checkpoint: str | None 
         _log_run_files(tracker, run_dir, cfg.track.log_checkpoints)
 
     _print_summary(run_dir, data, params, record, before, after, method.task.compares_base)
+    if continual:
+        print_forgetting(continual["forgetting"])
     return TrainResult(run_dir, record)
+
+
+def _set_records(entry: dict):
+    """One earlier evaluation set's records (its file is the one recorded: sha256-checked)."""
+    from ..data.loading import file_sha256
+
+    path = Path(entry["path"])
+    if file_sha256(path) != entry["sha256"]:
+        raise AffinaError(f"earlier evaluation set {path} changed while this run trained; "
+                          "restore it and resume the run")
+    return load_records([str(path)]).records
 
 
 # -- setup ---------------------------------------------------------------------------------
