@@ -6,7 +6,7 @@ An import into a higher layer, or a cycle between packages, fails with the full 
 
   1 core     config, errors, ui, paths, __init__, models/, data/, methods/
   2 record   record/, runs
-  3 recipes  evaluate/ < train/ < tune/, export (and any parity module); bias/ beside train/
+  3 recipes  evaluate/ < train/ < tune/, export (and any parity module); bias/, rag/ beside train/
   4 govern   govern/, monitor/
   5 service  serve/, jobs/, cli, export_commands, every */commands.py
 """
@@ -25,13 +25,13 @@ LAYER_NAMES = {CORE: "core", RECORD: "record", RECIPES: "recipes", GOVERN: "gove
                SERVICE: "service/CLI"}
 # Within the recipes layer: evaluate < train < tune; export and parity beside them.
 RECIPE_ORDER = {"evaluate": 0, "train": 1, "tune": 2, "export": 0, "gguf_export": 0, "parity": 0,
-                "bias": 1}
+                "bias": 1, "rag": 1}
 PACKAGE_LAYER = {
     "config": CORE, "errors": CORE, "ui": CORE, "paths": CORE, "__init__": CORE,
     "models": CORE, "data": CORE, "methods": CORE,
     "record": RECORD, "runs": RECORD,
     "evaluate": RECIPES, "train": RECIPES, "tune": RECIPES, "export": RECIPES, "gguf_export": RECIPES,
-    "parity": RECIPES, "bias": RECIPES,
+    "parity": RECIPES, "bias": RECIPES, "rag": RECIPES,
     "govern": GOVERN, "monitor": GOVERN,
     "serve": SERVICE, "jobs": SERVICE, "cli": SERVICE, "__main__": SERVICE, "export_commands": SERVICE,
 }

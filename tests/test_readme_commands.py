@@ -38,7 +38,8 @@ def test_readme_and_makefile_agree_on_runs_demo(tmp_path):
 
 SKIP = {"chat": "interactive", "train --resume": "needs an interrupted run",
         "monitor": "needs served traffic (tests/monitor runs it)",
-        "feedback": "needs feedback on served requests (tests/monitor runs it)"}
+        "feedback": "needs feedback on served requests (tests/monitor runs it)",
+        "advise": "minutes of training; tests/govern/test_advise.py runs a whole advice"}
 
 
 @pytest.mark.slow
@@ -63,7 +64,9 @@ def test_everyday_commands_run(tmp_path, tiny_model_dir, monkeypatch, capsys):
     swaps = [(r"\bdefault\b", str(tiny_model_dir)), (r"other-model/", str(tiny_model_dir)),
              (r"\b(data|val|test)\.jsonl\b", str(data)), (r"examples/product_json/sweep\.yaml", str(space)),
              (r"--trials \d+", "--trials 1"), (r"products@2", "products@1"),
-             (r"--store runs$", "--store runs --print-vllm")]
+             (r"--store runs$", "--store runs --print-vllm"),
+             (r"\bmanual/", str(ROOT / "examples" / "product_manual" / "docs")),
+             (r"\bquestions\.jsonl\b", str(ROOT / "examples" / "product_manual" / "questions.jsonl"))]
     ran = []
     for command in everyday_commands():
         if any(command.startswith(f"affina {s}") for s in SKIP):

@@ -22,6 +22,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "affina.jobs.commands",
     "affina.bias.commands",
     "affina.monitor.commands",
+    "affina.rag.commands",
+    "affina.govern.advise_commands",
 )
 
 

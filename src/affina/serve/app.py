@@ -28,6 +28,7 @@ from .guards import (RETRY_AFTER as _RETRY_AFTER, ClientGone, JsonErrors, check_
 from ..record.requestlog import LogEntry, RequestLog
 from .schemas import (ApiError, ChatRequest, CompletionRequest, chat_chunk, chat_response,
                       completion_chunk, completion_response, error_body, parse_request, usage)
+from .retrieval import Retrievals
 from .store import InvalidModelName, StoreError, check_model_name
 
 __all__ = ["Limits", "create_app"]
@@ -128,6 +129,7 @@ def create_app(engine: Engine, keys: KeyStore, log: RequestLog, limits: Limits =
         raise ValueError(f"auth must be 'open' or 'keys', not {auth!r}")
     app = FastAPI(title="affina", docs_url=None, redoc_url=None, openapi_url=None)
     metrics = _Metrics(engine)
+    retrievals = Retrievals()
     from ..monitor.gauges import DriftCollector
 
     metrics.registry.register(DriftCollector())  # the latest drift report of each monitored model
@@ -255,6 +257,9 @@ def create_app(engine: Engine, keys: KeyStore, log: RequestLog, limits: Limits =
             params = GenerationParams(max_tokens=max_tokens, temperature=req.effective_temperature,
                                       top_p=req.top_p or 1.0, stop=tuple(req.stop or ()), seed=req.seed)
             entry.params = {k: v for k, v in params.__dict__.items()}
+            rag = req.rag if chat else None
+            if rag is not None:
+                entry.params["rag"] = rag.model_dump()
             if not allowed(key, req.model):
                 raise ApiError(403, f"this API key may not use model {req.model!r}", "model_not_allowed",
                                "model")
@@ -274,9 +279,13 @@ def create_app(engine: Engine, keys: KeyStore, log: RequestLog, limits: Limits =
             if params.stop:
                 await run_in_threadpool(lambda: check_stops(params.stop, limits.max_stop_tokens,
                                                             engine.models.tokenizer(target.run)))
+            messages, citations = entry.prompt, None
+            if rag is not None:  # sources into the prompt; the log keeps the client's messages
+                messages, citations = await run_in_threadpool(
+                    retrievals.augment, entry.prompt, rag, engine.models.tokenizer(target.run))
             try:
                 # Off the event loop: a long prompt takes a while to render and tokenise.
-                prompt_ids = await (run_in_threadpool(engine.chat_prompt_ids, entry.prompt, target) if chat
+                prompt_ids = await (run_in_threadpool(engine.chat_prompt_ids, messages, target) if chat
                                     else run_in_threadpool(engine.text_prompt_ids, req.prompt, target))
             except BadPrompt as e:
                 raise ApiError(400, str(e), "invalid_messages", "messages") from None
@@ -289,7 +298,7 @@ def create_app(engine: Engine, keys: KeyStore, log: RequestLog, limits: Limits =
                                "messages" if chat else "prompt")
             if req.stream:
                 return await stream(entry, started, target, prompt_ids, params, req.include_usage, chat,
-                                    deadline)
+                                    deadline, citations)
             try:
                 job = engine.submit(target, prompt_ids, params, deadline=deadline)
                 result = await wait_for(request, job, deadline)
@@ -316,11 +325,14 @@ def create_app(engine: Engine, keys: KeyStore, log: RequestLog, limits: Limits =
         entry.finish_reason, entry.adapter_version = result.finish_reason, result.adapter_version
         await finish(entry, started)
         build = chat_response if chat else completion_response
-        return JSONResponse(build(entry.request_id, entry.model, result.text, result.finish_reason,
-                                  usage(result.prompt_tokens, result.completion_tokens)))
+        body = build(entry.request_id, entry.model, result.text, result.finish_reason,
+                     usage(result.prompt_tokens, result.completion_tokens))
+        if citations is not None:
+            body["citations"] = citations  # affina extension beside OpenAI's fields
+        return JSONResponse(body)
 
     async def stream(entry, started, target, prompt_ids, params, include_usage: bool, chat: bool,
-                     deadline: float):
+                     deadline: float, citations: list | None = None):
         loop = asyncio.get_running_loop()
         pieces: asyncio.Queue = asyncio.Queue()
         done = object()
@@ -343,7 +355,10 @@ def create_app(engine: Engine, keys: KeyStore, log: RequestLog, limits: Limits =
         async def events():
             try:
                 if chat:
-                    yield chunk(first=True)
+                    first = chat_chunk(rid, model, created, {"role": "assistant", "content": ""})
+                    if citations is not None:  # the sources, once, on the first chunk
+                        first["citations"] = citations
+                    yield _sse(first)
                 while (piece := await pieces.get()) is not done:
                     yield chunk(piece)
                 try:

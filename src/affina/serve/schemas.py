@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError,
                       field_validator)
 
-__all__ = ["ApiError", "ChatRequest", "CompletionRequest", "parse_request", "error_body",
+__all__ = ["ApiError", "ChatRequest", "RagOptions", "CompletionRequest", "parse_request", "error_body",
            "chat_response", "chat_chunk", "completion_response", "completion_chunk", "usage"]
 
 
@@ -104,9 +104,20 @@ class ChatMessage(BaseModel):
         return self.content or ""
 
 
+class RagOptions(BaseModel):
+    """affina's extension field `rag`: retrieve from a knowledge base into the prompt
+    (serve/retrieval.py)."""
+    model_config = ConfigDict(extra="forbid")
+
+    index: Annotated[str, Field(strict=True, min_length=1)]
+    k: Annotated[int, Field(strict=True, ge=1, le=20)] = 4
+    mode: Literal["hybrid", "vector", "bm25"] = "hybrid"
+
+
 class ChatRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: _Tokens | None = None
+    rag: RagOptions | None = None
 
     def as_messages(self) -> list[dict]:
         # Templates know system/user/assistant; "developer" is OpenAI's newer name for system.
@@ -121,6 +132,14 @@ class CompletionRequest(_Sampling):
     # An empty prompt is refused (400) rather than generated from BOS: not every tokenizer has
     # a BOS token, and a model continuing nothing is rarely what a client meant.
     prompt: Annotated[str, Field(strict=True, min_length=1)] | list[StrictStr]
+    rag: object = None  # retrieval is for chat: refused here rather than silently ignored
+
+    @field_validator("rag", mode="before")
+    @classmethod
+    def _no_rag(cls, value):
+        if value is not None:
+            raise ValueError("retrieval works on /v1/chat/completions only")
+        return value
 
     @field_validator("prompt")
     @classmethod
