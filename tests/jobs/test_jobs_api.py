@@ -150,6 +150,30 @@ def test_a_distributed_job_trains_on_torchrun(jobs_env):
     assert read_record(run_dir).train.world_size == 2
 
 
+def test_a_dpo_job_trains_on_pairs_as_openais_api_asks(jobs_env):
+    """`method: {"type": "dpo", "dpo": {"hyperparameters": {"beta": ...}}}` trains the dpo method;
+    its first loss is DPO's ln 2 (a fresh adapter, the reference is the base)."""
+    import json
+    import math
+
+    alice = jobs_env.client(jobs_env.alice)
+    pairs = "".join(json.dumps({"prompt": f"what is {i} plus one?", "chosen": f"{i + 1}.",
+                                "rejected": f"Well, let me think about {i} for a while first."}) + "\n"
+                    for i in range(16))
+    job = alice.fine_tuning.jobs.create(
+        model="base", training_file=jobs_env.upload(alice, "pairs.jsonl", pairs).id, suffix="prefs",
+        method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.2, "n_epochs": 1, "batch_size": 4}}})
+    jobs_env.start_worker()
+    try:
+        done = wait_status(alice, job.id, ("succeeded", "failed"), timeout=240)
+    finally:
+        jobs_env.stop_workers()
+    assert done.status == "succeeded", done.error
+    assert done.method.type == "dpo" and done.method.dpo.hyperparameters.beta == 0.2
+    first = min((e for e in _events(alice, job.id) if e.type == "metrics"), key=lambda e: e.data["step"])
+    assert first.data["train_loss"] == pytest.approx(math.log(2), abs=1e-3)
+
+
 def test_cancel_stops_training_within_seconds(jobs_env):
     alice = jobs_env.client(jobs_env.alice)
     training = jobs_env.upload(alice)
