@@ -88,7 +88,8 @@ def test_drift_feedback_retraining_and_gated_promotion(loop_world, tmp_path, mon
     recorded = show_model("shop")["versions"][1]["promotions"]["champion"]
     assert recorded["decision"] == "refused" and recorded["report"] == bad["report"]
     promotion = json.loads(open(bad["report"]).read())
-    assert promotion["forgetting"][0]["regressed"] and not promotion["gates"][1]["passed"]
+    gates = {g["gate"]: g for g in promotion["gates"]}
+    assert promotion["forgetting"][0]["regressed"] and not gates["forgetting"]["passed"]
 
     # Two more drifted windows, now with the right answers: retrained with replay, promoted only
     # because no earlier set regressed beyond the margin.
