@@ -203,7 +203,7 @@ def test_pause_resume_and_a_killed_worker_continue_from_checkpoints(jobs_env):
     worker = jobs_env.start_worker(lease_seconds=5)
     try:
         job = alice.fine_tuning.jobs.create(model="base", training_file=training.id, method=method)
-        wait_for(lambda: list(alice.fine_tuning.jobs.checkpoints.list(job.id)), 90, "a checkpoint")
+        wait_for(lambda: list(alice.fine_tuning.jobs.checkpoints.list(job.id)), 180, "a checkpoint")
         # Pause: training stops, the checkpoint stays; resume queues it to continue from there.
         assert alice.fine_tuning.jobs.pause(job.id).status == "paused"
         wait_for(lambda: not _training_children(worker), 15, "the training process to end", 0.1)
@@ -211,7 +211,7 @@ def test_pause_resume_and_a_killed_worker_continue_from_checkpoints(jobs_env):
         assert alice.fine_tuning.jobs.retrieve(job.id).status == "paused"
         assert alice.fine_tuning.jobs.resume(job.id).status == "queued"
         wait_for(lambda: max(c.step_number for c in alice.fine_tuning.jobs.checkpoints.list(job.id)) > paused_at,
-                 90, "a checkpoint after the resume")
+                 180, "a checkpoint after the resume")
         # SIGKILL the worker mid-job: its training dies with it, and once the lease runs out
         # another worker resumes the job from its last checkpoint and finishes it.
         children = _training_children(worker)
