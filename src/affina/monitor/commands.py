@@ -4,27 +4,15 @@
 from __future__ import annotations
 
 import json
-import sys
-from datetime import datetime
 from pathlib import Path
 
-from ..errors import AffinaError
+from ..serve.commands import parse_when
 
 __all__ = ["register", "LOG_URL_ENV"]
 
 # The request log URL when --db is not given (how `affina serve` hands its log to the scheduled
 # monitor without putting a database password on a command line).
 LOG_URL_ENV = "AFFINA_MONITOR_LOG_URL"
-
-
-def _when(text: str | None, flag: str) -> datetime | None:
-    if not text:
-        return None
-    try:
-        return datetime.fromisoformat(text)
-    except ValueError:
-        raise AffinaError(f"{flag} {text!r}: use an ISO time like 2026-11-26 or 2026-11-26T14:00 "
-                          "(UTC unless it names a zone)") from None
 
 
 def _cmd_monitor(args) -> int:
@@ -46,7 +34,7 @@ def _cmd_monitor(args) -> int:
 
     log_url = args.db or os.environ.get(LOG_URL_ENV)
     report, path = monitor_once(target, settings, log_url=log_url, monitor_dir=args.monitor_dir,
-                                since=_when(args.since, "--since"), until=_when(args.until, "--until"),
+                                since=parse_when(args.since, "--since"), until=parse_when(args.until, "--until"),
                                 save=not args.no_save)
     history = MonitorStore(args.monitor_dir).history(target.name) if path else []
     if args.json:
@@ -84,7 +72,7 @@ def _cmd_feedback_export(args) -> int:
     from .feedback_export import export_feedback
 
     result = export_feedback(Path(args.out), log_url=args.db, model=args.model,
-                             since=_when(args.since, "--since"), until=_when(args.until, "--until"),
+                             since=parse_when(args.since, "--since"), until=parse_when(args.until, "--until"),
                              approve_at=args.approve_at, redact=args.redact)
     rows = [["training rows written", result.rows]]
     rows += [[f"skipped: {reason}", n] for reason, n in sorted(result.skipped.items())]

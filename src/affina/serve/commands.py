@@ -69,7 +69,8 @@ def _cmd_keys_revoke(args) -> int:
     return 0
 
 
-def _when(text: str | None, flag: str) -> datetime | None:
+def parse_when(text: str | None, flag: str) -> datetime | None:
+    """A command-line time (`--since`, `--until`): ISO, UTC unless it names a zone."""
     if not text:
         return None
     try:
@@ -84,7 +85,7 @@ def _cmd_logs(args) -> int:
     from ..record.requestlog import RequestLog
 
     log = RequestLog(args.db, create=False)
-    rows = log.query(model=args.model, since=_when(args.since, "--since"), until=_when(args.until, "--until"),
+    rows = log.query(model=args.model, since=parse_when(args.since, "--since"), until=parse_when(args.until, "--until"),
                      status=args.status, limit=args.limit, newest_first=args.jsonl is None)
     if args.jsonl is not None:
         out = sys.stdout if args.jsonl == "-" else open(args.jsonl, "w", encoding="utf-8")
