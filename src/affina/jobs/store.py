@@ -27,6 +27,7 @@ from sqlalchemy.exc import ArgumentError, OperationalError
 
 from ..errors import AffinaError
 from ..paths import private_file
+from ..record.requestlog import sqlite_pragmas
 
 __all__ = ["JobStore", "FileRow", "JobRow", "EventRow", "CheckpointRow", "Page", "TERMINAL",
            "ACTIVE", "STATUSES", "files_table", "jobs_table", "events_table", "checkpoints_table",
@@ -258,7 +259,7 @@ class JobStore:
                               "sqlite:///path/requests.db or postgresql+psycopg://user@host/db") from None
         self.dialect = self.engine.dialect.name
         if self.dialect == "sqlite":
-            event.listen(self.engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine, "connect", sqlite_pragmas)  # the request log's settings
             database = self.engine.url.database
             if database and database != ":memory:":
                 from pathlib import Path
@@ -515,11 +516,3 @@ class JobStore:
 
 def _owned(t, owner: str | None):
     return t.c.owner.is_(None) if owner is None else t.c.owner == owner
-
-
-def _sqlite_pragmas(dbapi_connection, _record) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=FULL")
-    cursor.execute("PRAGMA busy_timeout=10000")
-    cursor.close()

@@ -105,7 +105,7 @@ class RequestLog:
             raise AffinaError(f"request log URL {self.url!r} is not usable ({e}); pass e.g. "
                               "sqlite:///path/requests.db or postgresql+psycopg://user@host/db") from None
         if self.engine.dialect.name == "sqlite":
-            event.listen(self.engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine, "connect", sqlite_pragmas)
             database = self.engine.url.database
             if database and database != ":memory:":
                 self.path = Path(database).expanduser()
@@ -200,7 +200,8 @@ def _status_clause(status: str):
     raise AffinaError(f"--status {status!r}: pass a status code (200) or a class (2xx, 4xx, 5xx)")
 
 
-def _sqlite_pragmas(dbapi_connection, _record) -> None:
+def sqlite_pragmas(dbapi_connection, _record) -> None:
+    """Connection settings of every table in the service database (request log, jobs)."""
     cursor = dbapi_connection.cursor()
     # WAL lets `affina logs` read while the server writes; FULL syncs the WAL on every commit,
     # so an acknowledged request survives a crash of the process and of the machine.
