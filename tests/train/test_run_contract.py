@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from affina.cli import main
+from affina.record import read_record
 
 
 def _chat(n: int, start: int = 0) -> str:
@@ -58,6 +59,10 @@ def test_a_run_moved_with_its_data_resumes_registers_and_promotes_from_elsewhere
                  "train.eval_steps=2", "eval.metrics=[exact_match]", "eval.max_new_tokens=3",
                  "eval.compare_base=false", "data.max_length=96"]) == 0
     inputs = json.loads((project / "runs" / "portable" / "inputs.json").read_text())
+    # the record names the files that scored the run as well as those it trained on
+    recorded = read_record(project / "runs" / "portable").data.files
+    assert {(f.role, f.relative, f.rows) for f in recorded} == {
+        ("train", "../../data/train.jsonl", 16), ("eval", "../../data/eval.jsonl", 4)}
     # a finished run has nothing to resume
     assert main(["train", "-q", "--resume", "runs/portable"]) == 2
     assert "already finished" in capsys.readouterr().err

@@ -128,7 +128,8 @@ def train(cfg: RunConfig, *, resume: Path | None = None, checkpoint: str | None 
     method_cfg = method.resolve_config(method_cfg, data)
     for message in data.warnings:
         warn(message)
-    eval_records = load_records(cfg.eval.data).records[: cfg.eval.limit] if cfg.eval.data else []
+    evaluation = load_records(cfg.eval.data) if cfg.eval.data else None
+    eval_records = evaluation.records[: cfg.eval.limit] if evaluation else []
     settings = EvalSettings.of_run_config(cfg)
     # The stop rule and template the run trains with: recorded, then checked against the artifact.
     stops = stop_token_ids(loaded.tokenizer, loaded.model.generation_config)
@@ -227,7 +228,7 @@ def train(cfg: RunConfig, *, resume: Path | None = None, checkpoint: str | None 
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             base_model=BaseModelInfo(cfg.model.spec, str(loaded.path), loaded.fingerprint,
                                      type(loaded.model).__name__),
-            data=_data_info(data, run_dir),
+            data=_data_info(data, evaluation, run_dir),
             method=MethodInfo(method.name, dataclasses.asdict(method_cfg), params.trainable,
                               params.total, round(params.percent, 4), params.trainable_bytes,
                               method.report(model, method_cfg)),
@@ -416,10 +417,14 @@ def _log_datasets(tracker: Trackers, data: PreparedData) -> None:
                             digest=summary["validation"]["fingerprint"], context="validation")
 
 
-def _data_info(data: PreparedData, run_dir: Path) -> DataInfo:
+def _data_info(data: PreparedData, evaluation, run_dir: Path) -> DataInfo:
+    """The data the run trained on and the evaluation files that scored it (`evaluation`: their
+    LoadResult, or None)."""
     summary = data.summary()
     files = [data_file(f["path"], f.get("role", "train"), run_dir, sha256=f.get("sha256"),
                        format=f.get("format", ""), rows=f.get("rows", 0)) for f in data.files]
+    files += [data_file(f["path"], "eval", run_dir, sha256=f["sha256"], format=f["format"], rows=f["rows"])
+              for f in (evaluation.files if evaluation else [])]
 
     def split(d: dict) -> SplitInfo:
         d = dict(d)

@@ -206,7 +206,7 @@ def lineage_view(store: ModelStore | None, ref: str, log: RequestLog) -> dict:
     else:
         info = lineage(str(run_dir_of(store, ref)))
         info["ref"] = ref
-    # The evaluation files score the run: the record lists the data it trained on, inputs.json all.
+    # Runs recorded before their records listed the evaluation files: inputs.json lists them.
     known = {f["path"] for f in info["sources"]}
     info["sources"] += [{"path": f.path, "role": f.role, "format": f.format or None, "rows": f.rows or None,
                          "sha256": f.sha256} for f in read_inputs(Path(info["run"]["dir"])) or []
