@@ -1,6 +1,7 @@
 """Serving registered versions: NAME@ALIAS resolved per request, tampered files refused, and the
 request log feeding lineage."""
 
+import json
 import shutil
 import time
 
@@ -9,6 +10,7 @@ import pytest
 
 from affina.record import artifact_version as adapter_version
 from affina.record.requestlog import usage_summary
+from affina.cli import main
 from affina.govern.registry import register_run, set_alias
 
 from tests.serve.conftest import start_server
@@ -30,7 +32,8 @@ def _within(seconds, check):
     return True
 
 
-def test_alias_moves_without_restart_and_tampered_versions_are_refused(serve_store, tmp_path, monkeypatch):
+def test_alias_moves_without_restart_and_tampered_versions_are_refused(serve_store, tmp_path, monkeypatch,
+                                                                        capsys):
     base, store = serve_store
     monkeypatch.setenv("AFFINA_TRACKING_URI", f"sqlite:///{tmp_path}/registry.db")
     copies = tmp_path / "registered"
@@ -67,6 +70,12 @@ def test_alias_moves_without_restart_and_tampered_versions_are_refused(serve_sto
     # same files.
     assert alpha_usage["requests"] >= 3 and alpha_usage["first"] <= alpha_usage["last"]
     assert usage_summary(["nobody@1"], None, log_url)["requests"] == 0
+    # `affina lineage --db` reads this server's log, not the default one in $AFFINA_HOME
+    monkeypatch.setenv("AFFINA_HOME", str(tmp_path / "home"))
+    assert main(["lineage", "prod@1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["served"] is None
+    assert main(["lineage", "prod@1", "--json", "--db", log_url]) == 0
+    assert json.loads(capsys.readouterr().out)["served"]["requests"] == alpha_usage["requests"]
 
 
 def _register_two(store, tmp_path, monkeypatch):

@@ -90,7 +90,7 @@ def _cmd_lineage(args) -> int:
         return 0
     if not args.ref:
         raise AffinaError("give NAME@VERSION, NAME@ALIAS or a run directory, or --dataset FINGERPRINT")
-    data = lineage(args.ref)
+    data = lineage(args.ref, log_url=args.db)
     print(json.dumps(data, indent=1, default=str) if args.json else format_lineage(data))
     if args.graph:
         draw_lineage(data, Path(args.graph))
@@ -152,6 +152,8 @@ def register(sub) -> None:
     li.add_argument("--graph", metavar="OUT.png", help="draw the chain as a picture")
     li.add_argument("--dataset", metavar="FINGERPRINT", help="list every run and version trained on it")
     li.add_argument("--runs", nargs="*", default=["runs"], help="run directories to scan besides MLflow")
+    li.add_argument("--db", help="request log that counts the version's served requests, the server's "
+                    "--log-db (default: sqlite in $AFFINA_HOME/serve)")
     li.set_defaults(func=_cmd_lineage)
 
     pr = sub.add_parser("promote", help="evaluate and move an alias only if the candidate is not worse")

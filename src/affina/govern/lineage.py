@@ -17,8 +17,10 @@ from .registry import (TAG_HASHES, _client, hash_run_files, lookup, parse_ref, s
 __all__ = ["lineage", "format_lineage", "draw_lineage", "runs_for_dataset"]
 
 
-def lineage(ref: str, *, uri: str | None = None) -> dict:
-    """Everything known about how a version (NAME@VERSION|ALIAS) or a run directory came to be."""
+def lineage(ref: str, *, uri: str | None = None, log_url: str | None = None) -> dict:
+    """Everything known about how a version (NAME@VERSION|ALIAS) or a run directory came to be.
+    `log_url`: the request log that counts its served requests (a server's --log-db; default the
+    sqlite log in $AFFINA_HOME/serve)."""
     versions: list[dict] = []
     expected: dict[str, str] | None = None
     if parse_ref(ref) and not Path(ref).exists():
@@ -73,7 +75,7 @@ def lineage(ref: str, *, uri: str | None = None) -> dict:
         "registry": versions,
         "served": _served([f"{v['name']}@{v['version']}" for v in versions] + [run_dir.name]
                           + ([_job(run_dir)["fine_tuned_model"]] if _job(run_dir) else []),
-                          artifact_dir),
+                          artifact_dir, log_url),
     }
 
 
@@ -135,11 +137,11 @@ def _versions_of_run(run_dir: Path, uri: str | None) -> list[dict]:
     return out
 
 
-def _served(model_names: list[str], artifact_dir: Path) -> dict | None:
+def _served(model_names: list[str], artifact_dir: Path, log_url: str | None) -> dict | None:
     """Counts and time range of logged requests answered by this artifact: by the exact adapter
     weights' hash (whatever name or alias the request used), or by run/version name."""
     version = artifact_version(artifact_dir) if artifact_dir.is_dir() else None
-    return usage_summary(model_names, version)
+    return usage_summary(model_names, version, url=log_url)
 
 
 def format_lineage(info: dict) -> str:
