@@ -65,6 +65,11 @@ def test_run_directory_holds_standard_artifacts(tmp_path, tiny_model_dir):
     assert m["seed"] == 42 and m["train"]["global_step"] == 8
     assert {"torch", "transformers", "peft"} <= set(m["versions"])
     assert m["metrics"]["validation_loss"] is not None
+    # evaluated at steps 4 and 8, once each: the last step's evaluation is the final one
+    history = json.loads((run / "history.json").read_text())
+    evals = [h for h in history if "eval_loss" in h]
+    assert [h["step"] for h in evals] == [4, 8]
+    assert m["metrics"]["validation_loss"] == evals[-1]["eval_loss"]
     # LoRA count in closed form: r * (d_in + d_out) per adapted linear layer.
     cfg = base.config
     d, i, kv = cfg.hidden_size, cfg.intermediate_size, cfg.num_key_value_heads * cfg.head_dim

@@ -185,7 +185,7 @@ def train(cfg: RunConfig, *, resume: Path | None = None, checkpoint: str | None 
                                  method.compute_metrics(method_cfg), method, method_cfg, profile)
         if method.trains:  # fewshot: nothing to optimise, the run is its prompt recipe
             _train(trainer, start_from)
-        val_metrics = trainer.evaluate() if data.val else {}
+        val_metrics = _final_validation(trainer) if data.val else {}
         artifact_dir = run_dir / "adapter"
         sharded = getattr(trainer, "is_fsdp_enabled", False)
         if sharded:
@@ -415,6 +415,16 @@ def _log_datasets(tracker: Trackers, data: PreparedData) -> None:
     if data.val_records:
         tracker.log_dataset(data.val_records, name="validation", source=sources,
                             digest=summary["validation"]["fingerprint"], context="validation")
+
+
+def _final_validation(trainer) -> dict:
+    """The trained model's validation metrics: those of the evaluation at its last step when it
+    had one (and no best checkpoint was reloaded after it), else a fresh evaluation."""
+    state = trainer.state
+    last = next((h for h in reversed(state.log_history) if "eval_loss" in h), None)
+    if last and last.get("step") == state.global_step and not trainer.args.load_best_model_at_end:
+        return {k: v for k, v in last.items() if k.startswith("eval_")}
+    return trainer.evaluate()
 
 
 def _data_info(data: PreparedData, evaluation, run_dir: Path) -> DataInfo:
