@@ -134,6 +134,7 @@ class Engine:
         # Rows in one decoding step → how many steps had it (both modes; a static batch's rows
         # count until its longest row ends, a continuous batch's until each row leaves).
         self.step_rows: dict[int, int] = {}
+        self.joined_running = 0  # requests that joined a batch already decoding (continuous)
         self._worker = threading.Thread(target=self._run, name="affina-generate", daemon=True)
 
     # -- request side (any thread) ---------------------------------------------------------
@@ -384,6 +385,8 @@ class Engine:
             joiners = self._take_joiners(key if rows else self._row_key(first), rows, pending)
             pending = []
             joined = [row for job in joiners if (row := self._join(job, batch, rows)) is not None]
+            if rows:
+                self.joined_running += len(joined)
             rows += joined
             if not rows:
                 return
