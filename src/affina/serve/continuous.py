@@ -158,6 +158,8 @@ class Row:
         from .decoding import RowStops, StreamDecoder
 
         self.job, self.tokenizer, self.stops, self.version = job, tokenizer, set(stops), version
+        self.adapter: str | None = None  # its PEFT adapter name in a mixed batch ("__base__": none)
+        self.active = None  # what it was prefilled with (`holders.Active`)
         self.ids: list[int] = []
         self.criteria = RowStops(0, [job.cancelled], [job.deadline], job.params.stop, tokenizer)
         self.decoder = StreamDecoder(tokenizer, job.params.stop) if job.on_text is not None else None

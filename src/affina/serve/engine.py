@@ -354,15 +354,25 @@ class Engine:
             return None
         run = job.target.run
         try:
-            if run is not None and rows and job.mixable:  # touch the running rows' adapters first,
-                self.models.activate_mixed([r.job.target.run for r in rows] + [run])  # so none is evicted
-            active = self.models.activate(run)
+            adapter = None
+            if self._row_key(job) == "peft-shared":
+                # Loads the row's adapter after touching the running rows' ones, so none of
+                # theirs is evicted; a reloaded adapter may have a new name, so all are renamed.
+                _, names, versions = self.models.activate_mixed([r.job.target.run for r in rows] + [run])
+                for row, name in zip(rows, names):
+                    row.adapter = name
+                adapter = names[-1]
+                active, _ = self.models.activate_rows([adapter])
+                active.version = versions[-1]
+            else:
+                active = self.models.activate(run)
             with active.context, torch.inference_mode():
                 cache, token = batch.prefill(active.model, job.prompt_ids, self.base.device)
         except Exception as e:  # its adapter cannot load: its own request fails, not the batch
             job.future.set_exception(e)
             return None
         row = Row(job, self.models.tokenizer(run), self.models.stops(run), active.version)
+        row.adapter, row.active = adapter, active
         if row.feed(token):
             self._finish(row)
             return None
@@ -379,10 +389,9 @@ class Engine:
         join between steps and finished ones leave (their answers go out at once)."""
         import torch
 
-        batch, rows, pending = RunningBatch(self.base.model.config), [], [first]
-        key, active, names = None, None, None
+        batch, rows, pending, key = RunningBatch(self.base.model.config), [], [first], self._row_key(first)
         while True:
-            joiners = self._take_joiners(key if rows else self._row_key(first), rows, pending)
+            joiners = self._take_joiners(key, rows, pending)
             pending = []
             joined = [row for job in joiners if (row := self._join(job, batch, rows)) is not None]
             if rows:
@@ -391,18 +400,13 @@ class Engine:
             if not rows:
                 return
             key = self._row_key(rows[0].job)
-            targets = {r.job.target.name for r in rows}
             if joined:
-                self._count(len(rows), len(targets))
+                self._count(len(rows), len({r.job.target.name for r in rows}))
             try:
-                if joined or active is None:  # who is in the batch changed: which weights for whom
-                    names = None
-                    if len(targets) > 1:
-                        active, names, _ = self.models.activate_mixed([r.job.target.run for r in rows])
-                    else:
-                        active = self.models.activate(rows[0].job.target.run)
-                if len(targets) == 1 and rows[0].job.target.run is None:
-                    active = self.models.activate(None)  # its context (adapters off) serves once
+                if key == "peft-shared":  # which weights each row decodes with, by PEFT name
+                    active, names = self.models.activate_rows([r.adapter for r in rows])
+                else:  # one target (a DoRA run, or the base before any adapter): as it joined
+                    active, names = rows[-1].active, None
                 with active.context, torch.inference_mode():
                     tokens = batch.step(active.model, **({"adapter_names": names} if names else {}))
             except Exception as e:  # a failed step fails the rows decoding, not the server
@@ -419,7 +423,6 @@ class Engine:
             if len(keep) < len(rows):
                 batch.leave(keep)
                 rows = [rows[i] for i in keep]
-                active = None  # the rows' adapter names change with them
 
     def _load_each(self, jobs: list[_Job]) -> list[_Job]:
         """The jobs of a mixed batch whose adapters load; a run whose adapter cannot load fails
