@@ -1,16 +1,24 @@
 """Generation for many models over one base (held as `holders.ModelHolder` says), one worker.
 
 Why one worker: a PEFT model has one active adapter at a time, held in module state. Only the
-worker thread ever touches the models, and it activates the model of each batch right before
-generating it, so no request can run under another request's adapter. Requests wait in a bounded
-queue; the worker takes the oldest one plus any waiting requests that can share its forward pass
-(greedy, same stop strings, not streamed), left-pads them into one batch and generates them
-together. Requests share a forward pass when they ask for the same target, or, once the PeftModel
-exists, for any LoRA/rsLoRA adapters and the base together (PEFT's per-row `adapter_names`, at
-most --max-adapters distinct adapters per batch, so all of them stay loaded while it runs). DoRA
-runs batch per adapter (PEFT cannot mix them). Runs served through their method's own model (a
-wrapper of the base, or an own copy) generate one request at a time, as `affina generate` does.
-Batches are static: a batch runs until its last row is done, and new requests wait for the next.
+worker thread ever touches the models, and it activates the weights of each forward pass right
+before running it, so no request can run under another request's adapter. Requests wait in a
+bounded queue. Requests share a forward pass when they ask for the same target, or, once the
+PeftModel exists, for any LoRA/rsLoRA adapters and the base together (PEFT's per-row
+`adapter_names`, at most --max-adapters distinct adapters in a batch, so all of them stay loaded
+while it runs). DoRA runs batch per adapter (PEFT cannot mix them). Sampled requests, and runs
+served through their method's own model (a wrapper of the base, or an own copy), generate one
+request at a time through `generate`, as `affina generate` does.
+
+Two ways to batch (`Engine(batching=...)`, `affina serve --batching`):
+- continuous (default): greedy requests, streamed or not, decode in one running batch over one KV
+  cache (`continuous.RunningBatch`). Between steps, finished, cancelled and expired rows leave
+  (their futures resolve at once) and waiting requests join (prefilled alone, then merged into
+  the cache), up to --max-batch rows. Requests join in arrival order; once the oldest waiting
+  request cannot join, none does, so the batch drains and that request runs next.
+- static: the oldest request plus the waiting requests that can share its forward pass (greedy,
+  same stop strings, not streamed; same-target requests first) are left-padded into one batch for
+  `generate`, which runs until its last row is done; new requests wait for the next batch.
 """
 
 from __future__ import annotations
