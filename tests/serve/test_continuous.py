@@ -154,3 +154,29 @@ def test_static_batching_stays_available_and_sampled_requests_keep_their_seed(st
         assert engine.batching == batching
     # Sampled requests run alone through `generate` in both modes: the same seed, the same text.
     assert answers["static"] == answers["continuous"] and answers["static"][0] == answers["static"][2]
+
+
+def test_a_request_that_cannot_join_is_served_before_later_joiners(store, alone):
+    """A DoRA request (no per-row adapters) waits for the running batch to drain; requests that
+    arrive after it do not join that batch meanwhile, so it is never starved."""
+    base, runs = store
+    engine = _engine(base, runs)
+    _slow(engine, 0.02)
+    ids = engine.chat_prompt_ids([{"role": "user", "content": PROMPTS[2]}])
+    params = GenerationParams(max_tokens=20, temperature=0)
+    engine.start()
+    try:
+        first = engine.submit(engine.resolve("a1"), ids, params)
+        while not engine.step_rows:  # the batch is decoding
+            time.sleep(0.01)
+        dora = engine.submit(engine.resolve("dee"), ids, params)
+        later = engine.submit(engine.resolve("a2"), ids, params)
+        done_order = []
+        for name, job in (("dee", dora), ("a2", later)):
+            job.future.add_done_callback(lambda _, name=name: done_order.append(name))
+        results = [job.future.result(timeout=120) for job in (first, dora, later)]
+    finally:
+        engine.stop()
+    assert engine.joined_running == 0 and done_order == ["dee", "a2"]
+    got = [(r.text, r.completion_tokens, r.finish_reason, r.adapter_version) for r in results]
+    assert got == [alone(m, 2, 20) for m in ("a1", "dee", "a2")]

@@ -329,12 +329,19 @@ class Engine:
     def _take_joiners(self, key, rows: list[Row], taken: list[_Job]) -> list[_Job]:
         """Waiting requests that join the running batch now, oldest first, while there is room
         (--max-batch rows, --max-adapters distinct adapters), passing over those that cannot
-        join. While the oldest waiting request cannot join, none joins: the batch drains and that
-        request is served next, so a steady stream of joiners never starves it."""
+        join. While the oldest waiting request cannot join (another kind of request, or one more
+        adapter than the batch may hold), none joins: the batch drains and that request is served
+        next, so a steady stream of joiners never starves it."""
         adapters = {j.target.name for j in [r.job for r in rows] + taken if j.target.run is not None}
         taken = list(taken)  # already taken from the queue (the request that starts the batch)
+
+        def new_adapter(job: _Job) -> bool:
+            return job.target.run is not None and job.target.name not in adapters
+
         with self._cv:
-            if self._jobs and rows and not self._fits(self._jobs[0], key):
+            oldest = self._jobs[0] if self._jobs else None
+            if rows and oldest is not None and (not self._fits(oldest, key) or (
+                    new_adapter(oldest) and len(adapters) >= self.models.max_adapters)):
                 return taken
             for job in list(self._jobs):
                 if self._stopping or len(rows) + len(taken) >= self.max_batch:
@@ -342,7 +349,7 @@ class Engine:
                 if not self._fits(job, key):
                     continue
                 key = self._row_key(job)
-                if job.target.run is not None and job.target.name not in adapters:
+                if new_adapter(job):
                     if len(adapters) >= self.models.max_adapters:
                         continue  # it would evict an adapter a row decodes with: a later batch
                     adapters.add(job.target.name)
@@ -431,6 +438,8 @@ class Engine:
             if len(keep) < len(rows):
                 batch.leave(keep)
                 rows = [rows[i] for i in keep]
+            if not rows:  # drained: the oldest waiting request starts the next batch, whatever it is
+                return
 
     def _load_each(self, jobs: list[_Job]) -> list[_Job]:
         """The jobs of a mixed batch whose adapters load; a run whose adapter cannot load fails
