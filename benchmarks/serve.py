@@ -5,13 +5,17 @@
     python benchmarks/serve.py --device cuda
     python benchmarks/serve.py --model tiny --hostile 60   # only the hostile mix, for 60 s
     python benchmarks/serve.py --model tiny --clients 16 --cases one,mixed,mixed8
+    python benchmarks/serve.py --batching static,continuous --clients 16,64   # side by side
 
 A real server on loopback (uvicorn in a thread of this process) over the base and eight LoRA
 adapters (r=8 on q/k/v/o, random weights, so their answers differ from the base's). Clients are
 threads using the official openai client, each sending greedy chat requests back to back. "one"
 sends every request to the same adapter; "mixed" cycles through base, alpha and beta; "mixed8"
-cycles through the eight adapters, so consecutive requests need different weights. Prints a
-markdown table; docs/benchmarks.md keeps the measured figures.
+cycles through the eight adapters, so consecutive requests need different weights. With several
+`--batching` modes, one server per mode runs in this process and each (case, clients) runs under
+every mode back to back, so the modes meet the same machine load. "mean batch" is the mean number
+of rows per decoding step (forward pass). Prints a markdown table; docs/benchmarks.md keeps the
+measured figures.
 
 `--hostile SECONDS` runs the hostile mix instead: normal clients (as above, one adapter) beside
 clients that send the worst a request may ask within the server's limits (4 stop strings at the
@@ -193,6 +197,34 @@ def hostile_case(url: str, engine, limits: Limits, seconds: float, normal_client
             "rss_before": before, "rss_peak": peak[0], "hostile": hostile_sent}
 
 
+def start_server(args, base_spec: str, store: Path, tmp: Path, batching: str):
+    """An engine (serve --batching `batching`) and its API under uvicorn on a free loopback port."""
+    import inspect
+    import socket
+
+    import uvicorn
+
+    tmp.mkdir(parents=True, exist_ok=True)
+    known = {"batching": batching} if "batching" in inspect.signature(ServeOptions).parameters else {}
+    options = ServeOptions(store=store, base=base_spec, device=args.device, max_batch=args.max_batch,
+                           max_queue=256, threads=args.threads, **known,
+                           limits=make_limits(max_tokens=args.max_tokens) if args.hostile is None
+                           else make_limits())
+    engine = build_engine(options).start()
+    # Loopback only: no API keys (servers that require keys even on loopback have `auth`).
+    auth = {"auth": "open"} if "auth" in inspect.signature(create_app).parameters else {}
+    app = create_app(engine, KeyStore(tmp / "keys.db"), RequestLog(f"sqlite:///{tmp / 'requests.db'}"),
+                     options.limits, **auth)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    threading.Thread(target=server.run, daemon=True).start()
+    while not server.started:
+        time.sleep(0.05)
+    return f"http://127.0.0.1:{port}", engine, options, server
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=["default", "tiny"], default="default")
@@ -203,13 +235,14 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--max-batch", type=int, default=8)
     parser.add_argument("--threads", type=int, help="torch threads for generation (serve --threads)")
+    parser.add_argument("--batching", default="continuous", help="serve --batching modes, comma-separated "
+                        "(e.g. static,continuous)")
     parser.add_argument("--hostile", type=float, metavar="SECONDS",
                         help="run the hostile mix for SECONDS instead of the throughput table")
     parser.add_argument("--normal-clients", type=int, default=4, help="normal clients in the hostile mix")
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-    import uvicorn
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
@@ -221,28 +254,13 @@ def main() -> None:
     else:
         base_spec = "default"
     store = make_store(tmp, base_spec)
-    options = ServeOptions(store=store, base=base_spec, device=args.device, max_batch=args.max_batch,
-                           max_queue=256, threads=args.threads,
-                           limits=make_limits(max_tokens=args.max_tokens) if args.hostile is None
-                           else make_limits())
-    engine = build_engine(options).start()
-    import inspect
-
-    # Loopback only: no API keys (servers that require keys even on loopback have `auth`).
-    auth = {"auth": "open"} if "auth" in inspect.signature(create_app).parameters else {}
-    app = create_app(engine, KeyStore(tmp / "keys.db"), RequestLog(f"sqlite:///{tmp / 'requests.db'}"),
-                     options.limits, **auth)
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    while not server.started:
-        time.sleep(0.05)
-    url = f"http://127.0.0.1:{port}"
-    run_case(url, ["base", "alpha", "beta"], 3, 6, args.max_tokens)  # warm-up: adapters loaded
+    modes = args.batching.split(",")
+    if args.hostile is not None:
+        modes = modes[:1]
+    servers = {mode: start_server(args, base_spec, store, tmp / mode, mode) for mode in modes}
+    for url, _, _, _ in servers.values():
+        run_case(url, ["base", "alpha", "beta"], 3, 6, args.max_tokens)  # warm-up: adapters loaded
+    url, engine, options, server = servers[modes[0]]
     if args.hostile is not None:
         r = hostile_case(url, engine, options.limits, args.hostile, args.normal_clients,
                          args.max_tokens)
@@ -256,27 +274,30 @@ def main() -> None:
               f"| {r['rss_peak']:.0f} | {sent} |")
         os._exit(0)  # the worker may still be busy with an old server's hostile request
 
-    run_case(url, ADAPTERS, 8, 8, args.max_tokens)  # all eight loaded (the default --max-adapters)
+    for url, _, _, _ in servers.values():
+        run_case(url, ADAPTERS, 8, 8, args.max_tokens)  # all eight loaded (the default --max-adapters)
     rows = []
     for label, models in (CASES[c] for c in args.cases.split(",")):
         for clients in [int(c) for c in args.clients.split(",")]:
-            engine.batch_sizes.clear()
-            r = run_case(url, models, clients, max(args.requests, 2 * clients), args.max_tokens)
-            batches = sum(engine.batch_sizes.values())
-            mean_batch = sum(k * v for k, v in engine.batch_sizes.items()) / max(batches, 1)
-            requests = max(args.requests, 2 * clients)  # every client sends at least twice
-            rows.append([label, clients, requests, f"{r['wall']:.1f}", f"{r['rps']:.2f}",
-                         f"{r['tps']:.1f}", f"{r['p50']:.2f}", f"{r['p95']:.2f}", f"{mean_batch:.1f}"])
-            print(f"  {label}, {clients} clients: {r['rps']:.2f} req/s", file=sys.stderr)
-    server.should_exit = True
-    engine.stop()
+            for mode, (url, engine, _, _) in servers.items():
+                steps = engine.step_rows
+                steps.clear()
+                requests = max(args.requests, 2 * clients)  # every client sends at least twice
+                r = run_case(url, models, clients, requests, args.max_tokens)
+                mean_batch = sum(k * v for k, v in steps.items()) / max(sum(steps.values()), 1)
+                rows.append([label, mode, clients, requests, f"{r['wall']:.1f}", f"{r['rps']:.2f}",
+                             f"{r['tps']:.1f}", f"{r['p50']:.2f}", f"{r['p95']:.2f}", f"{mean_batch:.1f}"])
+                print(f"  {label}, {mode}, {clients} clients: {r['rps']:.2f} req/s", file=sys.stderr)
+    for _, engine, _, server in servers.values():
+        server.should_exit = True
+        engine.stop()
 
     name = "SmolLM2-135M-Instruct (default)" if args.model == "default" else "tiny 2-layer test model"
     threads = args.threads or torch.get_num_threads()
     print(f"\nModel: {name}, device {args.device}, torch threads {threads}, "
           f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}); greedy, "
           f"max_tokens {args.max_tokens}, max batch {args.max_batch}\n")
-    header = ["requests to", "clients", "requests", "wall s", "req/s", "gen tok/s", "p50 s", "p95 s",
+    header = ["requests to", "batching", "clients", "requests", "wall s", "req/s", "gen tok/s", "p50 s", "p95 s",
               "mean batch"]
     print("| " + " | ".join(header) + " |")
     print("|" + "|".join("---" for _ in header) + "|")

@@ -1,6 +1,6 @@
 """Run `affina serve` in its own process, so a test can SIGKILL it.
 
-    python -m tests.serve.serve_proc STORE BASE PORT LOG_URL KEYS_DB
+    python -m tests.serve.serve_proc STORE BASE PORT LOG_URL KEYS_DB [more serve options]
 """
 
 import sys
@@ -16,7 +16,7 @@ def main() -> None:
     register(parser.add_subparsers())
     args = parser.parse_args(["serve", "--store", store, "--base", base, "--port", port,
                               "--log-db", log_url, "--keys-db", keys_db, "--device", "cpu",
-                              "--threads", "1"])
+                              "--threads", "1", *sys.argv[6:]])
     args.func(args)
 
 

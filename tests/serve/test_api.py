@@ -150,6 +150,7 @@ def test_health_metrics_and_log(client, server):
     assert httpx.get(thread.url + "/healthz").json() == {"status": "ok"}
     ready = httpx.get(thread.url + "/readyz")
     assert ready.status_code == 200 and ready.json()["status"] == "ready"
+    assert ready.json()["batching"] == "continuous"  # the default
     metrics = httpx.get(thread.url + "/metrics").text
     assert 'affina_requests_total{endpoint="chat.completions",model="alpha",status="200"}' in metrics
     assert "affina_request_latency_seconds_bucket" in metrics

@@ -36,13 +36,15 @@ def test_log_holds_every_acknowledged_request_after_sigkill(serve_store, tmp_pat
     port, log_url = free_port(), f"sqlite:///{tmp_path / 'requests.db'}"
     env = {**os.environ, "AFFINA_HOME": str(tmp_path / "home")}
     proc = subprocess.Popen([sys.executable, "-m", "tests.serve.serve_proc", str(store), str(base), str(port),
-                             log_url, str(tmp_path / "keys.db")], cwd=ROOT, env=env,
+                             log_url, str(tmp_path / "keys.db"), "--batching", "static"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 120
         while True:
             try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1)
+                if ready.status_code == 200:
+                    assert ready.json()["batching"] == "static"  # `affina serve --batching static`
                     break
             except httpx.TransportError:
                 pass

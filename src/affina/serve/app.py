@@ -213,7 +213,7 @@ def create_app(engine: Engine, keys: KeyStore, log: RequestLog, limits: Limits =
             return JSONResponse({"status": "not ready", "reason": f"request log: {problem}"},
                                 status_code=503, headers=_RETRY_AFTER)
         return {"status": "ready", "base": engine.base_name, "loaded_adapters": engine.loaded_adapters(),
-                "loaded_models": engine.loaded_models()}
+                "loaded_models": engine.loaded_models(), "batching": engine.batching}
 
     @app.get("/metrics")
     async def prometheus():

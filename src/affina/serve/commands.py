@@ -20,6 +20,7 @@ def _cmd_serve(args) -> int:
     options = ServeOptions(
         store=Path(args.store), base=args.base, host=args.host, port=args.port,
         max_adapters=args.max_adapters, max_models=args.max_models, max_queue=args.max_queue, max_batch=args.max_batch,
+        batching=args.batching,
         limits=Limits(max_body_bytes=args.max_body_bytes, max_prompt_tokens=args.max_prompt_tokens,
                       max_tokens=args.max_tokens_limit, default_max_tokens=args.default_max_tokens,
                       max_stop_tokens=args.max_stop_tokens, max_request_seconds=args.max_request_seconds),
@@ -124,8 +125,12 @@ def register(subparsers) -> None:
                    "(full, partial, ia3, prefix, prompt, adapter, qlora, head+lora) kept in memory, LRU; "
                    "each costs about one base model's memory (default: 2)")
     s.add_argument("--max-queue", type=int, default=64, help="waiting requests before answering 503 (default: 64)")
-    s.add_argument("--max-batch", type=int, default=8, help="same-adapter requests generated together "
+    s.add_argument("--max-batch", type=int, default=8, help="requests generated together, at most "
                    "(default: 8)")
+    s.add_argument("--batching", choices=("continuous", "static"), default="continuous",
+                   help="continuous: greedy requests join and leave a running batch between decoding "
+                   "steps; static: a batch runs until its longest answer ends, new requests wait "
+                   "(default: continuous; see docs/serving.md)")
     s.add_argument("--max-body-bytes", type=int, default=1_000_000, help="(default: 1000000)")
     s.add_argument("--max-prompt-tokens", type=int, default=2048, help="(default: 2048)")
     s.add_argument("--max-tokens-limit", type=int, default=1024, help="largest max_tokens a request may ask "

@@ -1,16 +1,24 @@
 """Generation for many models over one base (held as `holders.ModelHolder` says), one worker.
 
 Why one worker: a PEFT model has one active adapter at a time, held in module state. Only the
-worker thread ever touches the models, and it activates the model of each batch right before
-generating it, so no request can run under another request's adapter. Requests wait in a bounded
-queue; the worker takes the oldest one plus any waiting requests that can share its forward pass
-(greedy, same stop strings, not streamed), left-pads them into one batch and generates them
-together. Requests share a forward pass when they ask for the same target, or, once the PeftModel
-exists, for any LoRA/rsLoRA adapters and the base together (PEFT's per-row `adapter_names`, at
-most --max-adapters distinct adapters per batch, so all of them stay loaded while it runs). DoRA
-runs batch per adapter (PEFT cannot mix them). Runs served through their method's own model (a
-wrapper of the base, or an own copy) generate one request at a time, as `affina generate` does.
-Batches are static: a batch runs until its last row is done, and new requests wait for the next.
+worker thread ever touches the models, and it activates the weights of each forward pass right
+before running it, so no request can run under another request's adapter. Requests wait in a
+bounded queue. Requests share a forward pass when they ask for the same target, or, once the
+PeftModel exists, for any LoRA/rsLoRA adapters and the base together (PEFT's per-row
+`adapter_names`, at most --max-adapters distinct adapters in a batch, so all of them stay loaded
+while it runs). DoRA runs batch per adapter (PEFT cannot mix them). Sampled requests, and runs
+served through their method's own model (a wrapper of the base, or an own copy), generate one
+request at a time through `generate`, as `affina generate` does.
+
+Two ways to batch (`Engine(batching=...)`, `affina serve --batching`):
+- continuous (default): greedy requests, streamed or not, decode in one running batch over one KV
+  cache (`continuous.RunningBatch`). Between steps, finished, cancelled and expired rows leave
+  (their futures resolve at once) and waiting requests join (prefilled alone, then merged into
+  the cache), up to --max-batch rows. Requests join in arrival order; once the oldest waiting
+  request cannot join, none does, so the batch drains and that request runs next.
+- static: the oldest request plus the waiting requests that can share its forward pass (greedy,
+  same stop strings, not streamed; same-target requests first) are left-padded into one batch for
+  `generate`, which runs until its last row is done; new requests wait for the next batch.
 """
 
 from __future__ import annotations
@@ -25,11 +33,14 @@ from typing import Callable
 from ..errors import AffinaError
 from ..methods import Sharing
 from ..models import LoadedModel
+from .continuous import Row, RunningBatch, supports_continuous
 from .decoding import RowStops, StreamDecoder, TokenStreamer, finish_text
 from .holders import ModelHolder
 from .store import ModelStore, ServedRun, StoreScan, UnservableModel
 
-__all__ = ["GenerationParams", "GenerationResult", "Target", "Engine", "Overloaded", "BadPrompt"]
+__all__ = ["GenerationParams", "GenerationResult", "Target", "Engine", "Overloaded", "BadPrompt", "BATCHING"]
+
+BATCHING = ("continuous", "static")  # `affina serve --batching`; the first is the default
 
 
 class Overloaded(AffinaError):
@@ -91,6 +102,7 @@ class _Job:
     # Set for a target whose rows can run beside other adapters' rows in the PeftModel: what
     # those rows must also share (the token ids that end a row, the tokenizer that decodes it).
     mix: tuple | None = None
+    mixable: bool = False  # its rows may run beside other adapters' rows (PEFT `adapter_names`)
 
     def batch_key(self, peft_exists: bool = False):
         if self.on_text is not None or not self.params.greedy or not self.target.batchable:
@@ -107,21 +119,30 @@ class Engine:
     def __init__(self, base: LoadedModel, base_name: str, store: ModelStore | None, *,
                  base_aliases: tuple[str, ...] = (), max_adapters: int = 8, max_models: int = 2,
                  max_queue: int = 64, max_batch: int = 8, threads: int | None = None,
-                 dtype: str | None = None):
+                 dtype: str | None = None, batching: str = "continuous"):
         if min(max_adapters, max_models, max_queue, max_batch) < 1:
             raise AffinaError("--max-adapters, --max-models, --max-queue and --max-batch must each "
                               "be at least 1")
+        if batching not in BATCHING:
+            raise AffinaError(f"--batching must be one of {', '.join(BATCHING)}, not {batching!r}")
         self.base, self.base_name, self.store = base, base_name, store
         self.base_aliases = {base_name, *base_aliases}
         self.tokenizer = base.tokenizer
         self.max_queue, self.max_batch = max_queue, max_batch
         self.threads = threads
         self.models = ModelHolder(base, max_adapters=max_adapters, max_models=max_models, dtype=dtype)
+        # Why this base cannot decode continuously (then every batch is static), or None.
+        self.continuous_unsupported = supports_continuous(base.model) if batching == "continuous" else None
+        self.batching = "static" if self.continuous_unsupported else batching
         self._jobs: deque[_Job] = deque()
         self._cv = threading.Condition()
         self._stopping = False
         self.batch_sizes: dict[int, int] = {}  # batch size → how many batches had it
         self.batch_models: dict[int, int] = {}  # distinct targets in a batch → how many batches had it
+        # Rows in one decoding step → how many steps had it (both modes; a static batch's rows
+        # count until its longest row ends, a continuous batch's until each row leaves).
+        self.step_rows: dict[int, int] = {}
+        self.joined_running = 0  # requests that joined a batch already decoding (continuous)
         self._worker = threading.Thread(target=self._run, name="affina-generate", daemon=True)
 
     # -- request side (any thread) ---------------------------------------------------------
@@ -200,6 +221,7 @@ class Engine:
         """Queue one request. Setting `job.cancelled` stops its generation at the next token (or
         skips it while it waits); past `deadline` (time.monotonic) it stops with "length"."""
         job = _Job(target, list(prompt_ids), params, on_text, deadline=deadline)
+        job.mixable = not target.answers_label and self.models.mixable(target.run)
         if on_text is None and params.greedy and not target.answers_label and self.models.mixable(target.run):
             run = target.run
             job.mix = (tuple(self.models.stops(run)), id(self.models.tokenizer(run)))
@@ -221,6 +243,8 @@ class Engine:
             if self._stopping:
                 return None
             first = self._jobs.popleft()
+            if self._joins(first):
+                return [first]  # the running batch takes the rest between its steps
             peft = self.models.has_peft
             batch, key = [first], first.batch_key(peft)
             adapters = {first.target.name} if first.target.run is not None else set()
@@ -259,6 +283,9 @@ class Engine:
 
     def _serve_jobs(self) -> None:
         while (batch := self._next_batch()) is not None:
+            if self._joins(batch[0]):
+                self._decode_continuously(batch[0])
+                continue
             live = [j for j in batch if j.future.set_running_or_notify_cancel()]
             for job in [j for j in live if self._expired(j)]:
                 live.remove(job)  # nobody waits for it, or its time ran out in the queue
@@ -266,9 +293,7 @@ class Engine:
             live = self._load_each(live)
             if not live:
                 continue
-            self.batch_sizes[len(live)] = self.batch_sizes.get(len(live), 0) + 1
-            targets = len({j.target.name for j in live})
-            self.batch_models[targets] = self.batch_models.get(targets, 0) + 1
+            self._count(len(live), len({j.target.name for j in live}))
             try:
                 results = self._generate(live)
             except Exception as e:  # a failed batch fails its own requests, not the server
@@ -277,6 +302,144 @@ class Engine:
                 continue
             for job, result in zip(live, results):
                 job.future.set_result(result)
+
+    def _count(self, rows: int, targets: int) -> None:
+        self.batch_sizes[rows] = self.batch_sizes.get(rows, 0) + 1
+        self.batch_models[targets] = self.batch_models.get(targets, 0) + 1
+
+    # -- continuous batching ---------------------------------------------------------------
+
+    def _joins(self, job: _Job) -> bool:
+        """Whether `job` decodes in the running batch: greedy (streamed or not) requests for the
+        base or a shared adapter. Sampled requests keep `generate` alone, so a seeded request
+        draws exactly the stream `affina generate --seed` draws."""
+        return (self.batching == "continuous" and job.params.greedy and job.target.batchable
+                and not job.target.answers_label)
+
+    def _row_key(self, job: _Job):
+        """Requests with equal keys decode together: every mixable target once the PeftModel
+        exists (until then the base runs on the plain model), otherwise one target."""
+        if job.mixable and (job.target.run is not None or self.models.has_peft):
+            return "peft-shared"
+        return ("one", job.target.name)
+
+    def _fits(self, job: _Job, key) -> bool:
+        return self._joins(job) and (key is None or self._row_key(job) == key)
+
+    def _take_joiners(self, key, rows: list[Row], taken: list[_Job]) -> list[_Job]:
+        """Waiting requests that join the running batch now, oldest first, while there is room
+        (--max-batch rows, --max-adapters distinct adapters), passing over those that cannot
+        join. While the oldest waiting request cannot join (another kind of request, or one more
+        adapter than the batch may hold), none joins: the batch drains and that request is served
+        next, so a steady stream of joiners never starves it."""
+        adapters = {j.target.name for j in [r.job for r in rows] + taken if j.target.run is not None}
+        taken = list(taken)  # already taken from the queue (the request that starts the batch)
+
+        def new_adapter(job: _Job) -> bool:
+            return job.target.run is not None and job.target.name not in adapters
+
+        with self._cv:
+            oldest = self._jobs[0] if self._jobs else None
+            if rows and oldest is not None and (not self._fits(oldest, key) or (
+                    new_adapter(oldest) and len(adapters) >= self.models.max_adapters)):
+                return taken
+            for job in list(self._jobs):
+                if self._stopping or len(rows) + len(taken) >= self.max_batch:
+                    break
+                if not self._fits(job, key):
+                    continue
+                key = self._row_key(job)
+                if new_adapter(job):
+                    if len(adapters) >= self.models.max_adapters:
+                        continue  # it would evict an adapter a row decodes with: a later batch
+                    adapters.add(job.target.name)
+                self._jobs.remove(job)
+                taken.append(job)
+        return taken
+
+    def _join(self, job: _Job, batch: RunningBatch, rows: list[Row]) -> Row | None:
+        """Prefills `job` alone and merges it into `batch`; None when it ended before decoding
+        (its future is then resolved): skipped, expired, its adapter failed, or done in one token."""
+        import torch
+
+        if not job.future.set_running_or_notify_cancel():
+            return None
+        if self._expired(job):
+            job.future.set_result(GenerationResult("", len(job.prompt_ids), 0, "length"))
+            return None
+        run = job.target.run
+        try:
+            adapter = None
+            if self._row_key(job) == "peft-shared":
+                # Loads the row's adapter after touching the running rows' ones, so none of
+                # theirs is evicted; a reloaded adapter may have a new name, so all are renamed.
+                _, names, versions = self.models.activate_mixed([r.job.target.run for r in rows] + [run])
+                for row, name in zip(rows, names):
+                    row.adapter = name
+                adapter = names[-1]
+                active, _ = self.models.activate_rows([adapter])
+                active.version = versions[-1]
+            else:
+                active = self.models.activate(run)
+            with active.context, torch.inference_mode():
+                cache, token = batch.prefill(active.model, job.prompt_ids, self.base.device)
+        except Exception as e:  # its adapter cannot load: its own request fails, not the batch
+            job.future.set_exception(e)
+            return None
+        row = Row(job, self.models.tokenizer(run), self.models.stops(run), active.version)
+        row.adapter, row.active = adapter, active
+        if row.feed(token):
+            self._finish(row)
+            return None
+        batch.join(cache, len(job.prompt_ids), token)
+        return row
+
+    def _finish(self, row: Row) -> None:
+        row.close_stream()
+        row.job.future.set_result(self._result(row.job, row.ids, row.version, row.tokenizer,
+                                               list(row.stops)))
+
+    def _decode_continuously(self, first: _Job) -> None:
+        """Decodes greedy rows over one KV cache until none is left, letting waiting requests
+        join between steps and finished ones leave (their answers go out at once)."""
+        import torch
+
+        batch, rows, pending, key = RunningBatch(self.base.model.config), [], [first], self._row_key(first)
+        while True:
+            joiners = self._take_joiners(key, rows, pending)
+            pending = []
+            joined = [row for job in joiners if (row := self._join(job, batch, rows)) is not None]
+            if rows:
+                self.joined_running += len(joined)
+            rows += joined
+            if not rows:
+                return
+            key = self._row_key(rows[0].job)
+            if joined:
+                self._count(len(rows), len({r.job.target.name for r in rows}))
+            try:
+                if key == "peft-shared":  # which weights each row decodes with, by PEFT name
+                    active, names = self.models.activate_rows([r.adapter for r in rows])
+                else:  # one target (a DoRA run, or the base before any adapter): as it joined
+                    active, names = rows[-1].active, None
+                with active.context, torch.inference_mode():
+                    tokens = batch.step(active.model, **({"adapter_names": names} if names else {}))
+            except Exception as e:  # a failed step fails the rows decoding, not the server
+                for row in rows:
+                    row.job.future.set_exception(e)
+                return
+            self.step_rows[len(rows)] = self.step_rows.get(len(rows), 0) + 1
+            keep = []
+            for index, (row, token) in enumerate(zip(rows, tokens)):
+                if row.feed(token):
+                    self._finish(row)
+                else:
+                    keep.append(index)
+            if len(keep) < len(rows):
+                batch.leave(keep)
+                rows = [rows[i] for i in keep]
+            if not rows:  # drained: the oldest waiting request starts the next batch, whatever it is
+                return
 
     def _load_each(self, jobs: list[_Job]) -> list[_Job]:
         """The jobs of a mixed batch whose adapters load; a run whose adapter cannot load fails
@@ -347,6 +510,8 @@ class Engine:
         device = next(active.model.parameters()).device
         with active.context, torch.inference_mode():
             out = active.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
+        steps = max(out.shape[1] - width - 1, 0)  # forward passes after the prefill
+        self.step_rows[len(jobs)] = self.step_rows.get(len(jobs), 0) + steps
         results = [self._result(job, out[row, width:].tolist(), versions[row], tokenizer, stops)
                    for row, job in enumerate(jobs)]
         if decoder is not None:

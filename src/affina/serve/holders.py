@@ -172,6 +172,19 @@ class ModelHolder:
         return Active(self._peft, nullcontext(), None), names, versions
 
 
+    def activate_rows(self, names: list[str]) -> tuple[Active, list[str] | None]:
+        """The PeftModel for rows already loaded by `activate_mixed` and named by it, without
+        touching the adapters on disk (once per decoding step): rows of one adapter run with it
+        set active (or with adapters off for the base), rows of several with PEFT's per-row
+        `adapter_names`, returned second."""
+        if len(set(names)) > 1:
+            return Active(self._peft, nullcontext(), None), names
+        if names[0] == "__base__":
+            return Active(self._peft, self._peft.disable_adapter(), None), None
+        if self._peft.active_adapter != names[0]:  # set_adapter walks every module: not every step
+            self._peft.set_adapter(names[0])
+        return Active(self._peft, nullcontext(), None), None
+
     def _base_context(self):
         """The shared base as it was loaded: with any LoRA layers of other adapters switched off."""
         return self._peft.disable_adapter() if self._peft is not None else nullcontext()

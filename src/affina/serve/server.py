@@ -39,6 +39,7 @@ class ServeOptions:
     max_models: int = 2  # runs held on their own copy of the base (each costs a base's memory)
     max_queue: int = 64
     max_batch: int = 8
+    batching: str = "continuous"  # or "static" (engine.BATCHING)
     limits: Limits = field(default_factory=Limits)
     log_url: str | None = None
     redact: bool = False
@@ -113,8 +114,10 @@ def build_engine(options: ServeOptions) -> Engine:
     ensure_chat_template(loaded.tokenizer)
     engine = Engine(loaded, BASE_NAME, store, base_aliases=_base_aliases(spec),
                     max_adapters=options.max_adapters, max_models=options.max_models,
-                    max_queue=options.max_queue, max_batch=options.max_batch,
+                    max_queue=options.max_queue, max_batch=options.max_batch, batching=options.batching,
                     threads=options.threads, dtype=options.dtype)
+    if engine.continuous_unsupported:
+        info(f"batches are static: this base cannot decode continuously ({engine.continuous_unsupported})")
     for name, reason in engine.scan().unavailable:
         warn(f"run {name} is not served: {reason}")
     return engine

@@ -1,0 +1,183 @@
+"""Greedy decoding over one KV cache whose rows join and leave between steps (continuous batching).
+
+The engine's worker owns one `RunningBatch`. A request joins by being prefilled on its own (its
+prompt alone, unpadded, as `generate` would run it alone), and its cache is then merged into the
+running cache, left-padded with masked zeros to the common length. Each step feeds every row's
+last token, with `position_ids` counted from each row's own attention mask, so a row sees exactly
+its own tokens at its own positions whatever else runs beside it. A finished row leaves at once
+(`DynamicCache.batch_select_indices`), and the columns every remaining row masks are cut off, so
+the cache never grows past the longest live row.
+
+Only the public cache API is used: `DynamicCache(ddp_cache_data=...)`, its layers' `keys` and
+`values` (batch, heads, length, head_dim) and `batch_select_indices`. Models whose cache layers are
+not plain `DynamicLayer`s (sliding windows, linear attention) and generation configs that change
+greedy scores (a repetition penalty, suppressed tokens) are reported unsupported, and the engine
+serves them with static batches through `generate`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["Row", "RunningBatch", "supports_continuous"]
+
+# Generation-config fields that change greedy decoding, with their do-nothing values: our loop
+# takes the argmax of the raw logits, so it stays equal to `generate` only where they are unset.
+_NEUTRAL = {"repetition_penalty": (None, 1.0), "no_repeat_ngram_size": (None, 0),
+            "encoder_no_repeat_ngram_size": (None, 0), "bad_words_ids": (None,),
+            "suppress_tokens": (None,), "begin_suppress_tokens": (None,),
+            "forced_bos_token_id": (None,), "forced_eos_token_id": (None,), "min_new_tokens": (None, 0),
+            "min_length": (None, 0), "sequence_bias": (None,), "exponential_decay_length_penalty": (None,),
+            "renormalize_logits": (None, False), "guidance_scale": (None, 1.0, 1)}
+
+
+def supports_continuous(model) -> str | None:
+    """None when `model` (a plain transformers causal LM) can decode in a `RunningBatch`, else why not."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    config = getattr(model, "config", None)
+    if config is None or getattr(config, "is_encoder_decoder", False):
+        return "not a decoder-only transformers model"
+    try:
+        layers = DynamicCache(config=config).layers
+    except Exception as e:  # a config the cache cannot read
+        return f"its cache layout is unknown ({e})"
+    if any(type(layer) is not DynamicLayer for layer in layers):
+        return "its cache has sliding-window or recurrent layers"
+    generation = getattr(model, "generation_config", None)
+    for name, neutral in _NEUTRAL.items():
+        if getattr(generation, name, None) not in neutral:
+            return f"its generation config sets {name}"
+    return None
+
+
+class RunningBatch:
+    """The tensors of the rows decoding together: their KV cache, attention mask and last tokens.
+
+    Row order is the order rows joined in; `leave` keeps the others' order. The caller keeps
+    whatever it needs per row (the request, its tokens so far) in a list of the same order."""
+
+    def __init__(self, config):
+        self.config = config  # the base model's config: the cache layout
+        self.cache = None  # DynamicCache over every row, or None with no rows
+        self.mask = None  # (B, L) long: 1 where a row has a token, 0 for its left padding
+        self.last = None  # (B,) long: each row's latest token, the next step's input
+
+    @property
+    def rows(self) -> int:
+        return 0 if self.last is None else int(self.last.shape[0])
+
+    def prefill(self, model, prompt_ids: list[int], device) -> tuple[Any, int]:
+        """One prompt alone through `model` (already set to the row's adapter): its cache and
+        its first greedy token. Call `join` with them to add the row."""
+        import torch
+        from transformers import DynamicCache
+
+        ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)  # (1, T)
+        cache = DynamicCache(config=self.config)
+        out = model(input_ids=ids, attention_mask=torch.ones_like(ids), cache=cache, use_cache=True,
+                    logits_to_keep=1)
+        return cache, int(out.logits[0, -1].float().argmax())
+
+    def join(self, cache, length: int, first_token: int) -> None:
+        """Adds the row `prefill` made: its cache (1, H, length, D) goes below the running rows,
+        and whichever of the two is shorter is padded on the left with masked zeros."""
+        import torch
+        from transformers import DynamicCache
+
+        device = cache.layers[0].keys.device
+        token = torch.tensor([first_token], dtype=torch.long, device=device)
+        if self.cache is None:
+            self.cache, self.last = cache, token
+            self.mask = torch.ones((1, length), dtype=torch.long, device=device)
+            return
+        width = max(self.mask.shape[1], length)
+        merged = []
+        for old, new in zip(self.cache.layers, cache.layers):
+            merged.append((torch.cat([_pad_left(old.keys, width), _pad_left(new.keys, width)]),
+                           torch.cat([_pad_left(old.values, width), _pad_left(new.values, width)])))
+        self.cache = DynamicCache(ddp_cache_data=merged)
+        row_mask = torch.ones((1, length), dtype=torch.long, device=device)
+        self.mask = torch.cat([_pad_left(self.mask, width), _pad_left(row_mask, width)])
+        self.last = torch.cat([self.last, token])
+
+    def step(self, model, **kwargs) -> list[int]:
+        """One token for every row (greedy); `kwargs` go to the forward (e.g. `adapter_names`)."""
+        import torch
+
+        ones = torch.ones((self.rows, 1), dtype=torch.long, device=self.mask.device)
+        # A row's position is the number of its own tokens so far, whatever padding precedes them.
+        positions = self.mask.sum(dim=1, keepdim=True)  # (B, 1)
+        self.mask = torch.cat([self.mask, ones], dim=1)  # (B, L + 1)
+        out = model(input_ids=self.last[:, None], attention_mask=self.mask, position_ids=positions,
+                    cache=self.cache, use_cache=True, logits_to_keep=1, **kwargs)
+        self.last = out.logits[:, -1].float().argmax(dim=-1)  # (B,)
+        return self.last.tolist()
+
+    def leave(self, keep: list[int]) -> None:
+        """Keeps the rows at indices `keep` (in order) and drops the others, then cuts the
+        leading columns that every remaining row masks."""
+        import torch
+        from transformers import DynamicCache
+
+        if len(keep) == self.rows:
+            return
+        if not keep:
+            self.cache = self.mask = self.last = None
+            return
+        index = torch.tensor(keep, dtype=torch.long, device=self.mask.device)
+        self.cache.batch_select_indices(index)
+        self.mask, self.last = self.mask[index], self.last[index]
+        used = self.mask.any(dim=0).nonzero()
+        start = int(used[0]) if len(used) else 0
+        if start:
+            self.mask = self.mask[:, start:]
+            self.cache = DynamicCache(ddp_cache_data=[(layer.keys[:, :, start:], layer.values[:, :, start:])
+                                                      for layer in self.cache.layers])
+
+
+def _pad_left(t, width: int):
+    """`t` (B, ..., L, D) or a mask (B, L) padded with zeros on the left of its length axis."""
+    import torch.nn.functional as F
+
+    missing = width - (t.shape[-1] if t.dim() == 2 else t.shape[-2])
+    if missing == 0:
+        return t
+    return F.pad(t, (missing, 0)) if t.dim() == 2 else F.pad(t, (0, 0, missing, 0))
+
+
+class Row:
+    """One request in a `RunningBatch`: its tokens so far and the rules that end it.
+
+    A row ends on one of its stop token ids, at its `max_tokens`, when its client has gone or its
+    deadline has passed, or when its text shows one of its stop strings (`RowStops`, one row).
+    A streamed row hands each new piece of text to `on_text` as it is decoded."""
+
+    def __init__(self, job, tokenizer, stops: list[int], version: str | None):
+        from .decoding import RowStops, StreamDecoder
+
+        self.job, self.tokenizer, self.stops, self.version = job, tokenizer, set(stops), version
+        self.adapter: str | None = None  # its PEFT adapter name in a mixed batch ("__base__": none)
+        self.active = None  # what it was prefilled with (`holders.Active`)
+        self.ids: list[int] = []
+        self.criteria = RowStops(0, [job.cancelled], [job.deadline], job.params.stop, tokenizer)
+        self.decoder = StreamDecoder(tokenizer, job.params.stop) if job.on_text is not None else None
+
+    def feed(self, token: int) -> bool:
+        """Takes the row's next token; True when the row is done."""
+        import torch
+
+        self.ids.append(token)
+        if self.decoder is not None and token not in self.stops:
+            piece = self.decoder.feed([token])
+            if piece:
+                self.job.on_text(piece)
+        return (token in self.stops or len(self.ids) >= self.job.params.max_tokens
+                or bool(self.criteria(torch.tensor([self.ids]), None)[0]))
+
+    def close_stream(self) -> None:
+        if self.decoder is not None:
+            tail = self.decoder.flush()
+            if tail:
+                self.job.on_text(tail)
