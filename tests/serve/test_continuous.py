@@ -180,3 +180,26 @@ def test_a_request_that_cannot_join_is_served_before_later_joiners(store, alone)
     assert engine.joined_running == 0 and done_order == ["dee", "a2"]
     got = [(r.text, r.completion_tokens, r.finish_reason, r.adapter_version) for r in results]
     assert got == [alone(m, 2, 20) for m in ("a1", "dee", "a2")]
+
+
+def test_the_cache_goes_to_the_forward_under_the_name_it_takes(serve_store):
+    """transformers renamed the forward's `past_key_values` to `cache`; a forward that takes only
+    the old name would swallow the new one in its **kwargs and decode without the earlier tokens."""
+    from transformers import AutoModelForCausalLM
+
+    from affina.serve.continuous import cache_argument, supports_continuous
+
+    class Older:
+        def forward(self, input_ids=None, past_key_values=None, **kwargs): ...
+
+    class Unknown:
+        def forward(self, input_ids=None, **kwargs): ...
+
+    base, _ = serve_store
+    model = AutoModelForCausalLM.from_pretrained(base)
+    import inspect
+
+    expected = "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
+    assert cache_argument(model) == expected and supports_continuous(model) is None
+    assert cache_argument(Older()) == "past_key_values"
+    assert cache_argument(Unknown()) is None

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["Row", "RunningBatch", "supports_continuous"]
+__all__ = ["Row", "RunningBatch", "supports_continuous", "cache_argument"]
 
 # Generation-config fields that change greedy decoding, with their do-nothing values: our loop
 # takes the argmax of the raw logits, so it stays equal to `generate` only where they are unset.
@@ -31,6 +31,16 @@ _NEUTRAL = {"repetition_penalty": (None, 1.0), "no_repeat_ngram_size": (None, 0)
             "renormalize_logits": (None, False), "guidance_scale": (None, 1.0, 1)}
 
 
+def cache_argument(model) -> str | None:
+    """The name under which `model`'s forward takes its KV cache: `cache` in newer transformers 5
+    releases, `past_key_values` in earlier ones (which would silently ignore `cache`, decoding
+    without the earlier tokens). None when the forward names neither."""
+    import inspect
+
+    parameters = inspect.signature(type(model).forward).parameters
+    return next((name for name in ("cache", "past_key_values") if name in parameters), None)
+
+
 def supports_continuous(model) -> str | None:
     """None when `model` (a plain transformers causal LM) can decode in a `RunningBatch`, else why not."""
     from transformers import DynamicCache
@@ -39,6 +49,8 @@ def supports_continuous(model) -> str | None:
     config = getattr(model, "config", None)
     if config is None or getattr(config, "is_encoder_decoder", False):
         return "not a decoder-only transformers model"
+    if cache_argument(model) is None:
+        return "its forward takes no cache argument this engine knows"
     try:
         layers = DynamicCache(config=config).layers
     except Exception as e:  # a config the cache cannot read
@@ -58,8 +70,9 @@ class RunningBatch:
     Row order is the order rows joined in; `leave` keeps the others' order. The caller keeps
     whatever it needs per row (the request, its tokens so far) in a list of the same order."""
 
-    def __init__(self, config):
-        self.config = config  # the base model's config: the cache layout
+    def __init__(self, model):
+        self.config = model.config  # the base model's config: the cache layout
+        self.cache_arg = cache_argument(model)  # the forward's name for the cache
         self.cache = None  # DynamicCache over every row, or None with no rows
         self.mask = None  # (B, L) long: 1 where a row has a token, 0 for its left padding
         self.last = None  # (B,) long: each row's latest token, the next step's input
@@ -76,8 +89,8 @@ class RunningBatch:
 
         ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)  # (1, T)
         cache = DynamicCache(config=self.config)
-        out = model(input_ids=ids, attention_mask=torch.ones_like(ids), cache=cache, use_cache=True,
-                    logits_to_keep=1)
+        out = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True,
+                    logits_to_keep=1, **{self.cache_arg: cache})
         return cache, int(out.logits[0, -1].float().argmax())
 
     def join(self, cache, length: int, first_token: int) -> None:
@@ -111,7 +124,7 @@ class RunningBatch:
         positions = self.mask.sum(dim=1, keepdim=True)  # (B, 1)
         self.mask = torch.cat([self.mask, ones], dim=1)  # (B, L + 1)
         out = model(input_ids=self.last[:, None], attention_mask=self.mask, position_ids=positions,
-                    cache=self.cache, use_cache=True, logits_to_keep=1, **kwargs)
+                    use_cache=True, logits_to_keep=1, **{self.cache_arg: self.cache}, **kwargs)
         self.last = out.logits[:, -1].float().argmax(dim=-1)  # (B,)
         return self.last.tolist()
 

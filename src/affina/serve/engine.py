@@ -404,7 +404,7 @@ class Engine:
         join between steps and finished ones leave (their answers go out at once)."""
         import torch
 
-        batch, rows, pending, key = RunningBatch(self.base.model.config), [], [first], self._row_key(first)
+        batch, rows, pending, key = RunningBatch(self.base.model), [], [first], self._row_key(first)
         while True:
             joiners = self._take_joiners(key, rows, pending)
             pending = []
