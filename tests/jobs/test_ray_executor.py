@@ -1,0 +1,221 @@
+"""The `ray` executor against a real Ray cluster: a head started by the test on loopback
+(`ray start --head --block`, one CPU, a small object store), the jobs API server of
+tests/jobs/conftest.py, and `affina jobs worker --executor ray` processes.
+
+Through the official `openai` client: a job trains on the cluster to a registered, served
+fine-tuned model; a worker killed mid-job is replaced by one that reattaches to the still
+running Ray job instead of submitting it again; a cancel stops the Ray job; a job that fails on
+the cluster reports the training's own error. Skipped when Ray is not installed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.jobs.conftest import wait_for, wait_status
+from tests.serve.conftest import free_port
+
+ray_jobs = pytest.importorskip("ray.job_submission", reason="Ray is not installed: pip install 'affina[ray]'")
+
+pytestmark = pytest.mark.timeout(420)
+
+SHORT = {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 4}},
+         "affina": {"method": "lora", "options": {"r": 2}}}
+LONG = {"type": "supervised", "affina": {"method": "lora", "options": {"r": 2},
+                                         "train": {"max_steps": 3000, "save_steps": 10, "eval_steps": 10}}}
+
+
+class RayHead:
+    """`ray start --head --block` in its own process group; stopping it stops the cluster."""
+
+    def __init__(self, root: Path):
+        ray_cli = Path(sys.executable).with_name("ray")
+        if not ray_cli.exists():
+            ray_cli = shutil.which("ray")
+            if ray_cli is None:
+                pytest.skip("Ray's `ray` command is not installed beside this Python")
+        self.dashboard_port = free_port()
+        ports = {flag: free_port() for flag in ("--port", "--dashboard-agent-listen-port",
+                                                "--ray-client-server-port", "--metrics-export-port",
+                                                "--dashboard-agent-grpc-port", "--runtime-env-agent-port")}
+        # The job's `python` is the first one on the head's PATH: this test's, with affina on
+        # its PYTHONPATH (set by the jobs_env fixture).
+        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+               "RAY_USAGE_STATS_ENABLED": "0"}
+        command = [str(ray_cli), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
+                   "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard_port),
+                   "--include-dashboard", "true", "--num-cpus", "1", "--num-gpus", "0",
+                   "--object-store-memory", str(80 * 2**20), "--include-log-monitor", "false",
+                   "--disable-usage-stats", "--temp-dir", str(root / "ray")]
+        for flag, port in ports.items():
+            command += [flag, str(port)]
+        self.log = root / "ray-head.log"
+        self.proc = subprocess.Popen(command, env=env, stdout=open(self.log, "wb"), stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        self.address = f"http://127.0.0.1:{self.dashboard_port}"
+        self.client = wait_for(self._client, 120, f"Ray's job API at {self.address}", interval=1.0)
+
+    def _client(self):
+        if self.proc.poll() is not None:
+            raise AssertionError(f"`ray start --head` exited: {self.log.read_text()[-2000:]}")
+        try:
+            return ray_jobs.JobSubmissionClient(self.address)
+        except ConnectionError:
+            return None
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)  # `ray start --block` stops what it started
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def ray_head(jobs_env):
+    head = RayHead(jobs_env.root)
+    try:
+        yield head
+    finally:
+        jobs_env.stop_workers()
+        head.stop()
+
+
+def _ray_worker(jobs_env, ray_head, lease_seconds: float = 30.0):
+    return jobs_env.start_worker(lease_seconds, ["--executor", "ray", "--ray-address", ray_head.address,
+                                                 "--ray-num-gpus", "0"])
+
+
+def _ray_status(ray_head, submission_id: str) -> str:
+    return ray_head.client.get_job_status(submission_id).value
+
+
+def _messages(client, job_id) -> list[str]:
+    return [e.message for e in reversed(list(client.fine_tuning.jobs.list_events(job_id, limit=100)))]
+
+
+def test_a_job_trains_on_the_ray_cluster_to_a_served_model(jobs_env, ray_head):
+    alice = jobs_env.client(jobs_env.alice)
+    training = jobs_env.upload(alice)
+    job = alice.fine_tuning.jobs.create(model="base", training_file=training.id, suffix="onray", seed=5,
+                                        method=SHORT)
+    _ray_worker(jobs_env, ray_head)
+    try:
+        done = wait_status(alice, job.id, ("succeeded", "failed"), timeout=300)
+    finally:
+        jobs_env.stop_workers()
+    assert done.status == "succeeded", done.error
+    submission = f"affina-{job.id}-1"
+    assert _ray_status(ray_head, submission) == "SUCCEEDED"
+    info = ray_head.client.get_job_info(submission)
+    assert info.metadata["affina_job"] == job.id and "affina train --log-format jsonl" in info.entrypoint
+
+    messages = _messages(alice, job.id)
+    assert any(f"as Ray job {submission}" in m for m in messages), messages
+    assert messages[-1] == "The job has successfully completed"
+    assert any(m.startswith("Registered as ") for m in messages)
+    events = list(alice.fine_tuning.jobs.list_events(job.id, limit=100))
+    metrics = [e for e in events if e.type == "metrics"]
+    assert metrics and all(e.data["total_steps"] == 6 for e in metrics)
+    assert [e for e in metrics if e.data.get("train_loss", 0) > 0]
+    checkpoints = list(alice.fine_tuning.jobs.checkpoints.list(job.id))
+    assert checkpoints and checkpoints[0].metrics.train_loss is not None
+    assert done.trained_tokens
+
+    reply = alice.chat.completions.create(model=done.fine_tuned_model, max_tokens=4,
+                                          messages=[{"role": "user", "content": "say the number 3"}])
+    assert reply.choices[0].message is not None
+    # The training's log (Ray's copy of it) is kept beside the run, as with a local worker.
+    assert "Running entrypoint for job" in (Path(jobs_env.store_dir).resolve() / ".jobs"
+                                           / f"{job.id}.stderr").read_text()
+
+
+def test_a_new_worker_reattaches_to_the_running_ray_job(jobs_env, ray_head):
+    alice = jobs_env.client(jobs_env.alice)
+    training = jobs_env.upload(alice)
+    method = {**LONG, "affina": {**LONG["affina"], "train": {"max_steps": 40, "save_steps": 10,
+                                                             "eval_steps": 10}}}
+    job = alice.fine_tuning.jobs.create(model="base", training_file=training.id, method=method)
+    first = _ray_worker(jobs_env, ray_head, lease_seconds=3)
+    submission = f"affina-{job.id}-1"
+    try:
+        wait_for(lambda: any(e.type == "metrics" for e in alice.fine_tuning.jobs.list_events(job.id, limit=100)),
+                 240, "the first training step on the cluster")
+        first.kill()  # no hand-back: the lease runs out, the Ray job keeps training
+        first.wait(timeout=30)
+        assert _ray_status(ray_head, submission) == "RUNNING"
+        _ray_worker(jobs_env, ray_head, lease_seconds=3)
+        done = wait_status(alice, job.id, ("succeeded", "failed"), timeout=300)
+    finally:
+        jobs_env.stop_workers()
+    assert done.status == "succeeded", done.error
+    messages = _messages(alice, job.id)
+    assert any(f"reattached to Ray job {submission}" in m for m in messages), messages
+    # Reattached, not submitted again: one Ray job, and each step's metrics recorded once.
+    assert _ray_status(ray_head, submission) == "SUCCEEDED"
+    with pytest.raises(RuntimeError, match="does not exist"):
+        ray_head.client.get_job_info(f"affina-{job.id}-2")
+    logged = [(e.data["step"], "train_loss" in e.data, "valid_loss" in e.data)
+              for e in alice.fine_tuning.jobs.list_events(job.id, limit=100) if e.type == "metrics"]
+    before_end = [x for x in logged if x[0] < 40]  # (the last step may log two evaluations)
+    assert len(before_end) == len(set(before_end)) and max(logged)[0] == 40, logged
+    assert (1, True, False) in logged and (10, True, False) in logged
+
+
+def test_cancel_stops_the_ray_job(jobs_env, ray_head):
+    alice = jobs_env.client(jobs_env.alice)
+    training = jobs_env.upload(alice)
+    job = alice.fine_tuning.jobs.create(model="base", training_file=training.id, method=LONG)
+    _ray_worker(jobs_env, ray_head)
+    submission = f"affina-{job.id}-1"
+    try:
+        wait_for(lambda: _known(ray_head, submission) == "RUNNING", 120, "the Ray job to run")
+        wait_for(lambda: any(e.type == "metrics" for e in alice.fine_tuning.jobs.list_events(job.id, limit=100)),
+                 240, "training on the cluster")
+        cancelled = alice.fine_tuning.jobs.cancel(job.id)
+        assert cancelled.status == "cancelled"
+        wait_for(lambda: _ray_status(ray_head, submission) == "STOPPED", 60, "the Ray job to stop")
+        assert "Training stopped for the cancellation" in wait_for(
+            lambda: (m := _messages(alice, job.id)) and "Training stopped for the cancellation" in m and m,
+            30, "the worker's cancellation event")
+    finally:
+        jobs_env.stop_workers()
+    assert alice.fine_tuning.jobs.retrieve(job.id).status == "cancelled"
+
+
+def _known(ray_head, submission_id: str) -> str | None:
+    try:
+        return _ray_status(ray_head, submission_id)
+    except RuntimeError:  # not submitted yet
+        return None
+
+
+def test_a_job_failing_on_the_cluster_reports_the_trainings_error(jobs_env, ray_head):
+    alice = jobs_env.client(jobs_env.alice)
+    training = jobs_env.upload(alice)
+    job = alice.fine_tuning.jobs.create(model="base", training_file=training.id, method=SHORT)
+    wait_status(alice, job.id, "queued", timeout=30)
+    # The data file is gone from the shared storage the cluster reads (the service still lists it).
+    data_path = Path(jobs_env.service.store.get_file(training.id).path)
+    data_path.unlink()
+    _ray_worker(jobs_env, ray_head)
+    try:
+        failed = wait_status(alice, job.id, ("failed", "succeeded"), timeout=240)
+    finally:
+        jobs_env.stop_workers()
+    assert failed.status == "failed"
+    message = failed.error.message
+    assert message.startswith(f"Ray job affina-{job.id}-1 failed on the cluster: "), message
+    assert str(data_path) in message and "\n" not in message, message
+    assert failed.error.code == "training_failed"
+    assert _ray_status(ray_head, f"affina-{job.id}-1") == "FAILED"
