@@ -2,8 +2,8 @@
 (`ray start --head --block`, one CPU, a small object store), the jobs API server of
 tests/jobs/conftest.py, and `affina jobs worker --executor ray` processes.
 
-Through the official `openai` client: a job trains on the cluster to a registered, served
-fine-tuned model; a worker killed mid-job is replaced by one that reattaches to the still
+Through the official `openai` client: `affina serve --executor ray` trains a job on the cluster
+to a registered, served fine-tuned model; a worker killed mid-job is replaced by one that reattaches to the still
 running Ray job instead of submitting it again; a cancel stops the Ray job; a job that fails on
 the cluster reports the training's own error. Skipped when Ray is not installed.
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.jobs.conftest import wait_for, wait_status
+from tests.jobs.conftest import chat_rows, wait_for, wait_status
 from tests.serve.conftest import free_port
 
 ray_jobs = pytest.importorskip("ray.job_submission", reason="Ray is not installed: pip install 'affina[ray]'")
@@ -104,40 +104,67 @@ def _messages(client, job_id) -> list[str]:
     return [e.message for e in reversed(list(client.fine_tuning.jobs.list_events(job_id, limit=100)))]
 
 
-def test_a_job_trains_on_the_ray_cluster_to_a_served_model(jobs_env, ray_head):
-    alice = jobs_env.client(jobs_env.alice)
-    training = jobs_env.upload(alice)
-    job = alice.fine_tuning.jobs.create(model="base", training_file=training.id, suffix="onray", seed=5,
-                                        method=SHORT)
-    _ray_worker(jobs_env, ray_head)
+def test_serve_hands_a_job_to_the_ray_cluster_and_serves_the_result(jobs_env, ray_head, tmp_path):
+    """`affina serve --workers 1 --executor ray` as a real process: its worker submits the job to
+    the cluster, follows it to success, registers it, and the server answers with the result."""
+    from openai import OpenAI
+
+    port = free_port()
+    env = {**os.environ, "AFFINA_HOME": str(tmp_path / "home")}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "affina", "serve", "--base", str(jobs_env.base), "--store", str(tmp_path / "runs"),
+         "--port", str(port), "--auth", "open", "--workers", "1", "--executor", "ray",
+         "--ray-address", ray_head.address, "--ray-num-gpus", "0"],
+        env=env, stdout=open(tmp_path / "serve.log", "wb"), stderr=subprocess.STDOUT)
     try:
-        done = wait_status(alice, job.id, ("succeeded", "failed"), timeout=300)
+        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=60)
+        wait_for(lambda: _answers(client, server), 120, "the server to answer")
+        path = tmp_path / "train.jsonl"
+        path.write_text(chat_rows())
+        with open(path, "rb") as f:
+            training = client.files.create(file=f, purpose="fine-tune")
+        job = client.fine_tuning.jobs.create(model="base", training_file=training.id, suffix="onray", seed=5,
+                                             method=SHORT)
+        done = wait_status(client, job.id, ("succeeded", "failed"), timeout=300)
+        assert done.status == "succeeded", done.error
+        submission = f"affina-{job.id}-1"
+        assert _ray_status(ray_head, submission) == "SUCCEEDED"
+        info = ray_head.client.get_job_info(submission)
+        assert info.metadata["affina_job"] == job.id and "affina train --log-format jsonl" in info.entrypoint
+
+        messages = _messages(client, job.id)
+        assert any(f"as Ray job {submission}" in m for m in messages), messages
+        assert messages[-1] == "The job has successfully completed"
+        assert any(m.startswith("Registered as ") for m in messages)
+        metrics = [e for e in client.fine_tuning.jobs.list_events(job.id, limit=100) if e.type == "metrics"]
+        assert metrics and all(e.data["total_steps"] == 6 for e in metrics)
+        assert [e for e in metrics if e.data.get("train_loss", 0) > 0]
+        checkpoints = list(client.fine_tuning.jobs.checkpoints.list(job.id))
+        assert checkpoints and checkpoints[0].metrics.train_loss is not None
+        assert done.trained_tokens
+
+        reply = client.chat.completions.create(model=done.fine_tuned_model, max_tokens=4,
+                                               messages=[{"role": "user", "content": "say the number 3"}])
+        assert reply.choices[0].message is not None
+        # Ray's copy of the training's log is kept beside the run, as a local worker keeps stderr.
+        assert "Running entrypoint for job" in (tmp_path / "runs" / ".jobs" / f"{job.id}.stderr").read_text()
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=60) == 0
     finally:
-        jobs_env.stop_workers()
-    assert done.status == "succeeded", done.error
-    submission = f"affina-{job.id}-1"
-    assert _ray_status(ray_head, submission) == "SUCCEEDED"
-    info = ray_head.client.get_job_info(submission)
-    assert info.metadata["affina_job"] == job.id and "affina train --log-format jsonl" in info.entrypoint
+        if server.poll() is None:
+            server.kill()
+    log = " ".join((tmp_path / "serve.log").read_text().split())
+    assert f"1 local worker(s) on the queue in" in log and f"training on the Ray cluster at {ray_head.address}" in log
 
-    messages = _messages(alice, job.id)
-    assert any(f"as Ray job {submission}" in m for m in messages), messages
-    assert messages[-1] == "The job has successfully completed"
-    assert any(m.startswith("Registered as ") for m in messages)
-    events = list(alice.fine_tuning.jobs.list_events(job.id, limit=100))
-    metrics = [e for e in events if e.type == "metrics"]
-    assert metrics and all(e.data["total_steps"] == 6 for e in metrics)
-    assert [e for e in metrics if e.data.get("train_loss", 0) > 0]
-    checkpoints = list(alice.fine_tuning.jobs.checkpoints.list(job.id))
-    assert checkpoints and checkpoints[0].metrics.train_loss is not None
-    assert done.trained_tokens
 
-    reply = alice.chat.completions.create(model=done.fine_tuned_model, max_tokens=4,
-                                          messages=[{"role": "user", "content": "say the number 3"}])
-    assert reply.choices[0].message is not None
-    # The training's log (Ray's copy of it) is kept beside the run, as with a local worker.
-    assert "Running entrypoint for job" in (Path(jobs_env.store_dir).resolve() / ".jobs"
-                                           / f"{job.id}.stderr").read_text()
+def _answers(client, server) -> bool:
+    if server.poll() is not None:
+        raise AssertionError("affina serve exited")
+    try:
+        client.models.list()
+        return True
+    except Exception:  # noqa: BLE001 — not listening yet
+        return False
 
 
 def test_a_new_worker_reattaches_to_the_running_ray_job(jobs_env, ray_head):
