@@ -4,7 +4,8 @@ tests/jobs/conftest.py, and `affina jobs worker --executor ray` processes.
 
 Through the official `openai` client: `affina serve --executor ray` trains a job on the cluster
 to a registered, served fine-tuned model; a worker killed mid-job is replaced by one that reattaches to the still
-running Ray job instead of submitting it again; a cancel stops the Ray job; a job that fails on
+running Ray job instead of submitting it again, and a pause stops that Ray job while a resume
+submits the next one from the checkpoint; a cancel stops the Ray job; a job that fails on
 the cluster reports the training's own error. Skipped when Ray is not installed.
 """
 
@@ -167,11 +168,12 @@ def _answers(client, server) -> bool:
         return False
 
 
-def test_a_new_worker_reattaches_to_the_running_ray_job(jobs_env, ray_head):
+def test_a_new_worker_reattaches_and_pause_resume_submits_the_next_ray_job(jobs_env, ray_head):
     alice = jobs_env.client(jobs_env.alice)
     training = jobs_env.upload(alice)
-    method = {**LONG, "affina": {**LONG["affina"], "train": {"max_steps": 40, "save_steps": 10,
-                                                             "eval_steps": 10}}}
+    # The tiny model takes milliseconds a step: enough steps that the pause comes mid-training.
+    method = {**LONG, "affina": {**LONG["affina"], "train": {"max_steps": 600, "save_steps": 20,
+                                                             "eval_steps": 200}}}
     job = alice.fine_tuning.jobs.create(model="base", training_file=training.id, method=method)
     first = _ray_worker(jobs_env, ray_head, lease_seconds=3)
     submission = f"affina-{job.id}-1"
@@ -182,21 +184,34 @@ def test_a_new_worker_reattaches_to_the_running_ray_job(jobs_env, ray_head):
         first.wait(timeout=30)
         assert _ray_status(ray_head, submission) == "RUNNING"
         _ray_worker(jobs_env, ray_head, lease_seconds=3)
+        wait_for(lambda: any(f"reattached to Ray job {submission}" in m for m in _messages(alice, job.id)),
+                 60, "the new worker to reattach")
+        # Reattached, not submitted again.
+        with pytest.raises(RuntimeError, match="does not exist"):
+            ray_head.client.get_job_info(f"affina-{job.id}-2")
+
+        wait_for(lambda: any(c.step_number >= 20 for c in alice.fine_tuning.jobs.checkpoints.list(job.id)),
+                 240, "a checkpoint at step 20", interval=0.1)
+        alice.fine_tuning.jobs.pause(job.id)
+        wait_for(lambda: _ray_status(ray_head, submission) == "STOPPED", 60, "the paused Ray job to stop")
+        wait_status(alice, job.id, "paused", timeout=30)
+        alice.fine_tuning.jobs.resume(job.id)
         done = wait_status(alice, job.id, ("succeeded", "failed"), timeout=300)
     finally:
         jobs_env.stop_workers()
     assert done.status == "succeeded", done.error
-    messages = _messages(alice, job.id)
-    assert any(f"reattached to Ray job {submission}" in m for m in messages), messages
-    # Reattached, not submitted again: one Ray job, and each step's metrics recorded once.
-    assert _ray_status(ray_head, submission) == "SUCCEEDED"
-    with pytest.raises(RuntimeError, match="does not exist"):
-        ray_head.client.get_job_info(f"affina-{job.id}-2")
+    # The resumed job is the next Ray job, from the newest checkpoint.
+    second = ray_head.client.get_job_info(f"affina-{job.id}-2")
+    assert second.status.value == "SUCCEEDED" and "--resume" in second.entrypoint
+    events = list(reversed(list(alice.fine_tuning.jobs.list_events(job.id, limit=100))))
+    resumed = [e for e in events if e.message.startswith("Resuming from checkpoint-")]
+    assert resumed, [e.message for e in events]
+    resumed_at = int(resumed[-1].data["checkpoint"].rsplit("-", 1)[1])
+    # What the second worker read again from the start was recorded once.
     logged = [(e.data["step"], "train_loss" in e.data, "valid_loss" in e.data)
-              for e in alice.fine_tuning.jobs.list_events(job.id, limit=100) if e.type == "metrics"]
-    before_end = [x for x in logged if x[0] < 40]  # (the last step may log two evaluations)
-    assert len(before_end) == len(set(before_end)) and max(logged)[0] == 40, logged
-    assert (1, True, False) in logged and (10, True, False) in logged
+              for e in events if e.type == "metrics" and e.data["step"] <= resumed_at]
+    assert len(logged) == len(set(logged)) and (1, True, False) in logged, logged
+    assert max(e.data["step"] for e in events if e.type == "metrics") == 600
 
 
 def test_cancel_stops_the_ray_job(jobs_env, ray_head):
@@ -246,3 +261,26 @@ def test_a_job_failing_on_the_cluster_reports_the_trainings_error(jobs_env, ray_
     assert str(data_path) in message and "\n" not in message, message
     assert failed.error.code == "training_failed"
     assert _ray_status(ray_head, f"affina-{job.id}-1") == "FAILED"
+
+
+def test_a_job_the_cluster_cannot_place_waits_says_so_and_cancels(jobs_env, ray_head):
+    """The head has no GPU: a job asking for one stays pending on the cluster, its events say
+    what it waits for, and a cancel ends the job at once (Ray queues the stop of a pending Ray job
+    until the cluster places it)."""
+    alice = jobs_env.client(jobs_env.alice)
+    training = jobs_env.upload(alice)
+    job = alice.fine_tuning.jobs.create(model="base", training_file=training.id, method=SHORT)
+    jobs_env.start_worker(30.0, ["--executor", "ray", "--ray-address", ray_head.address, "--ray-num-gpus", "1"])
+    submission = f"affina-{job.id}-1"
+    try:
+        note = wait_for(lambda: [m for m in _messages(alice, job.id) if m.startswith("Waiting for the Ray cluster")],
+                        90, "the waiting event")
+        assert f"Ray job {submission}: it asks for 1 CPU and 1 GPU" in note[0], note
+        assert _ray_status(ray_head, submission) == "PENDING"
+        alice.fine_tuning.jobs.cancel(job.id)
+        messages = wait_for(lambda: (m := _messages(alice, job.id)) and "Training stopped for the cancellation" in m
+                            and m, 20, "the worker to let go of the pending job")
+        assert any(m.startswith(f"Ray job {submission} was still waiting for the cluster") for m in messages)
+    finally:
+        jobs_env.stop_workers()
+    assert alice.fine_tuning.jobs.retrieve(job.id).status == "cancelled"

@@ -80,20 +80,22 @@ class RayExecutor:
 
     def start(self, job, args: list[str], *, workdir: Path, sinks: LineSinks) -> "RayTraining":
         prefix = submission_prefix(job.id)
+        gpus = self.gpus_for(job)
+        asks = f"{self.num_cpus:g} CPU and {gpus:g} GPU"
         try:
             n, latest = self._latest(prefix)
             if latest is not None and latest.status.value in ("PENDING", "RUNNING", "SUCCEEDED"):
                 sinks.replaying = True
-                return RayTraining(self, latest.submission_id, sinks, reattached=True)
+                return RayTraining(self, latest.submission_id, sinks, reattached=True, asks=asks)
             submission_id = f"{prefix}{n + 1}"
             self.client.submit_job(
                 entrypoint=self.entrypoint(args, workdir), submission_id=submission_id,
-                entrypoint_num_cpus=self.num_cpus, entrypoint_num_gpus=self.gpus_for(job),
+                entrypoint_num_cpus=self.num_cpus, entrypoint_num_gpus=gpus,
                 runtime_env={"env_vars": self.env_vars()},
                 metadata={"affina_job": job.id, "affina_model": job.ft_name})
         except (OSError, RuntimeError) as e:
             raise AffinaError(f"the Ray cluster at {self.address} did not take the job: {_first_line(e)}") from None
-        return RayTraining(self, submission_id, sinks, reattached=False)
+        return RayTraining(self, submission_id, sinks, reattached=False, asks=asks)
 
     def _latest(self, prefix: str):
         """(how many Ray jobs this job has had, the newest one's JobDetails or None)."""
@@ -138,7 +140,8 @@ class RayExecutor:
 class RayTraining:
     """One Ray job, followed by a thread that tails its log into the worker's sinks."""
 
-    def __init__(self, executor: RayExecutor, submission_id: str, sinks: LineSinks, *, reattached: bool):
+    def __init__(self, executor: RayExecutor, submission_id: str, sinks: LineSinks, *, reattached: bool,
+                 asks: str):
         self.executor, self.client, self.submission_id = executor, executor.client, submission_id
         self.sinks, self.reattached = sinks, reattached
         self.description = (f"on the Ray cluster at {executor.address}, "
@@ -153,8 +156,8 @@ class RayTraining:
         self._message = ""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task = None
-        self._started = time.monotonic()
-        self._noted_pending = False
+        self._asks = asks
+        self._next_look = time.monotonic() + _PENDING_NOTE_SECONDS  # None: seen running
         self._reader = threading.Thread(target=self._follow, name=f"ray-log-{submission_id}", daemon=True)
         self._reader.start()
 
@@ -188,8 +191,6 @@ class RayTraining:
                 time.sleep(2.0)
                 continue
             status = info.status.value
-            if status == "PENDING":
-                self._note_pending()
             if status in _TERMINAL:
                 try:  # whatever the tail missed
                     self._feed_from(self.client.get_job_logs(self.submission_id), 0)
@@ -238,23 +239,44 @@ class RayTraining:
         self.sinks.text(line)
 
     def _note_pending(self) -> None:
-        if not self._noted_pending and time.monotonic() - self._started > _PENDING_NOTE_SECONDS:
-            self._noted_pending = True
-            self.sinks.note(f"Waiting for the Ray cluster to start Ray job {self.submission_id} (it asks "
-                            f"for {self.executor.num_cpus:g} CPU and the GPUs of --ray-num-gpus; "
-                            "`ray status` shows what the cluster has free)")
+        """Once, if the Ray job still waits for resources after a while: say so in its events."""
+        if self._next_look is None or time.monotonic() < self._next_look:
+            return
+        try:
+            status = self.client.get_job_status(self.submission_id).value
+        except Exception:  # noqa: BLE001 — the follower thread deals with an absent cluster
+            status = None
+        if status == "PENDING":
+            self.sinks.note(f"Waiting for the Ray cluster to start Ray job {self.submission_id}: it asks "
+                            f"for {self._asks} (`ray status` shows what the cluster has free)")
+            self._next_look = None
+        elif status is None:
+            self._next_look = time.monotonic() + _PENDING_NOTE_SECONDS
+        else:
+            self._next_look = None  # it started
 
     # -- the worker's side ---------------------------------------------------------------
 
     def wait(self, timeout: float) -> bool:
-        return self._finished.wait(timeout)
+        if self._finished.wait(timeout):
+            return True
+        self._note_pending()
+        return False
 
     def stop(self) -> None:
-        """Stop the Ray job (Ray signals its process group) and wait for it to end."""
+        """Stop the Ray job (Ray signals its process group) and wait for it to end. A Ray job
+        still pending keeps pending: Ray queues the stop, and the job ends the moment the
+        cluster places it, before its training loads anything."""
         try:
             self.client.stop_job(self.submission_id)
+            pending = self.client.get_job_status(self.submission_id).value == "PENDING"
         except Exception:  # noqa: BLE001 — already ended, or the cluster is away: nothing to stop
-            pass
+            pending = False
+        if pending:
+            self.sinks.note(f"Ray job {self.submission_id} was still waiting for the cluster; Ray ends it "
+                            "as soon as the cluster places it")
+            self._release_reader()
+            return
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not self._finished.wait(1.0):
             pass
