@@ -171,8 +171,8 @@ class RayTraining:
             try:
                 self._loop = asyncio.new_event_loop()
                 self._loop.run_until_complete(self._tail_once())
-            except Exception:  # noqa: BLE001 — a dropped connection: look at the status, then again
-                pass
+            except (Exception, asyncio.CancelledError):  # noqa: BLE001 — a dropped connection (look at
+                pass                                     # the status, then tail again) or a release
             finally:
                 self._loop.close()
                 self._loop = None
