@@ -132,6 +132,11 @@ def test_serve_hands_a_job_to_the_ray_cluster_and_serves_the_result(jobs_env, ra
         assert _ray_status(ray_head, submission) == "SUCCEEDED"
         info = ray_head.client.get_job_info(submission)
         assert info.metadata["affina_job"] == job.id and "affina train --log-format jsonl" in info.entrypoint
+        # The job's environment: affina's settings, never the service database's URL (the server
+        # hands it to its workers in their environment), and the CPU threads it asked for.
+        env_vars = info.runtime_env["env_vars"]
+        assert env_vars["AFFINA_HOME"] == str(tmp_path / "home") and "AFFINA_SERVICE_DB" not in env_vars
+        assert env_vars["OMP_NUM_THREADS"] == os.environ.get("OMP_NUM_THREADS", "1")
 
         messages = _messages(client, job.id)
         assert any(f"as Ray job {submission}" in m for m in messages), messages

@@ -124,12 +124,13 @@ class RayExecutor:
             return float(spread["nproc_per_node"])
         return float(self.num_gpus)
 
-    @staticmethod
-    def env_vars() -> dict[str, str]:
+    def env_vars(self) -> dict[str, str]:
         """What the training needs from the worker's environment: affina's settings (its home
         and tracking URI; never the service database's URL, which may hold a password) and the
-        Hugging Face cache settings."""
-        env = {"PYTHONUNBUFFERED": "1", "COLUMNS": "1000"}
+        Hugging Face cache settings. Ray starts a job with OMP_NUM_THREADS=1, which would train
+        on one core: the job gets the CPUs it asked for (or the worker's own setting)."""
+        threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, int(self.num_cpus)))
+        env = {"PYTHONUNBUFFERED": "1", "COLUMNS": "1000", "OMP_NUM_THREADS": threads}
         for key, value in os.environ.items():
             if (key.startswith("AFFINA_") and key != "AFFINA_SERVICE_DB") or key in (
                     "HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
