@@ -16,7 +16,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -160,7 +159,7 @@ def test_serve_hands_a_job_to_the_ray_cluster_and_serves_the_result(jobs_env, ra
         if server.poll() is None:
             server.kill()
     log = " ".join((tmp_path / "serve.log").read_text().split())
-    assert f"1 local worker(s) on the queue in" in log and f"training on the Ray cluster at {ray_head.address}" in log
+    assert "1 local worker(s) on the queue in" in log and f"training on the Ray cluster at {ray_head.address}" in log
 
 
 def _answers(client, server) -> bool:
