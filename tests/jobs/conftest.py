@@ -70,9 +70,9 @@ class JobsEnv:
 
         return OpenAI(base_url=self.server.url + "/v1", api_key=key, max_retries=0, timeout=60)
 
-    def start_worker(self, lease_seconds: float = 30.0) -> subprocess.Popen:
+    def start_worker(self, lease_seconds: float = 30.0, extra: list[str] = ()) -> subprocess.Popen:
         proc = subprocess.Popen([sys.executable, "-m", "affina", "jobs", "worker", "--db", self.db_url,
-                                 "--lease-seconds", str(lease_seconds)],
+                                 "--lease-seconds", str(lease_seconds), *extra],
                                 stdout=subprocess.DEVNULL, stderr=open(self.root / "worker.log", "ab"))
         self.workers.append(proc)
         return proc

@@ -244,12 +244,46 @@ def _cmd_worker(args) -> int:
     from .store import JobStore
     from .worker import DEFAULT_LEASE_SECONDS, Worker
 
+    executor = executor_from_args(args)
     store = JobStore(args.db or os.environ.get("AFFINA_SERVICE_DB") or default_log_url())
     worker = Worker(store, lease_seconds=args.lease_seconds or DEFAULT_LEASE_SECONDS,
-                    register=not args.no_register)
-    info(f"worker {worker.worker_id} on the queue in {store.display_url}")
+                    register=not args.no_register, executor=executor)
+    where = f"; training on the Ray cluster at {executor.address}" if executor.name == "ray" else ""
+    info(f"worker {worker.worker_id} on the queue in {store.display_url}{where}")
     worker.run_forever(once=args.once)
     return 0
+
+
+def executor_arguments(p) -> None:
+    """--executor and the Ray options, shared by `affina jobs worker` and `affina serve`."""
+    p.add_argument("--executor", choices=("local", "ray"), default="local", help="where a worker "
+                   "trains its job: local (a subprocess on this machine) or ray (a job on an existing "
+                   "Ray cluster, through its job submission API; docs/jobs.md) (default: local)")
+    p.add_argument("--ray-address", metavar="URL", help="with --executor ray: the cluster's job "
+                   "submission address, its dashboard, http://HEAD:8265 (default: $RAY_API_SERVER_ADDRESS)")
+    p.add_argument("--ray-num-cpus", type=float, default=1.0, metavar="N", help="with --executor ray: "
+                   "CPUs each training asks the cluster for (default: 1)")
+    p.add_argument("--ray-num-gpus", type=float, default=1.0, metavar="N", help="with --executor ray: "
+                   "GPUs each training asks the cluster for; a distributed job asks for its "
+                   "nproc_per_node; 0 on a cluster without GPUs (default: 1)")
+
+
+def executor_from_args(args):
+    """The executor the flags name; a Ray one checks the cluster answers (one line if not)."""
+    from .executors import make_executor
+
+    return make_executor(args.executor, ray_address=args.ray_address
+                         or os.environ.get("RAY_API_SERVER_ADDRESS"),
+                         ray_num_cpus=args.ray_num_cpus, ray_num_gpus=args.ray_num_gpus)
+
+
+def executor_flags(args) -> list[str]:
+    """The same flags again, for the worker processes `affina serve` starts."""
+    if args.executor == "local":
+        return []
+    return ["--executor", args.executor, "--ray-num-cpus", f"{args.ray_num_cpus:g}",
+            "--ray-num-gpus", f"{args.ray_num_gpus:g}"] + (
+        ["--ray-address", args.ray_address] if args.ray_address else [])
 
 
 def register(subparsers) -> None:
@@ -266,6 +300,7 @@ def register(subparsers) -> None:
                    "without a heartbeat (default: 30)")
     w.add_argument("--once", action="store_true", help="stop when the queue is empty")
     w.add_argument("--no-register", action="store_true", help="do not register results in the registry")
+    executor_arguments(w)
     w.set_defaults(func=_cmd_worker)
 
     def client_args(p):

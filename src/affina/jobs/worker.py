@@ -1,13 +1,15 @@
 """A worker: claims queued jobs from the service database and trains each one with the CLI's own
-recipe (`affina train ... --log-format jsonl`) in a subprocess, never in the API process.
+recipe (`affina train ... --log-format jsonl`), never in the API process. Where the training runs
+is the worker's executor (`executors.py`): a local subprocess, or a job on a Ray cluster.
 
-One job at a time per worker. While the training process runs, the worker reads its JSON events
+One job at a time per worker. While the training runs, the worker reads its JSON events
 (status, step metrics, checkpoints) into job events and checkpoint rows, and heartbeats about
 once a second: the heartbeat renews the job's lease and reads its status, so a cancel or a pause
-stops the training process group within seconds (and with it all its memory). A worker killed
-outright (SIGKILL) stops renewing its lease; its training process dies with it (the kernel's
-parent-death signal), and once the lease runs out another worker (or the same one restarted)
-claims the job again and resumes it from its last intact checkpoint (`affina train --resume`).
+stops the training within seconds (and with it all its memory). A worker killed outright
+(SIGKILL) stops renewing its lease; a local training dies with it (the kernel's parent-death
+signal), and once the lease runs out another worker (or the same one restarted) claims the job
+again and resumes it from its last intact checkpoint (`affina train --resume`); a Ray job keeps
+running on its cluster, and the next worker reattaches to it.
 
 Workers on other machines share the queue by pointing at the same database (PostgreSQL) and
 seeing the same files and model store paths (a shared file system).
@@ -19,50 +21,29 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 from ..errors import AffinaError
+from .executors import Executor, LocalExecutor, Training, train_arguments
 from .store import JobRow, JobStore
 
-__all__ = ["Worker", "train_command", "newest_checkpoint", "DEFAULT_LEASE_SECONDS"]
+__all__ = ["Worker", "newest_checkpoint", "DEFAULT_LEASE_SECONDS"]
 
 DEFAULT_LEASE_SECONDS = 30.0
-_STOP_GRACE_SECONDS = 3.0
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: new process group (cancel kills the group), and SIGKILL when the
-    worker dies, so a killed worker never leaves training running behind it (Linux)."""
-    os.setsid()
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
-def train_command(config_path: Path | None, resume_dir: Path | None) -> list[str]:
-    """`affina train` as a subprocess of this Python: a new run from a config, or `--resume`."""
-    base = [sys.executable, "-m", "affina", "train", "--log-format", "jsonl"]
-    return base + (["--resume", str(resume_dir)] if resume_dir else ["-c", str(config_path)])
 
 
 class Worker:
     def __init__(self, store: JobStore, *, worker_id: str | None = None,
                  lease_seconds: float = DEFAULT_LEASE_SECONDS, poll_seconds: float = 1.0,
-                 register: bool = True):
+                 register: bool = True, executor: Executor | None = None):
         self.store = store
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
         self.lease_seconds, self.poll_seconds = lease_seconds, poll_seconds
         self.register = register
+        self.executor = executor or LocalExecutor()
         self._stop = threading.Event()
-        self._proc: subprocess.Popen | None = None
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -92,45 +73,40 @@ class Worker:
         store = self.store
         run_dir = Path(job.run_dir)
         checkpoint = newest_checkpoint(run_dir)
-        if job.attempts > 1 and checkpoint:
-            store.add_event(job.id, f"Resuming from {Path(checkpoint).name} (attempt {job.attempts})",
-                            data={"checkpoint": Path(checkpoint).name, "attempt": job.attempts})
-        store.add_event(job.id, f"Fine-tuning job started on worker {self.worker_id}",
-                        data={"status": "running", "worker": self.worker_id})
         try:
-            command = self._command(job, run_dir, checkpoint)
+            args = self._arguments(job, run_dir, checkpoint)
         except AffinaError as e:
             return self._fail(job, "invalid_training_file", str(e), "training_file")
         run_dir.parent.mkdir(parents=True, exist_ok=True)
-        stderr_path = run_dir.parent / f"{job.id}.stderr"
-        with open(stderr_path, "ab") as stderr:
-            # Wide columns: rich must not fold a warning over several lines.
-            env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "1000"}
-            self._proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                          env=env, preexec_fn=_die_with_parent, cwd=str(run_dir.parent))
-            readers = [threading.Thread(target=self._read_events, args=(job, self._proc.stdout), daemon=True),
-                       threading.Thread(target=self._read_stderr, args=(job, self._proc.stderr, stderr),
-                                        daemon=True)]
-            for reader in readers:
-                reader.start()
-            stopped_for = self._watch(job)
-            for reader in readers:
-                reader.join(timeout=10)
-        rc, self._proc = self._proc.returncode, None
+        with open(run_dir.parent / f"{job.id}.stderr", "a", encoding="utf-8") as log:
+            sinks = _JobSinks(self, job, log)
+            try:
+                training = self.executor.start(job, args, workdir=run_dir.parent, sinks=sinks)
+            except AffinaError as e:  # the cluster refused it or cannot be reached
+                return self._fail(job, "executor_failed", str(e), None)
+            if job.attempts > 1 and checkpoint and not training.reattached:
+                store.add_event(job.id, f"Resuming from {Path(checkpoint).name} (attempt {job.attempts})",
+                                data={"checkpoint": Path(checkpoint).name, "attempt": job.attempts})
+            store.add_event(job.id, f"Fine-tuning job started on worker {self.worker_id}, training "
+                            f"{training.description}",
+                            data={"status": "running", "worker": self.worker_id,
+                                  "executor": self.executor.name})
+            stopped_for = self._watch(job, training)
         if stopped_for is not None:
             return stopped_for
-        if rc == 0:
+        error = training.result()
+        if error is None:
             return self._succeed(job)
-        return self._fail(job, "training_failed", _error_line(stderr_path, rc), None)
+        return self._fail(job, "training_failed", error, None)
 
-    def _command(self, job: JobRow, run_dir: Path, checkpoint: str | None) -> list[str]:
+    def _arguments(self, job: JobRow, run_dir: Path, checkpoint: str | None) -> list[str]:
         import yaml
 
         from ..config import config_to_dict
         from .service import run_config
 
         if checkpoint:
-            return train_command(None, run_dir)
+            return train_arguments(None, run_dir)
         training = self.store.get_file(job.training_file)
         validation = self.store.get_file(job.validation_file) if job.validation_file else None
         if training is None or (job.validation_file and validation is None):
@@ -139,22 +115,18 @@ class Worker:
         config_path = run_dir.parent / f"{job.id}.yaml"
         config_path.parent.mkdir(parents=True, exist_ok=True)
         config_path.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-        return train_command(config_path, None)
+        return train_arguments(config_path, None)
 
-    def _watch(self, job: JobRow) -> str | None:
-        """Heartbeat until the training process exits. Returns None when it ended by itself, else
-        the status it was stopped for (cancelled, paused, lost, requeued)."""
-        proc = self._proc
+    def _watch(self, job: JobRow, training: Training) -> str | None:
+        """Heartbeat until the training ends. Returns None when it ended by itself, else the
+        status it was stopped for (cancelled, paused, lost, queued)."""
         while True:
-            try:
-                proc.wait(timeout=1.0)
+            if training.wait(1.0):
                 return None
-            except subprocess.TimeoutExpired:
-                pass
             if self._stop.is_set():  # this worker is shutting down: hand the job back
-                self._kill(proc)
-                self.store.set_status(job.id, "queued", f"Worker {self.worker_id} stopped; the job is "
-                                      "queued again and continues from its last checkpoint",
+                what = training.release(lost=False)
+                self.store.set_status(job.id, "queued", f"Worker {self.worker_id} stopped and {what}; "
+                                      "the job is queued again for the next worker",
                                       expect=("running",), worker_id=None, lease_until=None)
                 return "queued"
             try:
@@ -163,70 +135,35 @@ class Worker:
                 continue
             if status == "running":
                 continue
-            self._kill(proc)
             if status is None:  # the lease ran out and another worker took the job
+                training.release(lost=True)
                 return "lost"
+            training.stop()
             if status == "paused":
                 self.store.add_event(job.id, "Training stopped for the pause; the last checkpoint is kept")
             elif status == "cancelled":
                 self.store.add_event(job.id, "Training stopped for the cancellation")
             return status
 
-    @staticmethod
-    def _kill(proc: subprocess.Popen) -> None:
-        """The whole training process group: SIGTERM, then SIGKILL after a short grace."""
-        for sig, wait in ((signal.SIGTERM, _STOP_GRACE_SECONDS), (signal.SIGKILL, 30.0)):
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                return
-            try:
-                proc.wait(timeout=wait)
-                return
-            except subprocess.TimeoutExpired:
-                continue
-
-    def _read_events(self, job: JobRow, stream) -> None:
-        """The training process's JSON lines → job events and checkpoint rows."""
+    def _event(self, job: JobRow, event: dict) -> None:
+        """One of the training's JSON events → job events and checkpoint rows."""
         store = self.store
-        for raw in stream:
-            try:
-                event = json.loads(raw)
-            except (ValueError, UnicodeDecodeError):
-                continue
-            if not isinstance(event, dict):
-                continue
-            try:
-                kind = event.get("event")
-                if kind == "train_begin":
-                    store.add_event(job.id, f"Training at step {event.get('step')} of "
-                                    f"{event.get('max_steps')}", data=event)
-                elif kind == "log":
-                    self._metrics(job, event)
-                elif kind == "checkpoint":
-                    store.add_checkpoint(job.id, int(event["step"]), str(event["path"]),
-                                         event.get("loss"), event.get("eval_loss"))
-                    _drop_deleted_checkpoints(store, job.id)
-                    store.add_event(job.id, f"Checkpoint created at step {event['step']}",
-                                    data={"step": event["step"], "train_loss": event.get("loss"),
-                                          "valid_loss": event.get("eval_loss")})
-                elif kind == "train_end":
-                    store.add_event(job.id, f"Training finished at step {event.get('step')} in "
-                                    f"{event.get('seconds')} s", data=event)
-            except Exception:  # noqa: BLE001 — one bad event must not stop the reading
-                continue
-
-    def _read_stderr(self, job: JobRow, stream, log) -> None:
-        """The training process's stderr → the job's log file; its warnings → `warn` events."""
-        for raw in stream:
-            log.write(raw)
-            log.flush()
-            line = raw.decode("utf-8", errors="replace").strip()
-            if line.startswith("warning "):
-                try:
-                    self.store.add_event(job.id, line.removeprefix("warning ").strip(), level="warn")
-                except Exception:  # noqa: BLE001
-                    pass
+        kind = event.get("event")
+        if kind == "train_begin":
+            store.add_event(job.id, f"Training at step {event.get('step')} of "
+                            f"{event.get('max_steps')}", data=event)
+        elif kind == "log":
+            self._metrics(job, event)
+        elif kind == "checkpoint":
+            store.add_checkpoint(job.id, int(event["step"]), str(event["path"]),
+                                 event.get("loss"), event.get("eval_loss"))
+            _drop_deleted_checkpoints(store, job.id)
+            store.add_event(job.id, f"Checkpoint created at step {event['step']}",
+                            data={"step": event["step"], "train_loss": event.get("loss"),
+                                  "valid_loss": event.get("eval_loss")})
+        elif kind == "train_end":
+            store.add_event(job.id, f"Training finished at step {event.get('step')} in "
+                            f"{event.get('seconds')} s", data=event)
 
     def _metrics(self, job: JobRow, event: dict) -> None:
         step, total = event.get("step"), event.get("max_steps")
@@ -321,14 +258,48 @@ def _drop_deleted_checkpoints(store: JobStore, job_id: str) -> None:
             store.drop_checkpoint(job_id, row.step)
 
 
-def _error_line(stderr_path: Path, rc: int) -> str:
-    """The one-line reason the training process gave (`affina: error: ...`), else its last line."""
-    try:
-        lines = [line.strip() for line in stderr_path.read_text(errors="replace").splitlines() if line.strip()]
-    except OSError:
-        lines = []
-    for line in reversed(lines):
-        if line.startswith("affina: error:"):
-            return line.removeprefix("affina: error:").strip()
-    tail = lines[-1] if lines else ""
-    return f"training exited with code {rc}" + (f": {tail[:500]}" if tail else "")
+class _JobSinks:
+    """The training's output for one job: JSON events into the job's rows, other lines into its
+    log file (`<job>.stderr` beside the run), `warning ...` lines also as warn events."""
+
+    def __init__(self, worker: Worker, job: JobRow, log):
+        self.worker, self.job, self.log = worker, job, log
+        self.replaying = False
+        self._recorded_step: int | None = None
+        self._lock = threading.Lock()  # two reader threads may write the log
+
+    def event(self, event: dict) -> None:
+        try:
+            if self.replaying and event.get("event") in ("train_begin", "log", "checkpoint") \
+                    and int(event.get("step") or 0) <= self._recorded():
+                return  # an earlier worker recorded it
+            self.worker._event(self.job, event)
+        except Exception:  # noqa: BLE001 — one bad event must not stop the reading
+            pass
+
+    def _recorded(self) -> int:
+        """The last step this job's events or checkpoints record (-1: none)."""
+        if self._recorded_step is None:
+            store, steps = self.worker.store, [-1]
+            steps += [int(e.data["step"]) for e in store.events_since(self.job.id, 0)
+                      if e.type == "metrics" and isinstance(e.data, dict) and e.data.get("step") is not None]
+            steps += [c.step for c in store.list_checkpoints(self.job.id, limit=1000).data]
+            self._recorded_step = max(steps)
+        return self._recorded_step
+
+    def note(self, message: str) -> None:
+        try:
+            self.worker.store.add_event(self.job.id, message)
+        except Exception:  # noqa: BLE001
+            pass
+
+    def text(self, line: str) -> None:
+        with self._lock:
+            self.log.write(line + "\n")
+            self.log.flush()
+        line = line.strip()
+        if line.startswith("warning "):
+            try:
+                self.worker.store.add_event(self.job.id, line.removeprefix("warning ").strip(), level="warn")
+            except Exception:  # noqa: BLE001
+                pass

@@ -8,6 +8,7 @@ from datetime import datetime
 from pathlib import Path
 
 from ..errors import AffinaError
+from ..jobs.commands import executor_arguments, executor_flags, executor_from_args
 
 __all__ = ["register"]
 
@@ -26,12 +27,15 @@ def _cmd_serve(args) -> int:
                       max_stop_tokens=args.max_stop_tokens, max_request_seconds=args.max_request_seconds),
         log_url=args.log_db, redact=args.redact, keys_path=args.keys_db, device=args.device,
         dtype=args.dtype, threads=args.threads, auth=args.auth, jobs=not args.no_jobs,
-        workers=args.workers, lease_seconds=args.lease_seconds,
+        workers=args.workers, lease_seconds=args.lease_seconds, worker_flags=executor_flags(args),
         monitor_every=parse_interval(args.monitor_every) if args.monitor_every else None,
         monitor_models=args.monitor_model or [], monitor_config=args.monitor_config,
         monitor_policy=args.monitor_policy)
     if args.workers < 0:
         raise AffinaError(f"--workers {args.workers}: give 0 or more")
+    if args.executor != "local" and not args.print_vllm:
+        executor = executor_from_args(args)  # the cluster answers, or one line now, not per worker
+        options.executor_description = f"training on the Ray cluster at {executor.address}"
     if args.print_vllm:
         print(vllm_command(options))
         return 0
@@ -166,6 +170,7 @@ def register(subparsers) -> None:
                    "the server (0: none; run `affina jobs worker` elsewhere) (default: 1)")
     s.add_argument("--lease-seconds", type=float, help="how long a job stays a dead worker's before "
                    "another worker takes it over (default: 30)")
+    executor_arguments(s)
     s.add_argument("--no-jobs", action="store_true", help="serve inference only: no /v1/files or "
                    "/v1/fine_tuning endpoints")
     s.set_defaults(func=_cmd_serve)

@@ -52,6 +52,8 @@ class ServeOptions:
     jobs: bool = True  # the Files and Fine-tuning APIs (serve/jobs_api.py)
     workers: int = 1  # local worker processes started with the server (0: none)
     lease_seconds: float | None = None  # a worker's lease on its job (default: jobs.worker's)
+    worker_flags: list[str] = field(default_factory=list)  # e.g. --executor ray --ray-address URL
+    executor_description: str = "local"  # where the workers train, for the start-up line
     files_dir: Path | None = None  # uploaded files (default: $AFFINA_HOME/serve/files)
     monitor_every: float | None = None  # seconds between scheduled drift reports; None: off
     monitor_models: list[str] = field(default_factory=list)  # empty: every served run/reference
@@ -184,6 +186,7 @@ def start_workers(options: ServeOptions, db_url: str) -> list:
     command = [sys.executable, "-m", "affina", "jobs", "worker", "--store", str(options.store)]
     if options.lease_seconds:
         command += ["--lease-seconds", str(options.lease_seconds)]
+    command += options.worker_flags
     # The URL travels in the environment, not the command line: `ps` shows command lines, and
     # a PostgreSQL URL may hold a password.
     env = {**os.environ, "AFFINA_SERVICE_DB": db_url}
@@ -263,8 +266,9 @@ def serve(options: ServeOptions) -> None:
          f"(request log: {app.state.log.display_url})")
     workers = start_workers(options, app.state.log.url) if options.jobs and options.workers > 0 else []
     if options.jobs:
+        where = "" if options.executor_description == "local" else f", {options.executor_description}"
         info(f"fine-tuning jobs: {len(workers)} local worker(s) on the queue in "
-             f"{app.state.log.display_url}" + ("" if workers else
+             f"{app.state.log.display_url}{where}" + ("" if workers else
                                                "; start workers with `affina jobs worker`"))
     import signal
 
