@@ -2,7 +2,7 @@
 its figures: drift detection delay, false alarms on unshifted traffic, the new task before and
 after, forgetting of the old task with and without replay.
 
-    python examples/loop/run.py --workdir loop-demo        # about 30-40 minutes on a 2-core CPU
+    python examples/loop/run.py --workdir loop-demo        # under an hour on a busy 2-core CPU
 
 What it does, each step with affina's own commands (printed as they run):
 
@@ -156,13 +156,17 @@ def monitor(work: Path, url: str) -> dict:
     done = affina("monitor", f"{NAME}@champion", "--store", str(work / "runs"), "-c", str(work / "monitor.yaml"),
                   "--json", "--loop", "--policy", str(work / "policy.yaml"), "--jobs-url", url + "/v1")
     decoder, text, objects, i = json.JSONDecoder(), done.stdout, [], 0
-    while i < len(text):  # the report's JSON, then the loop's outcome
+    while i < len(text):  # the report's JSON, then the loop's outcome, among the info lines
         i = text.find("{", i)
         if i < 0:
             break
-        obj, i = decoder.raw_decode(text, i)
-        objects.append(obj)
-    report, outcome = objects[0], objects[-1]
+        try:
+            obj, i = decoder.raw_decode(text, i)
+            objects.append(obj)
+        except ValueError:
+            i += 1
+    report = next(o for o in objects if isinstance(o, dict) and "drifted" in o)
+    outcome = [o for o in objects if isinstance(o, dict) and "step" in o][-1]
     print(f"  window drifted: {report['drifted']}; loop: {outcome['step']}: {outcome['reason'][:160]}",
           flush=True)
     return {"drifted": report["drifted"], "loop": outcome}
@@ -194,9 +198,10 @@ def scores(run_dir: Path) -> dict:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workdir", default="loop-demo")
-    p.add_argument("--steps", type=int, default=30, help="training steps of the first model and of each "
-                   "retraining (default: 30)")
-    p.add_argument("--calm-windows", type=int, default=20, help="unshifted windows for the false-alarm rate")
+    p.add_argument("--steps", type=int, default=30, help="training steps of the first model (default: 30)")
+    p.add_argument("--retrain-steps", type=int, default=12, help="training steps of each retraining "
+                   "(default: 12)")
+    p.add_argument("--calm-windows", type=int, default=16, help="unshifted windows for the false-alarm rate")
     p.add_argument("--streams", type=int, default=4, help="scripted shifts for the detection delay")
     p.add_argument("--max-tokens", type=int, default=16, help="reply budget of the served requests")
     args = p.parse_args()
@@ -206,7 +211,7 @@ def main() -> int:
     os.environ["AFFINA_TRACKING_URI"] = f"sqlite:///{work / 'mlflow.db'}"
     os.environ["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")
     sys.path.insert(0, str(ROOT / "src"))
-    figures: dict = {"steps": args.steps}
+    figures: dict = {"steps": args.steps, "retrain_steps": args.retrain_steps}
     started = time.time()
 
     # 1. products@1: the old task (listings → JSON), with its evaluation set registered.
@@ -218,13 +223,14 @@ def main() -> int:
                f"eval.data={old_eval}", f"train.output_dir={work / 'runs'}", "train.run_name=products-v1",
                f"train.max_steps={args.steps}", "train.seed=0", "data.val_fraction=0", "eval.compare_base=false",
                *evaluation)
+    if affina("registry", "show", NAME, check=False).returncode != 0:
         affina("registry", "register", str(work / "runs" / "products-v1"), "--name", NAME,
                "--eval-data", str(old_eval), "--metric", "json_fields")
         affina("registry", "alias", f"{NAME}@1", "champion")
 
     policy = {"drift_windows": 2, "min_feedback": 40, "replay_fraction": 0.5, "eval_fraction": 0.2,
               "margin": 0.1, "forgetting_margin": 0.1, "seed": 0,
-              "train": [f"train.max_steps={args.steps}", "train.epochs=10", "train.batch_size=8", "train.lr=1e-3",
+              "train": [f"train.max_steps={args.retrain_steps}", "train.epochs=10", "train.batch_size=8", "train.lr=1e-3",
                         *evaluation]}
     (work / "policy.yaml").write_text(json.dumps(policy, indent=1))
     (work / "monitor.yaml").write_text(json.dumps(SETTINGS, indent=1))
@@ -283,7 +289,7 @@ def main() -> int:
             model=trigger["continued"], training_file=loop_job.training_file,
             validation_file=loop_job.validation_file, seed=loop_job.seed, suffix="no-replay",
             method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 10, "batch_size": 8}},
-                    "affina": {"replay_fraction": 0.0, "train": {"max_steps": args.steps, "lr": 1e-3},
+                    "affina": {"replay_fraction": 0.0, "train": {"max_steps": args.retrain_steps, "lr": 1e-3},
                                "eval": {"max_new_tokens": 48, "batch_size": 16}}})
         print(f"no-replay comparison: job {job.id} continuing {trigger['continued']}", flush=True)
         done = wait_job(client, job.id)

@@ -21,8 +21,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from ..errors import AffinaError, ConfigError
 from ..monitor.loop import TrainedRun, TrainingJob
 from ..ui import info
@@ -40,13 +38,16 @@ _EVAL_KEYS = ("max_new_tokens", "batch_size", "metrics")
 def job_body(job: TrainingJob, model: str, training_file: str, validation_file: str | None) -> dict:
     """The POST /v1/fine_tuning/jobs body of a retraining: the policy's `train` overrides become
     OpenAI's hyperparameters (epochs, batch size) and affina's `method.affina.train` keys."""
+    from ..config import load_config
+
+    typed = load_config(None, job.extra)  # values as `affina train` reads them (`3e-2` is a number)
     hp: dict = {}
     train: dict = {}
     evaluation: dict = {}
     for item in job.extra:
-        key, _, raw = item.partition("=")
-        value = yaml.safe_load(raw)
-        section, _, name = key.strip().partition(".")
+        key = item.partition("=")[0].strip()
+        section, _, name = key.partition(".")
+        value = getattr(getattr(typed, section, None), name, None)
         if key == "train.epochs":
             hp["n_epochs"] = value
         elif key == "train.batch_size":

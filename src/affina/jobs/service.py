@@ -216,7 +216,7 @@ class JobsService:
         if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= 2_147_483_647:
             raise JobRequestError("seed must be an integer between 0 and 2147483647", param="seed")
         metadata = _metadata(body.get("metadata"))
-        self._check_method(method_name, options, train_extra)
+        train_extra = self._check_method(method_name, options, train_extra)
         eval_extra = _eval_settings(body.get("method"))
         spread = _distributed(body.get("method"), method_name)
         job_id = new_id("ftjob")
@@ -323,8 +323,10 @@ class JobsService:
         return False
 
     @staticmethod
-    def _check_method(name: str, options: dict, train_extra: dict) -> None:
-        from ..config import TrainConfig
+    def _check_method(name: str, options: dict, train_extra: dict) -> dict:
+        """Check the method, its options and the train keys; the train keys typed as the config
+        reads them (`1e-4` is a number, not a string)."""
+        from ..config import RunConfig, apply_values
         from ..methods import build_method_config, get_method
 
         try:
@@ -338,9 +340,11 @@ class JobsService:
             raise JobRequestError(f"method.affina.train: unknown key(s) {', '.join(unknown)}; allowed: "
                                   f"{', '.join(sorted(allowed))}", param="method")
         try:
-            TrainConfig(**train_extra).validate()
-        except (AffinaError, TypeError) as e:
+            typed = apply_values(RunConfig(), {f"train.{k}": v for k, v in train_extra.items()}).train
+            typed.validate()
+        except (AffinaError, TypeError, ValueError) as e:
             raise JobRequestError(f"method.affina.train: {e}", param="method") from None
+        return {k: getattr(typed, k) for k in train_extra}
 
     def validate_job(self, job_id: str) -> JobRow:
         """`validating_files` → `queued` with the hyperparameters resolved, or → `failed` with
