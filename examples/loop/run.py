@@ -239,6 +239,7 @@ def main() -> int:
     reference = [prompt_of(json.loads(line)) for line in (DATA / "train.jsonl").read_text().splitlines()]
     figures["stream"] = stream_figures(reference, args.calm_windows, args.streams, before=1, after=3,
                                        drift_windows=policy["drift_windows"])
+    (work / "figures.json").write_text(json.dumps(figures, indent=1))  # kept as each part ends
 
     # 3. the served loop.
     from openai import OpenAI
@@ -280,6 +281,7 @@ def main() -> int:
                              "retrained_after_windows": len(served) - shift_at,
                              "decision": outcome["step"], "version": outcome["version"], "job": outcome["job"],
                              "gates": outcome["reason"]}
+        (work / "figures.json").write_text(json.dumps(figures, indent=1))
 
         # 4. the same retraining without replay: same files, same seed, through the OpenAI client.
         loop_job = client.fine_tuning.jobs.retrieve(outcome["job"])
