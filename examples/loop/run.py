@@ -207,6 +207,11 @@ def main() -> int:
     args = p.parse_args()
     work = Path(args.workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
+    # The converted default model is reused from the usual home (no second conversion).
+    usual = Path(os.environ.get("AFFINA_HOME") or Path.home() / ".cache" / "affina").expanduser()
+    (work / "home").mkdir(exist_ok=True)
+    if (usual / "models").is_dir() and not (work / "home" / "models").exists():
+        (work / "home" / "models").symlink_to(usual / "models", target_is_directory=True)
     os.environ["AFFINA_HOME"] = str(work / "home")
     os.environ["AFFINA_TRACKING_URI"] = f"sqlite:///{work / 'mlflow.db'}"
     os.environ["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")
