@@ -203,6 +203,9 @@ def main() -> int:
                    "(default: 12)")
     p.add_argument("--calm-windows", type=int, default=16, help="unshifted windows for the false-alarm rate")
     p.add_argument("--streams", type=int, default=4, help="scripted shifts for the detection delay")
+    p.add_argument("--part", choices=("all", "stream", "loop"), default="all", help="only the drift "
+                   "statistics on scripted streams, or only the served loop (two processes may run them "
+                   "side by side on one WORKDIR; the loop part adds the stream figures when they exist)")
     p.add_argument("--max-tokens", type=int, default=16, help="reply budget of the served requests")
     args = p.parse_args()
     work = Path(args.workdir).resolve()
@@ -241,10 +244,14 @@ def main() -> int:
     (work / "monitor.yaml").write_text(json.dumps(SETTINGS, indent=1))
 
     # 2. detection delay and false alarms on scripted streams.
-    reference = [prompt_of(json.loads(line)) for line in (DATA / "train.jsonl").read_text().splitlines()]
-    figures["stream"] = stream_figures(reference, args.calm_windows, args.streams, before=1, after=3,
-                                       drift_windows=policy["drift_windows"])
-    (work / "figures.json").write_text(json.dumps(figures, indent=1))  # kept as each part ends
+    if args.part in ("all", "stream"):
+        reference = [prompt_of(json.loads(line)) for line in (DATA / "train.jsonl").read_text().splitlines()]
+        figures["stream"] = stream_figures(reference, args.calm_windows, args.streams, before=1, after=3,
+                                           drift_windows=policy["drift_windows"])
+        (work / "figures-stream.json").write_text(json.dumps(figures["stream"], indent=1))
+    if args.part == "stream":
+        print_summary(figures)
+        return 0
 
     # 3. the served loop.
     from openai import OpenAI
@@ -286,7 +293,7 @@ def main() -> int:
                              "retrained_after_windows": len(served) - shift_at,
                              "decision": outcome["step"], "version": outcome["version"], "job": outcome["job"],
                              "gates": outcome["reason"]}
-        (work / "figures.json").write_text(json.dumps(figures, indent=1))
+        (work / "figures-loop.json").write_text(json.dumps(figures, indent=1))  # kept as each part ends
 
         # 4. the same retraining without replay: same files, same seed, through the OpenAI client.
         loop_job = client.fine_tuning.jobs.retrieve(outcome["job"])
@@ -309,6 +316,8 @@ def main() -> int:
         server.terminate()
         server.wait(timeout=60)
     figures["minutes"] = round((time.time() - started) / 60, 1)
+    if "stream" not in figures and (work / "figures-stream.json").is_file():  # from `--part stream`
+        figures["stream"] = json.loads((work / "figures-stream.json").read_text())
     (work / "figures.json").write_text(json.dumps(figures, indent=1))
     print_summary(figures)
     print(f"figures written to {work / 'figures.json'}; lineage: affina lineage {figures['served']['version']}")
@@ -332,7 +341,10 @@ def lookup_job_run(client, job_id: str) -> Path:
 def print_summary(f: dict) -> None:
     from affina.ui import print_table
 
-    s = f["stream"]
+    s = f.get("stream")
+    if s is None:
+        s = {"detection_delay_windows": [], "policy_due_after_windows": [], "false_alarms": 0,
+             "calm_windows": 0, "false_alarm_rate": float("nan"), "streams": 0}
     delays = [d for d in s["detection_delay_windows"] if d]
     alarms = [a for a in s["policy_due_after_windows"] if a]
     print_table("drift on scripted streams (windows of 30 prompts)", ["figure", "value"], [
@@ -340,7 +352,9 @@ def print_summary(f: dict) -> None:
         ["windows after the shift until a drifted window", f"{delays} ({len(delays)}/{s['streams']} streams)"],
         ["windows until the policy is due (2 in a row)", f"{alarms}"],
     ])
-    v = f["served"]
+    v = f.get("served")
+    if v is None:
+        return
     print_table("served loop", ["figure", "value"], [
         ["windows (style: drifted → loop)", "; ".join(f"{w['style']}: {w['drifted']} → {w['loop']}" for w in v["windows"])],
         ["first drifted window after the shift", v["first_drifted_after_shift"]],
