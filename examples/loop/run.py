@@ -226,12 +226,12 @@ def main() -> int:
     old_eval = write_rows(work / "listing-eval.jsonl",
                           [json.loads(line) for line in (DATA / "test.jsonl").read_text().splitlines()[:16]])
     evaluation = ["eval.max_new_tokens=48", "eval.batch_size=16"]
-    if not (work / "runs" / "products-v1" / "affina.json").is_file():
+    if args.part != "stream" and not (work / "runs" / "products-v1" / "affina.json").is_file():
         affina("train", "-c", str(DATA / "run.yaml"), f"data.train={DATA / 'train.jsonl'}",
                f"eval.data={old_eval}", f"train.output_dir={work / 'runs'}", "train.run_name=products-v1",
                f"train.max_steps={args.steps}", "train.seed=0", "data.val_fraction=0", "eval.compare_base=false",
                *evaluation)
-    if affina("registry", "show", NAME, check=False).returncode != 0:
+    if args.part != "stream" and affina("registry", "show", NAME, check=False).returncode != 0:
         affina("registry", "register", str(work / "runs" / "products-v1"), "--name", NAME,
                "--eval-data", str(old_eval), "--metric", "json_fields")
         affina("registry", "alias", f"{NAME}@1", "champion")
