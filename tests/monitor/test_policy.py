@@ -46,15 +46,16 @@ def test_training_job_holds_out_a_seeded_evaluation_split(tmp_path):
     rows = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}],
              "lineage": {"request_id": f"r{i}"}} for i in range(10)]
     policy = LoopPolicy(eval_fraction=0.2, output_dir=str(tmp_path / "runs"), train=["train.max_steps=3"])
-    job = training_job("shop", policy, rows, tmp_path / "loop" / "20261127-120000")
-    assert job.continue_from == "shop@champion"
+    job = training_job("shop", "shop@4", policy, rows, tmp_path / "loop" / "20261127-120000")
+    assert job.continue_from == "shop@champion" and job.version == "shop@4"
     assert job.run_dir == tmp_path / "runs" / "shop-retrain-20261127-120000"
     train = (tmp_path / "loop" / "20261127-120000" / "feedback-train.jsonl").read_text().splitlines()
     held = (tmp_path / "loop" / "20261127-120000" / "feedback-eval.jsonl").read_text().splitlines()
     assert len(train) == 8 and len(held) == 2 and not set(train) & set(held)
-    assert job.argv()[:4] == ["train", "--continue-from", "shop@champion", "-q"]
+    assert job.argv()[:4] == ["train", "--continue-from", "shop@4", "-q"]  # the version, pinned
+    assert job.train_file.read_text().splitlines() == train and job.eval_file.read_text().splitlines() == held
     assert "train.max_steps=3" in job.overrides and "replay.fraction=0.25" in job.overrides
-    again = training_job("shop", policy, rows, tmp_path / "loop" / "again")
+    again = training_job("shop", "shop@4", policy, rows, tmp_path / "loop" / "again")
     assert (tmp_path / "loop" / "again" / "feedback-eval.jsonl").read_text().splitlines() == held
 
 

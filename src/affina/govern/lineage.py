@@ -89,7 +89,7 @@ def _job(run_dir: Path) -> dict | None:
         job = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    keys = ("job_id", "owner", "model", "training_file", "validation_file", "fine_tuned_model")
+    keys = ("job_id", "owner", "model", "training_file", "validation_file", "fine_tuned_model", "continues")
     return {k: job.get(k) for k in keys} if isinstance(job, dict) else None
 
 
@@ -152,6 +152,8 @@ def format_lineage(info: dict) -> str:
             f", validation file {job['validation_file']}" if job.get("validation_file") else "")
         lines += ["fine-tuning job", f"  {job['job_id']} ({files}; key {job.get('owner') or '-'})",
                   f"  fine-tuned model {job['fine_tuned_model']}"]
+        if job.get("continues"):
+            lines.append(f"  continues {job['model']} ({job['continues']})")
     lines.append("source data")
     for f in info["sources"]:
         lines.append(f"  {f.get('role', '?'):<10} {f['path']}  ({f.get('format')}, {f.get('rows')} rows, "

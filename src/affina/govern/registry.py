@@ -26,6 +26,7 @@ TAG_HASHES = "affina.hashes"
 TAG_EVAL_DATA = "affina.eval_data"
 TAG_METRIC = "affina.primary_metric"
 TAG_RUN_DIR = "affina.run_dir"
+TAG_PARENT = "affina.parent"  # the version a continued run started from (train.continue_from)
 # One registered-model tag per alias move or promotion decision, numbered in order: the history
 # survives later decisions (a single tag per alias would keep only the last one).
 TAG_ALIAS_EVENT = "affina.alias_event."
@@ -158,6 +159,9 @@ def register_run(run_dir: Path, name: str, *, eval_data: list[str] | None = None
     tags = {TAG_HASHES: json.dumps(hashes), TAG_RUN_DIR: str(run_dir),
             "affina.base_fingerprint": record.base_model.fingerprint or "",
             "affina.train_fingerprint": record.data.train.fingerprint or ""}
+    parent = (getattr(record, "continual", None) or {}).get("version")
+    if parent:
+        tags[TAG_PARENT] = parent
     version = client.create_model_version(name, source=str(run_dir),
                                           run_id=record.mlflow_run_id or None, tags=tags)
     return _version(client, name, int(version.version))
@@ -356,6 +360,7 @@ def show_model(name: str, uri: str | None = None) -> dict:
             "version": int(mv.version), "run_dir": mv.tags.get(TAG_RUN_DIR, mv.source),
             "created": mv.creation_timestamp, "run_id": mv.run_id,
             "aliases": sorted(a for a, v in rm.aliases.items() if int(v) == int(mv.version)),
+            "parent": mv.tags.get(TAG_PARENT),
             "promotions": {k.split(".", 2)[2]: json.loads(v) for k, v in mv.tags.items()
                            if k.startswith("affina.promotion.")},
         })

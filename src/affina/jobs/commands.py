@@ -109,8 +109,10 @@ def _cmd_submit(args) -> int:
             hp[key] = value if value == "auto" else _value(value)
     kind = "dpo" if args.method == "dpo" else "supervised"
     method = {"type": kind, kind: {"hyperparameters": hp} if hp else {},
-              "affina": {"method": args.method, "options": _pairs(args.option, "--option"),
-                         **({"train": _pairs(args.train, "--train")} if args.train else {})}}
+              "affina": {**({"method": args.method} if args.method else {}),
+                         "options": _pairs(args.option, "--option"),
+                         **({"train": _pairs(args.train, "--train")} if args.train else {}),
+                         **({"replay_fraction": args.replay_fraction} if args.replay_fraction is not None else {})}}
     body = {"model": args.model, "training_file": _file_id(client, args.training_file),
             "validation_file": _file_id(client, args.validation_file), "method": method,
             "suffix": args.suffix, "seed": args.seed,
@@ -309,10 +311,14 @@ def register(subparsers) -> None:
 
     s = sub.add_parser("submit", help="create a fine-tuning job (local data files are uploaded first)")
     s.add_argument("--model", default="default", help="the base to fine-tune, as the server names it "
-                   "(default: default)")
+                   "(default: default), or a fine-tuned model to continue: ft:... or a registry reference "
+                   "NAME@ALIAS|VERSION of a run on the server's base")
     s.add_argument("--training-file", required=True, help="a local data file or an uploaded file id")
     s.add_argument("--validation-file", help="a local data file or an uploaded file id")
-    s.add_argument("--method", default="lora", help="any method of `affina methods` (default: lora)")
+    s.add_argument("--method", help="any method of `affina methods` (default: lora; a continued model "
+                   "keeps its own)")
+    s.add_argument("--replay-fraction", type=float, metavar="F", help="continuing a fine-tuned model: the "
+                   "share of examples replayed from its earlier training data (default: 0.25)")
     s.add_argument("--option", action="append", metavar="KEY=VALUE", help="a method option (repeatable)")
     s.add_argument("--train", action="append", metavar="KEY=VALUE", help="a train key such as "
                    "save_steps or max_steps (repeatable)")

@@ -10,6 +10,13 @@
   heartbeat (about a second) and stops the training process.
 - `run_config`: the run config a worker trains a job with (the same `affina train` recipe).
 
+A job whose `model` is a fine-tuned model (an `ft:` name this server produced, or a registry
+reference `NAME@ALIAS|VERSION` of a run trained on this server's base) continues it, as
+`affina train --continue-from` does: same method and options, its weights as the start,
+`method.affina.replay_fraction` of the examples replayed from its training data, the learning
+rate re-warmed, and every earlier evaluation set scored before and after (forgetting). The
+reference is pinned to its version when the job is created, so a moving alias changes nothing.
+
 Ownership: every file and job belongs to the API key that created it (None on an open server).
 A caller that is not an admin sees only its own; another key's ids answer "not found".
 """
@@ -65,7 +72,8 @@ def ft_registry_name(job: JobRow) -> str:
     """The registry name a job's result is registered under: `ft-<base>-<suffix>-<job id>`,
     cleaned to the registry's characters (the `ft:...` name itself holds colons). One name per
     job, ending in its id, so a registry reference is owned as the job is."""
-    middle = re.sub(r"[^A-Za-z0-9._-]+", "-", f"{job.model}-{job.suffix}" if job.suffix else job.model)
+    root = job.base_name
+    middle = re.sub(r"[^A-Za-z0-9._-]+", "-", f"{root}-{job.suffix}" if job.suffix else root)
     return f"ft-{middle.strip('-.')[:60]}-{job.id}"
 
 
@@ -175,6 +183,8 @@ class JobsService:
         if not isinstance(model, str) or not model:
             raise JobRequestError("model is required: the base model to fine-tune", param="model")
         base_spec = self._base_of(model)
+        continued = self._continuation(model, caller) if base_spec is None else None
+        base_spec = base_spec or self.base_spec
         training = body.get("training_file")
         if not isinstance(training, str):
             raise JobRequestError("training_file is required: the id of an uploaded file",
@@ -186,6 +196,14 @@ class JobsService:
                 raise JobRequestError("validation_file must be a file id", param="validation_file")
             self.file(validation, caller, "validation_file")
         method_obj, method_name, options, section_hp, train_extra = _parse_method(body.get("method"))
+        replay = _replay_fraction(body.get("method"))
+        if continued is not None:
+            method_name, options = _continued_method(continued, body.get("method"), method_name, options)
+            continued["replay_fraction"] = 0.25 if replay is None else replay
+        elif replay is not None:
+            raise JobRequestError("method.affina.replay_fraction applies to a job that continues a "
+                                  "fine-tuned model (model ft:... or NAME@ALIAS); this job fine-tunes the "
+                                  "base", param="method.affina.replay_fraction")
         requested = {**_hyperparameters(body.get("hyperparameters"), "hyperparameters"), **section_hp}
         for key in _HYPERPARAMETERS:
             requested.setdefault(key, "auto")
@@ -198,7 +216,8 @@ class JobsService:
         if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= 2_147_483_647:
             raise JobRequestError("seed must be an integer between 0 and 2147483647", param="seed")
         metadata = _metadata(body.get("metadata"))
-        self._check_method(method_name, options, train_extra)
+        train_extra = self._check_method(method_name, options, train_extra)
+        eval_extra = _eval_settings(body.get("method"))
         spread = _distributed(body.get("method"), method_name)
         job_id = new_id("ftjob")
         row = JobRow(id=job_id, owner=caller.key_id, model=model, base_spec=base_spec,
@@ -206,7 +225,9 @@ class JobsService:
                      hyperparameters=dict(requested),
                      method={**method_obj, "affina": {"method": method_name, "options": options,
                                                       **({"train": train_extra} if train_extra else {}),
-                                                      **({"distributed": spread} if spread else {})}},
+                                                      **({"eval": eval_extra} if eval_extra else {}),
+                                                      **({"distributed": spread} if spread else {}),
+                                                      **({"continue": continued} if continued else {})}},
                      suffix=suffix, seed=seed, metadata=metadata, status="validating_files",
                      created_at=int(time.time()), run_dir=str(self.runs_dir / job_id))
         self.store.add_job(row)
@@ -215,38 +236,115 @@ class JobsService:
                              + (f" and validation file: {validation}" if validation else ""))
         return row
 
-    def _base_of(self, model: str) -> str:
-        """The spec a job trains from. The server serves one base, and a job's result must be
-        answerable by it, so a job fine-tunes that base, named as the server names it."""
+    def _base_of(self, model: str) -> str | None:
+        """The spec a job trains from: the server serves one base, and a job's result must be
+        answerable by it, so a job fine-tunes that base (named as the server names it), or
+        continues a fine-tuned model of it (None: see `_continuation`)."""
         if model in self.base_names:
             return self.base_spec
         if model.startswith("ft:") or "@" in model:
-            raise JobRequestError(f"model {model!r}: fine-tuning a fine-tuned model is not supported; "
-                                  f"fine-tune the base ({', '.join(self.base_names)})",
-                                  code="model_not_supported", param="model")
+            return None
         raise JobRequestError(f"model {model!r} is not a base model this server fine-tunes; use "
-                              f"one of: {', '.join(self.base_names)}", code="model_not_found",
+                              f"one of: {', '.join(self.base_names)}, a fine-tuned model (ft:...) or a "
+                              "registry reference NAME@ALIAS to continue it", code="model_not_found",
                               param="model")
 
+    def _continuation(self, model: str, caller: Caller) -> dict:
+        """What a job continuing `model` starts from: the earlier run, its registry version
+        (pinned), the method it was trained with, and the base name its result is named after.
+        An unknown model, another key's, one on another base, or one whose method cannot be
+        continued is refused here, before anything is stored."""
+        from ..govern.registry import lookup, parse_ref
+        from ..methods import get_method
+        from ..record import read_record
+
+        unknown = JobRequestError(f"model {model!r} does not exist: continue a fine-tuned model of this "
+                                  "server (GET /v1/models lists them) or a registry reference NAME@ALIAS",
+                                  code="model_not_found", param="model")
+        if model.startswith("ft:"):
+            job = self.store.job_by_model(model)
+            if job is None or not (caller.admin or job.owner == caller.key_id):
+                raise unknown
+            if job.status != "succeeded" or not job.run_dir:
+                raise unknown
+            run_dir, ref = Path(job.run_dir), job.registered_as
+            root = job.base_name
+        else:
+            parsed = parse_ref(model)
+            owner_job = re.fullmatch(r"ft-.*-(?P<job>ftjob-[0-9a-f]{24})", parsed.name) if parsed else None
+            if parsed is None:
+                raise unknown
+            if owner_job and not caller.admin:
+                job = self.store.get_job(owner_job["job"])
+                if job is not None and job.owner != caller.key_id:
+                    raise unknown
+            try:
+                version = lookup(parsed)
+            except AffinaError:
+                raise unknown from None
+            run_dir, ref = version.run_dir, f"{version.name}@{version.version}"
+            root = next((n for n in self.base_names if n != self.base_spec), self.base_names[0])
+        try:
+            record = read_record(run_dir)
+        except AffinaError:
+            raise JobRequestError(f"model {model!r}: its run {run_dir} cannot be read; it cannot be "
+                                  "continued", code="model_not_found", param="model") from None
+        if not self._same_base(record.base_model):
+            raise JobRequestError(f"model {model!r} was trained on base {record.base_model.spec}, not on "
+                                  f"this server's base ({', '.join(self.base_names)}); continue it with "
+                                  "`affina train --continue-from` or on a server of that base",
+                                  code="model_not_supported", param="model")
+        method = get_method(record.method.name)
+        if not method.can_continue:
+            raise JobRequestError(f"model {model!r} was trained with method {method.name}, which cannot "
+                                  "be continued; fine-tune the base on the combined data instead",
+                                  code="model_not_supported", param="model")
+        return {"from": model, "ref": ref, "run_dir": str(Path(run_dir).resolve()),
+                "method": method.name, "options": dict(record.method.options), "base_name": root}
+
+    def _same_base(self, base) -> bool:
+        """Whether a run's base (its record's `base_model`) is the one this server serves: the
+        same model directory, or the same fingerprint."""
+        from ..models import resolve_model_path
+
+        try:
+            ours = resolve_model_path(self.base_spec).resolve()
+        except AffinaError:
+            return False
+        if base.path and Path(base.path).resolve() == ours:
+            return True
+        if base.fingerprint:
+            from ..models.fingerprint import model_fingerprint
+
+            try:
+                return model_fingerprint(ours) == base.fingerprint
+            except (AffinaError, OSError):
+                return False
+        return False
+
     @staticmethod
-    def _check_method(name: str, options: dict, train_extra: dict) -> None:
-        from ..config import TrainConfig
+    def _check_method(name: str, options: dict, train_extra: dict) -> dict:
+        """Check the method, its options and the train keys; the train keys typed as the config
+        reads them (`1e-4` is a number, not a string)."""
+        from ..config import RunConfig, apply_values
         from ..methods import build_method_config, get_method
 
         try:
             build_method_config(get_method(name), options)
         except AffinaError as e:
             raise JobRequestError(f"method: {e}", param="method") from None
-        allowed = {"save_steps", "eval_steps", "logging_steps", "max_steps", "warmup_ratio",
+        allowed = {"save_steps", "eval_steps", "logging_steps", "max_steps", "warmup_ratio", "rewarm_ratio", "lr",
                    "scheduler", "weight_decay", "grad_accum", "save_total_limit", "gradient_checkpointing"}
         unknown = sorted(set(train_extra) - allowed)
         if unknown:
             raise JobRequestError(f"method.affina.train: unknown key(s) {', '.join(unknown)}; allowed: "
                                   f"{', '.join(sorted(allowed))}", param="method")
         try:
-            TrainConfig(**train_extra).validate()
-        except (AffinaError, TypeError) as e:
+            typed = apply_values(RunConfig(), {f"train.{k}": v for k, v in train_extra.items()}).train
+            typed.validate()
+        except (AffinaError, TypeError, ValueError) as e:
             raise JobRequestError(f"method.affina.train: {e}", param="method") from None
+        return {k: getattr(typed, k) for k in train_extra}
 
     def validate_job(self, job_id: str) -> JobRow:
         """`validating_files` → `queued` with the hyperparameters resolved, or → `failed` with
@@ -281,6 +379,10 @@ class JobsService:
             max_steps = (job.method["affina"].get("train") or {}).get("max_steps")
             if max_steps and max_steps > 0:  # an explicit step budget ends the job sooner
                 resolved["total_steps"] = min(resolved["total_steps"], int(max_steps))
+            lr = (job.method["affina"].get("train") or {}).get("lr")
+            if lr:  # an explicit rate (affina's extension) replaces the multiplier's
+                resolved["learning_rate"] = float(lr)
+                resolved["learning_rate_multiplier"] = round(float(lr) / resolved["base_learning_rate"], 6)
         except JobRequestError as e:
             self.store.set_status(job_id, "failed", e.args[0], expect=("validating_files",), level="error",
                                   error={"code": e.code, "message": e.args[0], "param": e.param})
@@ -416,6 +518,65 @@ def _parse_method(method) -> tuple[dict, str, dict, dict, dict]:
     return stored, name, options, hp, train_extra
 
 
+def _extension(method) -> dict:
+    """`method.affina` (or `method.<type>.affina`) as given, {} when absent."""
+    if not isinstance(method, dict):
+        return {}
+    section = method.get(method.get("type", "supervised"))
+    extension = method.get("affina") or (section.get("affina") if isinstance(section, dict) else None)
+    return extension if isinstance(extension, dict) else {}
+
+
+_EVAL_KEYS = ("max_new_tokens", "batch_size", "metrics")
+
+
+def _eval_settings(method) -> dict:
+    """`method.affina.eval`: settings of the evaluation a job's run makes (and that promotion
+    reuses), among max_new_tokens, batch_size and metrics; {} when absent."""
+    from ..config import EvalConfig
+
+    value = _extension(method).get("eval")
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or set(value) - set(_EVAL_KEYS):
+        raise JobRequestError(f"method.affina.eval: an object with keys among {', '.join(_EVAL_KEYS)}",
+                              param="method.affina.eval")
+    try:
+        EvalConfig(**value).validate()
+    except (AffinaError, TypeError) as e:
+        raise JobRequestError(f"method.affina.eval: {e}", param="method.affina.eval") from None
+    return dict(value)
+
+
+def _replay_fraction(method) -> float | None:
+    """`method.affina.replay_fraction`: the share of a continued job's examples drawn from the
+    earlier model's training data (as `replay.fraction`); None when not given."""
+    value = _extension(method).get("replay_fraction")
+    if value is None:
+        return None
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1:
+        raise JobRequestError(f"method.affina.replay_fraction must be a number in [0, 1), got {value!r}",
+                              param="method.affina.replay_fraction")
+    return float(value)
+
+
+def _continued_method(continued: dict, method, name: str, options: dict) -> tuple[str, dict]:
+    """A continued job trains with the method and options of the model it continues; naming
+    another method, or options, is refused (a `type: dpo` job continues only a preference run)."""
+    given = _extension(method).get("method")
+    kind = method.get("type", "supervised") if isinstance(method, dict) else "supervised"
+    earlier = continued["method"]
+    if (given and given != earlier) or (kind == "dpo" and earlier not in ("dpo", "orpo", "kto")):
+        raise JobRequestError(f"model {continued['from']!r} was trained with method {earlier}; a job that "
+                              f"continues it trains with {earlier} too (drop method.affina.method, or "
+                              "fine-tune the base with another method)", code="model_not_supported",
+                              param="method")
+    if options and {k: v for k, v in options.items() if k != "beta"}:
+        raise JobRequestError(f"method.affina.options: a job that continues {continued['from']!r} keeps "
+                              f"its method options ({earlier}); drop them", param="method.affina.options")
+    return earlier, dict(continued["options"])
+
+
 def _distributed(method, method_name: str) -> dict:
     """`method.affina.distributed`: the job trains on torchrun (the worker's `affina train`
     launches it), e.g. {"strategy": "ddp", "nproc_per_node": 4}; {} when absent."""
@@ -489,4 +650,12 @@ def run_config(job: JobRow, training_path: str, validation_path: str | None):
         setattr(t, key, value)
     for key, value in (job.method["affina"].get("distributed") or {}).items():
         setattr(cfg.distributed, key, value)  # the worker's `affina train` launches torchrun
+    for key, value in (job.method["affina"].get("eval") or {}).items():
+        setattr(cfg.eval, key, value)
+    continued = job.method["affina"].get("continue")
+    if continued:  # `affina train --continue-from`: the pinned version, else the run directory
+        cfg.train.continue_from = continued.get("ref") or continued["run_dir"]
+        cfg.replay.fraction = float(continued.get("replay_fraction", cfg.replay.fraction))
+        if validation_path:  # the new task's evaluation set, scored before and after
+            cfg.eval.data = [validation_path]
     return cfg.validate()

@@ -169,9 +169,16 @@ class JobRow:
     attempts: int = 0
 
     @property
+    def base_name(self) -> str:
+        """The base as the server names it: `model`, or for a job that continues a fine-tuned
+        model, the base that model was trained on."""
+        continued = (self.method.get("affina") or {}).get("continue") or {}
+        return continued.get("base_name") or self.model
+
+    @property
     def ft_name(self) -> str:
         """`ft:<base>:<suffix>:<job id>`, the name the result is served under."""
-        return f"ft:{self.model}:{self.suffix or ''}:{self.id}"
+        return f"ft:{self.base_name}:{self.suffix or ''}:{self.id}"
 
     def to_openai(self) -> dict:
         """OpenAI's FineTuningJob. `status` is one of OpenAI's, plus `paused`."""

@@ -203,7 +203,8 @@ class Worker:
                 "job_id": job.id, "owner": job.owner, "model": job.model,
                 "training_file": job.training_file, "validation_file": job.validation_file,
                 "fine_tuned_model": job.ft_name, "hyperparameters": job.hyperparameters,
-                "method": job.method}, indent=1))
+                "method": job.method,
+                "continues": (job.method.get("affina") or {}).get("continue", {}).get("ref")}, indent=1))
             if self.register:
                 from ..govern.registry import register_run
                 from .service import ft_registry_name

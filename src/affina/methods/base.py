@@ -123,6 +123,11 @@ class Method(ABC):
         raise ConfigError(f"a {self.name} run cannot be continued (train.continue_from); start a "
                           "new run on the combined data instead")
 
+    @property
+    def can_continue(self) -> bool:
+        """Whether a run of this method can be continued (it implements `continue_weights`)."""
+        return type(self).continue_weights is not Method.continue_weights
+
     def load_options(self, cfg) -> dict:
         """Extra `load_model` keyword arguments for the base (e.g. a quantization_config)."""
         return {}

@@ -60,11 +60,27 @@ def _cmd_monitor(args) -> int:
         from .loop import load_policy, run_loop
 
         policy = load_policy(Path(args.policy) if args.policy else None, args.policy_set or [])
-        outcome = run_loop(target, policy, log_url=log_url, monitor_dir=args.monitor_dir)
+        outcome = run_loop(target, policy, log_url=log_url, monitor_dir=args.monitor_dir,
+                           submit=_submitter(args))
         info(f"loop: {outcome['step']}: {outcome['reason']}")
         if args.json:
             print(json.dumps(outcome, indent=1, default=str))
     return 0
+
+
+def _submitter(args):
+    """How the loop trains: a job on the server at --jobs-url; a job in the server's own queue
+    when `affina serve` runs this monitor; else `affina train` in a subprocess here."""
+    import os
+
+    from ..jobs.loop_submit import HttpQueue, JobsSubmitter, local_queue_from_env
+    from .loop import local_train
+
+    if args.jobs_url:
+        key = args.api_key or os.environ.get("AFFINA_API_KEY") or os.environ.get("OPENAI_API_KEY")
+        return JobsSubmitter(HttpQueue(args.jobs_url, key))
+    queue = local_queue_from_env()
+    return JobsSubmitter(queue) if queue is not None else local_train
 
 
 def _cmd_feedback_export(args) -> int:
@@ -113,6 +129,11 @@ def register(sub) -> None:
                    "register and promote through the gates when it is due")
     m.add_argument("--policy", metavar="FILE", help="YAML retraining policy (see docs/monitoring.md)")
     m.add_argument("--policy-set", action="append", metavar="KEY=VALUE", help="override one policy key")
+    m.add_argument("--jobs-url", metavar="URL", help="with --loop: submit the retraining as a fine-tuning "
+                   "job to this server's /v1 API (e.g. http://127.0.0.1:8000/v1) and wait for it; "
+                   "default: the server's own queue when `affina serve` runs the monitor, else "
+                   "`affina train` in a subprocess on this machine")
+    m.add_argument("--api-key", help="API key for --jobs-url (default: $AFFINA_API_KEY or $OPENAI_API_KEY)")
     m.set_defaults(func=_cmd_monitor)
 
     f = sub.add_parser("feedback", help="feedback given through POST /v1/feedback")

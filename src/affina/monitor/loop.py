@@ -5,8 +5,10 @@ on the corrected replies (plus replay), evaluate, and promote it only through th
              drifted) + exportable feedback rows not used before (`min_feedback`) → due or not
     prepare  feedback → training rows (a seeded share held out as the new task's evaluation
              set) → the continued run's config (`train.continue_from=NAME@ALIAS`, replay)
-    submit   a callable: by default the CLI's own train recipe in a subprocess
-             (`affina train --continue-from ...`); the seam where a jobs API takes over
+    submit   a callable that trains it and returns the run: a fine-tuning job through the jobs
+             API (`jobs/loop_submit.py`: a server's /v1 API, or the server's own queue when
+             `affina serve` runs the loop), or, with no server to train, `local_train`: the
+             CLI's own train recipe in a subprocess (`affina train --continue-from ...`)
     register NAME@next, with the trigger (drift reports, feedback request ids) beside the run
     promote  `govern.promote` with every gate (metric, forgetting): the alias moves only if the
              earlier sets did not regress
@@ -35,7 +37,7 @@ from .drift import MonitorTarget
 from .feedback_export import feedback_rows
 from .history import MonitorStore
 
-__all__ = ["LoopPolicy", "Decision", "TrainingJob", "decide", "training_job", "run_loop",
+__all__ = ["LoopPolicy", "Decision", "TrainingJob", "TrainedRun", "decide", "training_job", "run_loop",
            "local_train", "load_policy"]
 
 
@@ -140,17 +142,43 @@ def decide(history: list[dict], usable_feedback: int, policy: LoopPolicy,
 
 @dataclass
 class TrainingJob:
-    """Everything a worker needs to run the continued training: `affina train` arguments."""
+    """Everything a submitter needs to run the continued training."""
 
     continue_from: str  # NAME@ALIAS
-    overrides: list[str]  # section.key=value, data paths absolute
-    run_dir: Path  # where the run will be (train.output_dir / train.run_name)
+    version: str  # NAME@N: the version the alias holds now, the one continued
+    train_file: Path  # the feedback rows to train on
+    eval_file: Path | None  # the held-out feedback rows: the new task's evaluation set
+    replay_fraction: float
+    seed: int
+    extra: list[str]  # the policy's own section.key=value overrides
+    run_dir: Path  # where `local_train` puts the run (train.output_dir / train.run_name)
+
+    @property
+    def overrides(self) -> list[str]:
+        out = [f"data.train={self.train_file}", f"replay.fraction={self.replay_fraction}",
+               f"train.seed={self.seed}"]
+        if self.eval_file:
+            out.append(f"eval.data={self.eval_file}")
+        return out + [f"train.output_dir={self.run_dir.parent}", f"train.run_name={self.run_dir.name}",
+                      *self.extra]
 
     def argv(self) -> list[str]:
-        return ["train", "--continue-from", self.continue_from, "-q", *self.overrides]
+        return ["train", "--continue-from", self.version, "-q", *self.overrides]
 
 
-def training_job(name: str, policy: LoopPolicy, rows: list[dict], workdir: Path) -> TrainingJob:
+@dataclass
+class TrainedRun:
+    """What a submitter hands back: the run directory, and the job that trained it (if any)."""
+
+    run_dir: Path
+    job_id: str | None = None
+    fine_tuned_model: str | None = None
+    registered_as: str | None = None
+    training_file: str | None = None
+    validation_file: str | None = None
+
+
+def training_job(name: str, version: str, policy: LoopPolicy, rows: list[dict], workdir: Path) -> TrainingJob:
     """Write the feedback rows (train + held-out evaluation split) and build the job."""
     rng = random.Random(policy.seed)
     order = list(range(len(rows)))
@@ -165,23 +193,19 @@ def training_job(name: str, policy: LoopPolicy, rows: list[dict], workdir: Path)
         return path.resolve()
 
     train_file = write(workdir / "feedback-train.jsonl", train_rows)
-    overrides = [f"data.train={train_file}", f"replay.fraction={policy.replay_fraction}",
-                 f"train.seed={policy.seed}"]
-    if eval_rows:
-        overrides.append(f"eval.data={write(workdir / 'feedback-eval.jsonl', eval_rows)}")
+    eval_file = write(workdir / "feedback-eval.jsonl", eval_rows) if eval_rows else None
     run_name = f"{name}-retrain-{workdir.name}"
-    output_dir = Path(policy.output_dir).resolve()
-    overrides += [f"train.output_dir={output_dir}", f"train.run_name={run_name}", *policy.train]
-    return TrainingJob(f"{name}@{policy.alias}", overrides, output_dir / run_name)
+    return TrainingJob(f"{name}@{policy.alias}", version, train_file, eval_file, policy.replay_fraction,
+                       policy.seed, list(policy.train), Path(policy.output_dir).resolve() / run_name)
 
 
-def local_train(job: TrainingJob) -> Path:
-    """The default submitter: the CLI's own train recipe in a subprocess, waited for."""
+def local_train(job: TrainingJob) -> TrainedRun:
+    """The submitter without a server: the CLI's own train recipe in a subprocess, waited for."""
     done = subprocess.run([sys.executable, "-m", "affina.cli", *job.argv()], capture_output=True, text=True)
     if done.returncode != 0:
         tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["(no output)"]
         raise AffinaError(f"the continued training failed (exit {done.returncode}): {tail[0]}")
-    return job.run_dir
+    return TrainedRun(job.run_dir)
 
 
 # -- the loop ---------------------------------------------------------------------------------
@@ -203,11 +227,12 @@ def _past_events(path: Path) -> list[dict]:
 
 def run_loop(target: MonitorTarget, policy: LoopPolicy, *, log_url: str | None = None,
              monitor_dir: Path | None = None,
-             submit: Callable[[TrainingJob], Path] = local_train) -> dict:
+             submit: Callable[[TrainingJob], TrainedRun] = local_train) -> dict:
     """One pass of the policy for a served `NAME@ALIAS`. Returns the last step taken:
-    `waiting` (not due), `refused` / `promoted` (retrained and judged by the gates)."""
+    `waiting` (not due), `failed` (the training did not finish), `refused` / `promoted`
+    (retrained and judged by the gates)."""
     from ..govern.promote import promote
-    from ..govern.registry import _client, parse_ref, register_run
+    from ..govern.registry import _client, lookup, parse_ref, register_run
 
     ref = parse_ref(target.name)
     if ref is None or ref.is_version or ref.selector != policy.alias:
@@ -234,27 +259,41 @@ def run_loop(target: MonitorTarget, policy: LoopPolicy, *, log_url: str | None =
         return _log_step(loop_log, "waiting", reason=decision.reason, feedback=len(rows))
 
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    job = training_job(ref.name, policy, rows, store.directory(target.name) / "loop" / stamp)
+    served = lookup(ref)
+    job = training_job(ref.name, f"{ref.name}@{served.version}", policy, rows,
+                       store.directory(target.name) / "loop" / stamp)
     request_ids = [r["lineage"]["request_id"] for r in rows]
-    _log_step(loop_log, "retraining", reason=decision.reason, continue_from=job.continue_from,
-              argv=job.argv(), feedback=len(rows))
-    info(f"retraining {job.continue_from}: {decision.reason}")
-    run_dir = submit(job)
+    _log_step(loop_log, "retraining", reason=decision.reason, continue_from=job.version,
+              feedback=len(rows), submitter=getattr(submit, "__name__", type(submit).__name__))
+    info(f"retraining {job.continue_from} ({job.version}): {decision.reason}")
+    try:
+        trained = submit(job)
+    except AffinaError as e:  # the rows stay unused: the next due pass tries again
+        return _log_step(loop_log, "failed", reason=str(e).splitlines()[0], continue_from=job.version)
+    if isinstance(trained, (str, Path)):
+        trained = TrainedRun(Path(trained))
+    run_dir = trained.run_dir
+    if trained.job_id:
+        _log_step(loop_log, "trained", job=trained.job_id, fine_tuned_model=trained.fine_tuned_model,
+                  registered_as=trained.registered_as, run_dir=str(run_dir))
     trigger = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "reason": decision.reason,
-               "monitored": target.name, "policy": dataclasses.asdict(policy),
+               "monitored": target.name, "continued": job.version, "policy": dataclasses.asdict(policy),
                "drift_reports": [h.get("report") for h in decision.windows],
+               "job": ({"id": trained.job_id, "fine_tuned_model": trained.fine_tuned_model,
+                        "registered_as": trained.registered_as, "training_file": trained.training_file,
+                        "validation_file": trained.validation_file} if trained.job_id else None),
                "feedback": {"rows": len(rows), "request_ids": request_ids, "skipped": skipped,
-                            "redacted": redacted, "files": [o.split("=", 1)[1] for o in job.overrides
-                                                            if o.startswith(("data.train=", "eval.data="))]}}
+                            "redacted": redacted,
+                            "files": [str(f) for f in (job.train_file, job.eval_file) if f]}}
     (Path(run_dir) / "trigger.json").write_text(json.dumps(trigger, indent=1))
     version = register_run(Path(run_dir), ref.name)
     _client().set_model_version_tag(ref.name, str(version.version), "affina.trigger",
                                     json.dumps({k: trigger[k] for k in ("time", "reason", "monitored")}
-                                               | {"feedback_rows": len(rows), "run_dir": str(run_dir)}))
-    _log_step(loop_log, "registered", version=version.ref, run_dir=str(run_dir))
+                                               | {"feedback_rows": len(rows), "run_dir": str(run_dir), "job": trained.job_id}))
+    _log_step(loop_log, "registered", version=version.ref, run_dir=str(run_dir), job=trained.job_id)
     result = promote(version.ref, policy.alias, margin=policy.margin, metric=policy.metric,
                      forgetting_margin=policy.forgetting_margin)
     step = "promoted" if result["decision"] == "promoted" else "refused"
     reasons = "; ".join(f"{g['gate']}: {'pass' if g['passed'] else 'FAIL'} — {g['detail']}" for g in result["gates"])
     return _log_step(loop_log, step, reason=reasons, version=version.ref, report=result["report"],
-                     request_ids=request_ids, forgetting=result["forgetting"])
+                     request_ids=request_ids, forgetting=result["forgetting"], job=trained.job_id)

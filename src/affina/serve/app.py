@@ -134,6 +134,7 @@ def create_app(engine: Engine, keys: KeyStore, log: RequestLog, limits: Limits =
 
     metrics.registry.register(DriftCollector())  # the latest drift report of each monitored model
     app.state.engine, app.state.log, app.state.metrics = engine, log, metrics
+    app.state.jobs = jobs  # the jobs service, or None (the scheduled monitor's loop submits to it)
     app.add_middleware(JsonErrors)
 
     def error_response(error: ApiError) -> JSONResponse:

@@ -45,8 +45,13 @@ def parse_interval(text: str) -> float:
 
 class MonitorScheduler:
     def __init__(self, every_s: float, *, store: Path, log: RequestLog, models: list[str] | None = None,
-                 config: Path | None = None, policy: Path | None = None, monitor_dir: Path | None = None):
+                 config: Path | None = None, policy: Path | None = None, monitor_dir: Path | None = None,
+                 jobs=None):
+        """`jobs`: the server's jobs service; the loop's retraining becomes a job in its queue
+        (run by the server's workers, shown on the jobs page). None: `affina train` in a
+        subprocess (a server started with --no-jobs)."""
         self.every_s, self.store, self.log = every_s, Path(store), log
+        self.jobs = jobs
         self.models, self.config, self.policy, self.monitor_dir = models, config, policy, monitor_dir
         self._stop = threading.Event()
         self._proc: subprocess.Popen | None = None
@@ -87,12 +92,23 @@ class MonitorScheduler:
             cmd += ["--loop", "--policy", str(self.policy)]
         return cmd
 
+    def jobs_env(self) -> dict:
+        """Where the server's own queue is, for the loop in the monitor subprocess."""
+        import json
+
+        from ..jobs.loop_submit import LOOP_JOBS_ENV
+
+        if self.jobs is None or self.jobs.store.url != self.log.url:
+            return {}
+        return {LOOP_JOBS_ENV: json.dumps({"files": str(self.jobs.files_dir), "store": str(self.jobs.models_dir),
+                                           "base": self.jobs.base_spec, "names": list(self.jobs.base_names)})}
+
     def run_once(self) -> None:
         for model in self.monitored():
             if self._stop.is_set():
                 return
             try:
-                env = {**os.environ, LOG_URL_ENV: self.log.url}
+                env = {**os.environ, LOG_URL_ENV: self.log.url, **self.jobs_env()}
                 self._proc = subprocess.Popen(self.command(model), stdout=subprocess.PIPE,
                                               stderr=subprocess.PIPE, text=True, env=env)
                 out, err = self._proc.communicate()

@@ -257,7 +257,8 @@ def serve(options: ServeOptions) -> None:
 
         scheduler = MonitorScheduler(options.monitor_every, store=options.store, log=app.state.log,
                                      models=options.monitor_models or None,
-                                     config=options.monitor_config, policy=options.monitor_policy).start()
+                                     config=options.monitor_config, policy=options.monitor_policy,
+                                     jobs=getattr(app.state, "jobs", None)).start()
         info(f"drift monitoring every {options.monitor_every:.0f}s of "
              f"{', '.join(options.monitor_models) or 'every served run and registry reference'}")
     runs = engine.served_runs()

@@ -261,6 +261,13 @@ def lineage_graph(info: dict) -> dict:
         val_id = node("prepared:validation", "prepared", 1, "validation split",
                       [f"{val_rows} rows", f"fp {_short(prepared['validation'].get('fingerprint'))}"])
         edge(val_id, run_id, "validates")
+    continual = run.get("continual")
+    if continual:  # continued training: the version (or run) it started from, and the replay
+        replay = continual.get("replay") or {}
+        parent = continual.get("version") or Path(str(continual.get("run_dir") or continual.get("from"))).name
+        edge(node("parent", "version", 1, parent,
+                  ["continued from", f"{replay.get('new_rows')} new + {replay.get('replay_rows')} replayed rows",
+                   f"replay fraction {replay.get('fraction')}"]), run_id, "continues")
     job = info.get("job")
     if job:  # trained by a fine-tuning job: the uploaded files and the model name it gave
         edge(node("job", "job", 1, job.get("job_id") or "fine-tuning job",
@@ -289,7 +296,8 @@ def lineage_graph(info: dict) -> dict:
     aliases: list[tuple[str, str]] = []
     for v in info["registry"]:
         vid = node(f"version:{v['name']}@{v['version']}", "version", 4, f"{v['name']}@{v['version']}",
-                   [f"registered {_when(v.get('created'))}"] +
+                   [f"registered {_when(v.get('created'))}",
+                    f"parent {v['parent']}" if v.get("parent") else ""] +
                    [f"{alias}: {d.get('decision')}" for alias, d in (v.get("promotions") or {}).items()])
         edge(art_id, vid, "registered")
         aliases += [(vid, f"{v['name']}@{a}") for a in v.get("aliases") or []]
