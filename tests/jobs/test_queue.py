@@ -161,3 +161,23 @@ def test_postgresql_queue_skips_locked_rows_and_never_claims_twice():
         ids, (a, b) = _claim_concurrently(url, 40)
         assert sorted(a + b) == sorted(ids)
         assert a and b  # both workers got work: they shared the queue
+
+
+def test_a_job_whose_training_finished_before_it_was_paused_is_registered_not_retrained(
+        tmp_path, tiny_model_dir):
+    """Paused (or its worker lost) after the training process wrote its record but before the
+    worker saw it exit: resuming must not ask the trainer to go on from its final checkpoint."""
+    from affina.jobs.worker import Worker
+    from tests.govern.tracked import tracked_runs
+
+    with tracked_runs(tmp_path, tiny_model_dir, {"done": 2}) as runs:
+        store = JobStore(f"sqlite:///{tmp_path / 'q.db'}")
+        job = store.add_job(JobRow(**{**_job(7).__dict__, "run_dir": str(runs["done"])}))
+        claimed = store.claim("worker-a", lease_seconds=30)
+        assert claimed.id == job.id and claimed.attempts == 1
+        assert Worker(store, worker_id="worker-a").run_job(claimed) == "succeeded"
+        done = store.get_job(job.id)
+        assert done.status == "succeeded" and done.registered_as.endswith("@1")
+        messages = [e.message for e in store.list_events(job.id, limit=20).data]
+        assert "Training had already finished; registering its result" in messages
+        assert not (tmp_path / "runs" / f"{job.id}.stderr").exists()  # no training process ran

@@ -70,8 +70,15 @@ class Worker:
     def run_job(self, job: JobRow) -> str:
         """Train one claimed job to its end (succeeded, failed) or until it is cancelled, paused
         or taken away; returns the status it ended in."""
+        from ..record.run_record import MANIFEST_NAME
+
         store = self.store
         run_dir = Path(job.run_dir)
+        if (run_dir / MANIFEST_NAME).is_file():
+            # Its training finished (the record is written last) before the job was paused or its
+            # worker lost it: nothing is left to train, only the result to register.
+            store.add_event(job.id, "Training had already finished; registering its result")
+            return self._succeed(job)
         checkpoint = newest_checkpoint(run_dir)
         try:
             args = self._arguments(job, run_dir, checkpoint)
