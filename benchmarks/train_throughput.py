@@ -22,6 +22,13 @@ so a busy machine's load falls on all of them alike:
 s/step is the mean over the timed steps (the first step is warm-up), tokens/s counts the
 non-padding input tokens of those steps, peak RSS is the process's (model load included), and
 the losses of every step are printed so the curves can be compared.
+
+bf16 autocast against fp32 on the CPU (`--autocast-curve`): two copies of the LoRA model, same
+initialisation and batches, trained step by step in turn (fp32 step, bf16 step, ...) so the
+machine's load falls on both alike; prints each one's mean s/step, its loss curve and the
+largest relative difference between the curves:
+
+    python benchmarks/train_throughput.py --autocast-curve --steps 30
 """
 
 from __future__ import annotations
@@ -121,6 +128,8 @@ def main() -> None:
     ap.add_argument("--vs-trl", action="store_true", help="affina train vs a plain TRL SFTTrainer script")
     ap.add_argument("--variant", action="append", default=[], metavar="LABEL=KEY=VALUE,...",
                     help="with --vs-trl: another affina row with these config overrides")
+    ap.add_argument("--autocast-curve", action="store_true", help="fp32 vs bf16 autocast, step by step")
+    ap.add_argument("--no-trl", action="store_true", help="with --vs-trl: affina rows only")
     ap.add_argument("--rounds", type=int, default=1, help="with --vs-trl: times each case runs")
     ap.add_argument("--r", type=int, default=16)
     ap.add_argument("--dropout", type=float, default=0.0, help="with --vs-trl: LoRA dropout of both sides")
@@ -136,6 +145,8 @@ def main() -> None:
         return side_trl(args)
     if args.vs_trl:
         return run_vs_trl(args)
+    if args.autocast_curve:
+        return run_autocast_curve(args)
     if args.only is None:
         return run_all_cases(args)
 
@@ -180,6 +191,73 @@ def run_all_cases(args) -> None:
     print("|---|---|---|---|---|---|")
     for r in rows:
         print("| " + " | ".join(str(c) for c in r) + " |")
+
+
+def run_autocast_curve(args) -> None:
+    """fp32 vs bf16 autocast on the CPU, the steps interleaved; the chunked loss in both (the
+    CPU default), gradients outside autocast as the Trainer's autocast does."""
+    import os
+
+    from affina.train.speed import _causal_lm, chunked_lm_loss
+
+    device = torch.device("cpu")
+    records = load_records([args.data]).records
+    load_before = os.getloadavg()
+    lora = get_method("lora")
+    models = {}
+    for name in ("fp32", "bf16"):
+        base, tokenizer = load(args.model, device, torch.float32)
+        torch.manual_seed(args.seed)
+        models[name] = lora.apply(base, build_method_config(lora, {"r": args.r, "alpha": 2 * args.r,
+                                                                   "dropout": 0.0}))
+    examples, _ = tokenize_records(records, tokenizer, args.seq_lens[0])
+    batches = make_batches(examples, tokenizer, args.seq_lens[0], args.batch_size, False)
+    opts = {n: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=args.lr)
+            for n, m in models.items()}
+    seconds = {n: [] for n in models}
+    losses = {n: [] for n in models}
+    for i in range(args.steps + 1):
+        batch = dict(batches[i % len(batches)][0])
+        labels = batch.pop("labels")
+        for name, model in models.items():
+            causal = _causal_lm(model)
+            model.train()
+            t0 = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=name == "bf16"):
+                hidden = causal.get_decoder()(**batch, use_cache=False).last_hidden_state
+                loss = chunked_lm_loss(hidden, causal.get_output_embeddings().weight, labels)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+            opts[name].step()
+            opts[name].zero_grad(set_to_none=True)
+            seconds[name].append(time.perf_counter() - t0)
+            losses[name].append(loss.item())
+        print(f"  step {i}: " + ", ".join(f"{n} {losses[n][-1]:.4f} ({seconds[n][-1]:.1f} s)" for n in models),
+              file=sys.stderr)
+    load_after = os.getloadavg()
+    diff = [abs(b - a) / a for a, b in zip(losses["fp32"], losses["bf16"])]
+    print(f"\nLoRA r={args.r} all-linear, {args.model} model, {Path(args.data).name}, max length "
+          f"{args.seq_lens[0]}, batch {args.batch_size}, lr {args.lr} constant, {args.steps} timed steps "
+          f"after 1 warm-up, fp32 and bf16-autocast steps interleaved; "
+          f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, "
+          f"bf16 instructions: {_cpu_bf16()}; load average {load_before[0]:.2f} before, {load_after[0]:.2f} after\n")
+    print("| autocast | s/step | loss, first → last | largest relative loss difference to fp32 |")
+    print("|---|---|---|---|")
+    for name in models:
+        timed = seconds[name][1:]
+        print(f"| {name} | {sum(timed) / len(timed):.2f} | {losses[name][0]:.3f} → {losses[name][-1]:.3f} "
+              f"| {max(diff) if name == 'bf16' else 0:.2%} |")
+    for name in models:
+        print(f"  {name} losses: " + " ".join(f"{x:.3f}" for x in losses[name]))
+
+
+def _cpu_bf16() -> str:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown"
+    found = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+    return ", ".join(found) or "none"
 
 
 # ---- affina train vs a plain TRL SFTTrainer script ------------------------------------------
@@ -298,7 +376,8 @@ def run_vs_trl(args) -> None:
     for v in args.variant:
         label, _, overrides = v.partition("=")
         cases.append((f"affina {label}", "affina", overrides))
-    cases.append(("plain TRL", "trl", ""))
+    if not args.no_trl:
+        cases.append(("plain TRL", "trl", ""))
     results: dict[str, list[dict]] = {label: [] for label, _, _ in cases}
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
