@@ -236,7 +236,7 @@ def run_autocast_curve(args) -> None:
               file=sys.stderr)
     load_after = os.getloadavg()
     diff = [abs(b - a) / a for a, b in zip(losses["fp32"], losses["bf16"])]
-    print(f"\nLoRA r={args.r} all-linear, {args.model} model, {Path(args.data).name}, max length "
+    print(f"\nLoRA r={args.r} all-linear, {args.model} model, {Path(args.data).parent.name}/{Path(args.data).name}, max length "
           f"{args.seq_lens[0]}, batch {args.batch_size}, lr {args.lr} constant, {args.steps} timed steps "
           f"after 1 warm-up, fp32 and bf16-autocast steps interleaved; "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, "
@@ -398,7 +398,7 @@ def run_vs_trl(args) -> None:
                       f"{result['peak_rss_mb']:,.0f} MB peak RSS, load {result['load']:.2f}", file=sys.stderr)
     load_after = os.getloadavg()
     print(f"\nLoRA r={args.r} all-linear, dropout {args.dropout}, default model (SmolLM2-135M-Instruct), "
-          f"fp32, {Path(args.data).name}, max length {args.seq_lens[0]}, batch {args.batch_size}, "
+          f"fp32, {Path(args.data).parent.name}/{Path(args.data).name}, max length {args.seq_lens[0]}, batch {args.batch_size}, "
           f"{args.steps} timed steps after 1 warm-up, {args.rounds} round(s) interleaved; "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"{torch.get_num_threads()} threads; load average {load_before[0]:.2f} before, "

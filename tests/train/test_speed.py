@@ -130,7 +130,7 @@ def test_profiles_resolve_per_device():
 def test_mixed_precision_resolves_per_device_and_weights():
     cpu, cuda, bf16, fp32 = torch.device("cpu"), torch.device("cuda"), torch.bfloat16, torch.float32
     assert mixed_precision_of("auto", cuda, bf16) and not mixed_precision_of("auto", cuda, fp32)
-    assert not mixed_precision_of("auto", cpu, fp32)  # measured slower on the CPU: off by default
+    assert not mixed_precision_of("auto", cpu, fp32)  # off on the CPU by default (docs/training.md)
     assert not mixed_precision_of("auto", cpu, bf16)
     assert mixed_precision_of("bf16", cpu, fp32) and not mixed_precision_of("none", cuda, bf16)
     assert profile_of("default", cpu, mixed_precision="bf16").bf16_autocast
