@@ -237,7 +237,11 @@ class SpeedTrainerMixin:
         profile = self.affina_profile
         offload = (torch.autograd.graph.save_on_cpu(pin_memory=True)
                    if profile.offload_activations and model.training else contextlib.nullcontext())
-        causal = _causal_lm(self.accelerator.unwrap_model(model)) if profile.chunked_loss else None
+        # DDP and FSDP do their gradient work in the wrapped model's own forward, which the
+        # chunked loss would bypass (it calls the decoder directly): those runs keep the plain loss.
+        unwrapped = self.accelerator.unwrap_model(model)
+        wrapped = unwrapped is not model or getattr(self, "is_fsdp_enabled", False)
+        causal = _causal_lm(unwrapped) if profile.chunked_loss and not wrapped else None
         # Validation asks for the outputs too, but keeps only the loss when there are no metrics
         # to compute from logits (Trainer.evaluate's prediction_loss_only): chunked there as well.
         loss_only = not return_outputs or (not model.training and self.compute_metrics is None)
