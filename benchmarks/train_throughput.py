@@ -395,7 +395,7 @@ def run_vs_trl(args) -> None:
                 result["load"] = os.getloadavg()[0]
                 results[label].append(result)
                 print(f"  round {round_ + 1} {label}: {result['s_per_step']:.2f} s/step, "
-                      f"{result['peak_rss_mb']:,.0f} MB peak RSS, load {result['load']:.2f}", file=sys.stderr)
+                      f"{result['peak_rss_mb']:,.0f} MB peak RSS, load {result['load']:.2f}, {result['threads']} threads", file=sys.stderr)
     load_after = os.getloadavg()
     print(f"\nLoRA r={args.r} all-linear, dropout {args.dropout}, default model (SmolLM2-135M-Instruct), "
           f"fp32, {Path(args.data).parent.name}/{Path(args.data).name}, max length {args.seq_lens[0]}, batch {args.batch_size}, "
