@@ -2,7 +2,7 @@
 
 `train.profile`:
 
-- `default`: the transformers Trainer's own step, unchanged.
+- `default`: the transformers Trainer's own step, with only the chunked loss below on the CPU.
 - `speed`: (1) PEFT layers keep their bf16 input instead of copying it to the fp32 adapter
   weights' dtype (autocast still runs the adapter's matmuls in bf16 from fp32 master weights, so
   the copy bought nothing); (2) chunked linear + cross-entropy: the output projection and the loss
