@@ -30,6 +30,7 @@ _ATTENTION = ("auto", "eager", "sdpa", "flash_attention_2")
 _OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adafactor", "sgd", "adamw_bnb_8bit",
                "paged_adamw_8bit", "paged_adamw_32bit")
 PROFILES = ("default", "speed", "memory")  # train.profile; what each does: affina.train.speed
+MIXED_PRECISION = ("auto", "bf16", "none")  # train.mixed_precision
 _PROFILES = PROFILES
 _SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
                "constant_with_warmup", "inverse_sqrt", "cosine_with_min_lr", "warmup_stable_decay")
@@ -141,8 +142,10 @@ class TrainConfig:
     greater_is_better: bool = _f(False, "Whether a higher `metric_for_best` is better (false for losses).")
     load_best: bool = _f(True, "With early stopping on, restore the best checkpoint's weights at the end (recorded in the run record as best_checkpoint).")
     optimizer: str = _f("adamw_torch", "Optimizer (TrainingArguments.optim): adamw_torch, adamw_torch_fused, adafactor, sgd, adamw_bnb_8bit, paged_adamw_8bit, paged_adamw_32bit (the last three from bitsandbytes).")
-    profile: str = _f("default", "Training-step profile (docs/training.md): default (the plain transformers step); speed (bf16 adapter inputs kept bf16, chunked output projection + cross-entropy, per-block torch.compile on CUDA); memory (chunked loss, activation checkpointing, saved activations offloaded to CPU on CUDA).")
-    loss_chunk_tokens: int = _f(1024, "With profile speed or memory: tokens whose logits are computed at a time in the chunked loss.")
+    profile: str = _f("default", "Training-step profile (docs/training.md): default (the plain transformers step; on the CPU with the chunked loss, see chunked_loss); speed (bf16 adapter inputs kept bf16, chunked output projection + cross-entropy, per-block torch.compile on CUDA); memory (chunked loss, activation checkpointing, saved activations offloaded to CPU on CUDA).")
+    chunked_loss: str = _f("auto", "Chunked output projection + cross-entropy, so the [tokens x vocabulary] logits are never held (same loss and gradients): auto (on under the speed and memory profiles, and on the CPU under every profile), true, false.")
+    loss_chunk_tokens: int = _f(1024, "With the chunked loss: tokens whose logits are computed at a time.")
+    mixed_precision: str = _f("auto", "Autocast for the matmuls, fp32 master weights: auto (bf16 on CUDA when the weights are bf16; none on the CPU: faster there with avx512_bf16, but its loss curve strayed from fp32's by more than 2%, docs/training.md), bf16, none.")
     neftune_alpha: float | None = _f(None, "NEFTune noise scale on the input embeddings during training (Jain et al. 2023, arXiv:2310.05914; the paper uses 5-15); unset or 0: off.")
     continue_from: str | None = _f(None, "Continue an earlier model on new data: a run directory, or NAME@VERSION|ALIAS from the registry (`affina train --continue-from`). Its method and options are kept, its weights are the starting point, `replay.fraction` of the training examples are drawn from its training data, and every earlier evaluation set is scored before and after (forgetting).")
     rewarm_ratio: float = _f(0.1, "With continue_from: the fraction of steps over which the learning rate is re-warmed from 0 to train.lr before it decays again (replaces warmup_ratio; Ibrahim et al. 2024, arXiv:2403.08763).")
@@ -158,6 +161,11 @@ class TrainConfig:
                 raise ConfigError(f"train.optimizer={self.optimizer} needs the bitsandbytes package "
                                   "(pip install bitsandbytes)")
         _check(self.profile in _PROFILES, "train.profile", self.profile, ", ".join(_PROFILES))
+        self.chunked_loss = str(self.chunked_loss).lower()  # YAML true/false arrive as booleans
+        _check(self.chunked_loss in ("auto", "true", "false"), "train.chunked_loss", self.chunked_loss,
+               "auto, true or false")
+        _check(self.mixed_precision in MIXED_PRECISION, "train.mixed_precision", self.mixed_precision,
+               ", ".join(MIXED_PRECISION))
         _check(self.loss_chunk_tokens >= 1, "train.loss_chunk_tokens", self.loss_chunk_tokens, ">= 1")
         _check(self.max_steps == -1 or self.max_steps >= 1, "train.max_steps", self.max_steps, "-1 or >= 1")
         _check(self.max_steps >= 1 or self.epochs > 0, "train.epochs", self.epochs, "> 0")

@@ -1,6 +1,7 @@
 """Training profiles (train/speed.py) on the CPU: the chunked loss is transformers' loss, with the
 same gradients; PEFT's input cast is switched off only where it exists; the speed and memory
-profiles train a tiny run to the same losses and adapter as the default profile."""
+profiles, and the CPU default (chunked loss on), train a tiny run to the same losses and adapter
+as the plain transformers step; bf16 autocast on the CPU is on only when asked for."""
 
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ from affina.config import load_config
 from affina.errors import ConfigError
 from affina.record.run_record import RUN_CONFIG_NAME
 from affina.train import train
+from affina.record import read_record
 from affina.train.speed import (_blocks, _causal_lm, chunked_lm_loss, compile_blocks, fused_loss_available,
-                                keep_input_dtype, profile_of)
+                                keep_input_dtype, mixed_precision_of, profile_of)
 
 
 def _lora(model_dir):
@@ -110,6 +112,11 @@ def test_keep_input_dtype_switches_only_peft_layers(tiny_model_dir):
 def test_profiles_resolve_per_device():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert not profile_of("default", cuda).chunked_loss
+    assert profile_of("default", cpu).chunked_loss  # the CPU default: chunked loss on
+    assert not profile_of("default", cpu, chunked_loss="false").chunked_loss
+    assert not profile_of("speed", cuda, chunked_loss="false").chunked_loss
+    assert not profile_of("speed", cuda, chunked_loss="false").fused_loss
+    assert profile_of("default", cuda, chunked_loss="true").chunked_loss
     speed_cpu, speed_cuda = profile_of("speed", cpu), profile_of("speed", cuda, loss_chunk_tokens=256)
     assert speed_cpu.chunked_loss and not speed_cpu.compile_blocks
     assert speed_cuda.compile_blocks and speed_cuda.loss_chunk_tokens == 256
@@ -118,6 +125,30 @@ def test_profiles_resolve_per_device():
     memory_cpu = profile_of("memory", cpu)
     assert memory_cpu.checkpointing and not memory_cpu.offload_activations
     assert profile_of("memory", cuda).offload_activations
+
+
+def test_mixed_precision_resolves_per_device_and_weights():
+    cpu, cuda, bf16, fp32 = torch.device("cpu"), torch.device("cuda"), torch.bfloat16, torch.float32
+    assert mixed_precision_of("auto", cuda, bf16) and not mixed_precision_of("auto", cuda, fp32)
+    assert not mixed_precision_of("auto", cpu, fp32)  # off on the CPU by default (docs/training.md)
+    assert not mixed_precision_of("auto", cpu, bf16)
+    assert mixed_precision_of("bf16", cpu, fp32) and not mixed_precision_of("none", cuda, bf16)
+    assert profile_of("default", cpu, mixed_precision="bf16").bf16_autocast
+    assert not profile_of("speed", cpu).bf16_autocast
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("train.chunked_loss", "sometimes", "auto, true or false"),
+    ("train.mixed_precision", "fp16", "auto, bf16, none"),
+])
+def test_bad_chunked_loss_or_mixed_precision_is_a_config_error(tiny_model_dir, key, value, expected):
+    with pytest.raises(ConfigError, match=f"{key}.*{expected}"):
+        load_config(None, [f"model.spec={tiny_model_dir}", f"{key}={value}"]).validate()
+
+
+def test_chunked_loss_reads_yaml_booleans(tiny_model_dir):
+    cfg = load_config(None, [f"model.spec={tiny_model_dir}", "train.chunked_loss=false"])
+    assert cfg.train.chunked_loss == "false"
 
 
 def test_unknown_profile_is_a_config_error(tmp_path, tiny_model_dir):
@@ -166,10 +197,7 @@ def _losses(run_dir, key):
     return [h[key] for h in json.loads((run_dir / "history.json").read_text()) if key in h]
 
 
-@pytest.mark.parametrize("profile", ["speed", "memory"])
-def test_profiles_train_to_the_same_adapter_on_cpu(tmp_path, tiny_model_dir, profile):
-    plain = _run(tmp_path, tiny_model_dir, "plain")
-    tuned = _run(tmp_path, tiny_model_dir, profile, **{"train.profile": profile, "train.loss_chunk_tokens": 7})
+def _same_run(plain, tuned):
     for key in ("loss", "eval_loss"):
         assert _losses(tuned, key) == pytest.approx(_losses(plain, key), rel=1e-4), key
     a = load_file(plain / "adapter" / "adapter_model.safetensors")
@@ -177,4 +205,31 @@ def test_profiles_train_to_the_same_adapter_on_cpu(tmp_path, tiny_model_dir, pro
     assert a.keys() == b.keys()
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("profile", ["speed", "memory"])
+def test_profiles_train_to_the_same_adapter_on_cpu(tmp_path, tiny_model_dir, profile):
+    plain = _run(tmp_path, tiny_model_dir, "plain", **{"train.chunked_loss": "false"})
+    tuned = _run(tmp_path, tiny_model_dir, profile, **{"train.profile": profile, "train.loss_chunk_tokens": 7})
+    _same_run(plain, tuned)
     assert yaml.safe_load((tuned / RUN_CONFIG_NAME).read_text())["train"]["profile"] == profile
+
+
+def test_cpu_default_is_the_chunked_loss_with_the_plain_losses(tmp_path, tiny_model_dir):
+    """The default profile on the CPU trains with the chunked loss (training and validation),
+    to the losses and adapter of the plain transformers step, and records that it did."""
+    plain = _run(tmp_path, tiny_model_dir, "plain", **{"train.chunked_loss": "false"})
+    default = _run(tmp_path, tiny_model_dir, "default", **{"train.loss_chunk_tokens": 5})
+    _same_run(plain, default)
+    assert read_record(default).train.chunked_loss and not read_record(plain).train.chunked_loss
+    assert read_record(default).train.mixed_precision == "none"
+
+
+def test_bf16_autocast_on_cpu_when_asked(tmp_path, tiny_model_dir):
+    """train.mixed_precision=bf16 autocasts the CPU step: the losses move by bf16 rounding only."""
+    fp32 = _run(tmp_path, tiny_model_dir, "fp32")
+    bf16 = _run(tmp_path, tiny_model_dir, "bf16", **{"train.mixed_precision": "bf16"})
+    assert read_record(bf16).train.mixed_precision == "bf16"
+    a, b = _losses(fp32, "loss"), _losses(bf16, "loss")
+    assert a != b  # autocast did run in bf16
+    assert b == pytest.approx(a, rel=3e-2)

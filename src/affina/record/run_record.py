@@ -101,6 +101,8 @@ class TrainInfo:
     stop_step: int = 0
     world_size: int = 1  # processes that trained it (distributed.strategy ddp/fsdp: more than 1)
     profile: str = "default"  # train.profile
+    chunked_loss: bool = False  # train.chunked_loss, resolved for the device
+    mixed_precision: str = "none"  # train.mixed_precision, resolved: bf16 (autocast) or none
 
 
 @dataclass

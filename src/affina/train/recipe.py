@@ -126,6 +126,7 @@ def train(cfg: RunConfig, *, resume: Path | None = None, checkpoint: str | None 
                         attn_implementation=attention, **method.load_options(method_cfg))
     data = method.prepare_data(method_cfg, cfg.data, loaded.tokenizer, cfg.train.seed)
     method_cfg = method.resolve_config(method_cfg, data)
+    method_cfg = method.resolve_for_device(method_cfg, loaded.device.type, cfg.train.profile)
     for message in data.warnings:
         warn(message)
     evaluation = load_records(cfg.eval.data) if cfg.eval.data else None
@@ -238,7 +239,8 @@ def train(cfg: RunConfig, *, resume: Path | None = None, checkpoint: str | None 
                             epochs=round(trainer.state.epoch or 0.0, 4),
                             train_loss=_last(history, "loss"),
                             seconds=round(time.time() - started, 1), world_size=me.world_size,
-                            profile=profile.name, **stopping),
+                            profile=profile.name, chunked_loss=profile.chunked_loss,
+                            mixed_precision="bf16" if profile.bf16_autocast else "none", **stopping),
             metrics=MetricsInfo(val_metrics.get("eval_loss"), flat_scores(before), flat_scores(after)),
             template=template, continual=continual)
         write_record(run_dir, record)
@@ -295,18 +297,30 @@ def _remember_mlflow_run(run_dir: Path, run_id: str | None) -> None:
 
 
 def _apply_profile(model, cfg: RunConfig, device) -> Profile:
-    """Turn on what `train.profile` asks for on this device (see train/speed.py)."""
-    profile = profile_of(cfg.train.profile, device, loss_chunk_tokens=cfg.train.loss_chunk_tokens)
-    if profile.name != "default":
-        kept = keep_input_dtype(model) if profile.keep_input_dtype else 0
-        compiled = compile_blocks(model) if profile.compile_blocks else 0
-        loss = ("fused linear + cross-entropy (liger-kernel)" if profile.fused_loss
-                else f"chunked loss ({profile.loss_chunk_tokens} tokens a chunk)")
-        info(f"profile {profile.name}: {loss}"
-             + (f", {kept} adapter layers keep their input dtype" if kept else "")
-             + (f", {compiled} blocks compiled" if compiled else "")
-             + (", activation checkpointing" if profile.checkpointing else "")
-             + (", activations offloaded to CPU" if profile.offload_activations else ""))
+    """Turn on what `train.profile`, `train.chunked_loss` and `train.mixed_precision` ask for on
+    this device (see train/speed.py)."""
+    t = cfg.train
+    profile = profile_of(t.profile, device, loss_chunk_tokens=t.loss_chunk_tokens,
+                         chunked_loss=t.chunked_loss, mixed_precision=t.mixed_precision,
+                         weights_dtype=next(model.parameters()).dtype)
+    kept = keep_input_dtype(model) if profile.keep_input_dtype else 0
+    compiled = compile_blocks(model) if profile.compile_blocks else 0
+    parts = []
+    if profile.chunked_loss:
+        parts.append("fused linear + cross-entropy (liger-kernel)" if profile.fused_loss
+                     else f"chunked loss ({profile.loss_chunk_tokens} tokens a chunk)")
+    if profile.bf16_autocast:
+        parts.append("bf16 autocast")
+    if kept:
+        parts.append(f"{kept} adapter layers keep their input dtype")
+    if compiled:
+        parts.append(f"{compiled} blocks compiled")
+    if profile.checkpointing:
+        parts.append("activation checkpointing")
+    if profile.offload_activations:
+        parts.append("activations offloaded to CPU")
+    if parts:
+        info(f"profile {profile.name}: " + ", ".join(parts))
     return profile
 
 
@@ -335,7 +349,8 @@ def _build_trainer(model, tokenizer, data: PreparedData, cfg: RunConfig, run_dir
                    profile: Profile = Profile()):
     from transformers import EarlyStoppingCallback, Trainer
 
-    args = _training_args(model, data, cfg, run_dir, checkpointing=profile.checkpointing)
+    args = _training_args(model, data, cfg, run_dir, checkpointing=profile.checkpointing,
+                          bf16=profile.bf16_autocast)
     callbacks = list(callbacks)
     if cfg.train.early_stopping_patience > 0:
         callbacks.append(EarlyStoppingCallback(cfg.train.early_stopping_patience,
@@ -352,13 +367,12 @@ def _build_trainer(model, tokenizer, data: PreparedData, cfg: RunConfig, run_dir
     return trainer
 
 
-def _training_args(model, data: PreparedData, cfg: RunConfig, run_dir: Path, checkpointing=False):
-    import torch
+def _training_args(model, data: PreparedData, cfg: RunConfig, run_dir: Path, checkpointing=False,
+                   bf16=False):
     from transformers import TrainingArguments
 
     t = cfg.train
     device = next(model.parameters()).device
-    bf16 = device.type == "cuda" and next(model.parameters()).dtype == torch.bfloat16
     has_val = bool(data.val)
     return TrainingArguments(
         output_dir=str(run_dir / "checkpoints"),

@@ -2,7 +2,7 @@
 
 `train.profile`:
 
-- `default`: the transformers Trainer's own step, unchanged.
+- `default`: the transformers Trainer's own step, with only the chunked loss below on the CPU.
 - `speed`: (1) PEFT layers keep their bf16 input instead of copying it to the fp32 adapter
   weights' dtype (autocast still runs the adapter's matmuls in bf16 from fp32 master weights, so
   the copy bought nothing); (2) chunked linear + cross-entropy: the output projection and the loss
@@ -16,6 +16,13 @@
 - `memory`: chunked linear + cross-entropy, activation checkpointing, and on CUDA the saved
   activations offloaded to pinned CPU memory (`torch.autograd.graph.save_on_cpu`). Pair it with
   the `qlora` method for a 4-bit base.
+
+`train.chunked_loss` (auto, true, false) turns the chunked loss on or off under any profile;
+`auto` is on under `speed` and `memory` and on the CPU under every profile: there the fp32
+logits (tokens x 49,152 for the default model, plus their gradient and softmax) were most of the
+peak memory, and chunking them costs no time (docs/training.md has the measurement).
+`train.mixed_precision` (auto, bf16, none) is the Trainer's autocast: `auto` is bf16 on CUDA
+when the weights are bf16, and none on the CPU (measured: see `mixed_precision_of`).
 
 On the CPU (float32) every profile computes the same loss and gradients as `default`, to float
 rounding: the chunked loss is the same sum, and the input cast and compilation change nothing
@@ -37,7 +44,7 @@ from ..config import PROFILES
 from ..paths import affina_home
 
 __all__ = ["fused_loss_available", "PROFILES", "Profile", "chunked_lm_loss", "chunked_loss_parts", "keep_input_dtype",
-           "compile_blocks", "profile_of", "SpeedTrainerMixin", "speed_trainer_class"]
+           "compile_blocks", "profile_of", "chunked_loss_of", "mixed_precision_of", "SpeedTrainerMixin", "speed_trainer_class"]
 
 IGNORE_INDEX = -100
 
@@ -54,23 +61,49 @@ class Profile:
     fused_loss: bool = False  # liger-kernel's fused linear + cross-entropy (CUDA, when installed)
     checkpointing: bool = False
     offload_activations: bool = False
+    bf16_autocast: bool = False  # the Trainer's bf16 mixed precision (train.mixed_precision)
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
 
 
-def profile_of(name: str, device: torch.device, *, loss_chunk_tokens: int = 1024) -> Profile:
-    """The switches of profile `name` on `device` (compilation and offload are CUDA-only)."""
+def profile_of(name: str, device: torch.device, *, loss_chunk_tokens: int = 1024,
+               chunked_loss: str = "auto", mixed_precision: str = "auto",
+               weights_dtype: torch.dtype = torch.float32) -> Profile:
+    """The switches of profile `name` on `device` (compilation and offload are CUDA-only), with
+    `train.chunked_loss` and `train.mixed_precision` resolved for that device."""
     cuda = device.type == "cuda"
     fused = cuda and fused_loss_available()
+    chunked = chunked_loss_of(chunked_loss, name, device)
+    bf16 = mixed_precision_of(mixed_precision, device, weights_dtype)
     if name == "speed":
-        return Profile(name, chunked_loss=True, loss_chunk_tokens=loss_chunk_tokens,
-                       keep_input_dtype=True, compile_blocks=cuda, fused_loss=fused)
+        return Profile(name, chunked_loss=chunked, loss_chunk_tokens=loss_chunk_tokens,
+                       keep_input_dtype=True, compile_blocks=cuda, fused_loss=fused and chunked,
+                       bf16_autocast=bf16)
     if name == "memory":
-        return Profile(name, chunked_loss=True, loss_chunk_tokens=loss_chunk_tokens,
+        return Profile(name, chunked_loss=chunked, loss_chunk_tokens=loss_chunk_tokens,
                        keep_input_dtype=True, checkpointing=True, offload_activations=cuda,
-                       fused_loss=fused)
-    return Profile()
+                       fused_loss=fused and chunked, bf16_autocast=bf16)
+    return Profile(name, chunked_loss=chunked, loss_chunk_tokens=loss_chunk_tokens, bf16_autocast=bf16)
+
+
+def chunked_loss_of(setting: str, profile: str, device: torch.device) -> bool:
+    """`train.chunked_loss` resolved: auto is on under the speed and memory profiles, and on the
+    CPU under every profile (same loss, a fraction of the peak memory, no slower there)."""
+    if setting in ("true", "false"):
+        return setting == "true"
+    return profile in ("speed", "memory") or device.type == "cpu"
+
+
+def mixed_precision_of(setting: str, device: torch.device, weights_dtype: torch.dtype) -> bool:
+    """Whether the Trainer autocasts to bf16. auto: on CUDA when the weights are bf16 (the
+    loaded default there); not on the CPU: on a CPU with avx512_bf16 it made the default model's
+    LoRA steps 1.36x faster, but single steps' losses strayed from fp32's by up to 11.5% in the
+    first ten, where the bar for a default is 2% (docs/training.md), so it is asked for with
+    `bf16`."""
+    if setting in ("bf16", "none"):
+        return setting == "bf16"
+    return device.type == "cuda" and weights_dtype == torch.bfloat16
 
 
 # ---- chunked linear + cross-entropy ---------------------------------------------------------
@@ -204,8 +237,15 @@ class SpeedTrainerMixin:
         profile = self.affina_profile
         offload = (torch.autograd.graph.save_on_cpu(pin_memory=True)
                    if profile.offload_activations and model.training else contextlib.nullcontext())
-        causal = _causal_lm(self.accelerator.unwrap_model(model)) if profile.chunked_loss else None
-        if causal is None or return_outputs or "labels" not in inputs:
+        # DDP and FSDP do their gradient work in the wrapped model's own forward, which the
+        # chunked loss would bypass (it calls the decoder directly): those runs keep the plain loss.
+        unwrapped = self.accelerator.unwrap_model(model)
+        wrapped = unwrapped is not model or getattr(self, "is_fsdp_enabled", False)
+        causal = _causal_lm(unwrapped) if profile.chunked_loss and not wrapped else None
+        # Validation asks for the outputs too, but keeps only the loss when there are no metrics
+        # to compute from logits (Trainer.evaluate's prediction_loss_only): chunked there as well.
+        loss_only = not return_outputs or (not model.training and self.compute_metrics is None)
+        if causal is None or not loss_only or "labels" not in inputs:
             with offload:
                 return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                             num_items_in_batch=num_items_in_batch)
@@ -222,7 +262,7 @@ class SpeedTrainerMixin:
         if (self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs
                 and num_items_in_batch is not None):
             loss = loss * self.accelerator.num_processes  # as Trainer.compute_loss scales it
-        return loss
+        return (loss, {"loss": loss}) if return_outputs else loss
 
 
 def speed_trainer_class(base: type, profile: Profile) -> type:
