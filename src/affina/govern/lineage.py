@@ -231,7 +231,8 @@ def draw_lineage(info: dict, path: Path) -> Path:
 
     p, r, a = info["prepared"], info["run"], info["artifact"]
     boxes = [
-        ("source data", "\n".join(f"{Path(f['path']).name} ({f.get('rows')} rows)" for f in info["sources"][:4])),
+        ("source data", "\n".join(f"{Path(path).name} ({rows} rows)" for path, rows in
+                                   list(dict.fromkeys((f["path"], f.get("rows")) for f in info["sources"]))[:4])),
         ("prepared data", f"train {p['train'].get('rows')} rows\n{str(p['train'].get('fingerprint'))[:19]}…\n"
                           f"max_length {p['max_length']}"),
         ("run", f"{Path(r['dir']).name}\n{(r['method'] or {}).get('name')} on {Path(str((r['base_model'] or {}).get('spec'))).name}\n"
