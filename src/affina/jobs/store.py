@@ -22,12 +22,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import (JSON, Column, Float, Integer, MetaData, String, Table, Text, UniqueConstraint,
-                        and_, create_engine, event, func, or_, select, update)
-from sqlalchemy.exc import ArgumentError, OperationalError
+                        and_, func, or_, select, update)
 
 from ..errors import AffinaError
-from ..paths import private_file
-from ..record.requestlog import sqlite_pragmas
+from ..record.requestlog import open_service_db
 
 __all__ = ["JobStore", "FileRow", "JobRow", "EventRow", "CheckpointRow", "Page", "TERMINAL",
            "ACTIVE", "STATUSES", "files_table", "jobs_table", "events_table", "checkpoints_table",
@@ -259,23 +257,8 @@ class JobStore:
 
     def __init__(self, url: str):
         self.url = url
-        try:
-            self.engine = create_engine(url)
-        except (ArgumentError, ImportError) as e:
-            raise AffinaError(f"jobs database URL {url!r} is not usable ({e}); pass e.g. "
-                              "sqlite:///path/requests.db or postgresql+psycopg://user@host/db") from None
+        self.engine, _ = open_service_db(url, "jobs database", metadata)  # the request log's settings
         self.dialect = self.engine.dialect.name
-        if self.dialect == "sqlite":
-            event.listen(self.engine, "connect", sqlite_pragmas)  # the request log's settings
-            database = self.engine.url.database
-            if database and database != ":memory:":
-                from pathlib import Path
-
-                private_file(Path(database).expanduser())
-        try:
-            metadata.create_all(self.engine)
-        except OperationalError as e:
-            raise AffinaError(f"jobs database {self.display_url}: cannot open ({e.orig})") from None
 
     @property
     def display_url(self) -> str:

@@ -24,7 +24,7 @@ from ..errors import AffinaError
 from ..paths import affina_home, private_file
 
 __all__ = ["RequestLog", "LogEntry", "default_log_url", "requests_table", "SCHEMA_VERSION",
-           "usage_summary"]
+           "usage_summary", "open_service_db", "sqlite_pragmas"]
 
 SCHEMA_VERSION = 1
 metadata = MetaData()
@@ -98,26 +98,8 @@ class RequestLog:
         self.url = url or default_log_url()
         self.redact = redact
         self.min_free_bytes = min_free_bytes
-        self.path: Path | None = None  # the sqlite file, if the log is one
-        try:
-            self.engine = create_engine(self.url)
-        except (ArgumentError, ImportError) as e:
-            raise AffinaError(f"request log URL {self.url!r} is not usable ({e}); pass e.g. "
-                              "sqlite:///path/requests.db or postgresql+psycopg://user@host/db") from None
-        if self.engine.dialect.name == "sqlite":
-            event.listen(self.engine, "connect", sqlite_pragmas)
-            database = self.engine.url.database
-            if database and database != ":memory:":
-                self.path = Path(database).expanduser()
-                if not create and not self.path.parent.is_dir():
-                    raise AffinaError(f"request log {self.path}: directory {self.path.parent} does "
-                                      "not exist; check the --db URL")
-                # 0600 (the WAL files sqlite adds take the same mode): the log holds prompts.
-                private_file(self.path)
-        try:
-            metadata.create_all(self.engine)
-        except OperationalError as e:
-            raise AffinaError(f"request log {self.display_url}: cannot open ({e.orig})") from None
+        # the sqlite file, if the log is one
+        self.engine, self.path = open_service_db(self.url, "request log", metadata, create=create)
 
     @property
     def display_url(self) -> str:
@@ -198,6 +180,36 @@ def _status_clause(status: str):
     if text.isdigit():
         return t.c.status == int(text)
     raise AffinaError(f"--status {status!r}: pass a status code (200) or a class (2xx, 4xx, 5xx)")
+
+
+def open_service_db(url: str, what: str, tables: MetaData, *, create: bool = True):
+    """The engine of the service database at `url` with `tables` created in it, and its sqlite
+    file (None for a database server or an in-memory one). `what` names it in errors (request
+    log, jobs database). The settings every table there shares: `sqlite_pragmas` on each
+    connection, and a sqlite file mode 0600 (the WAL files sqlite adds take the same mode), since
+    it holds prompts and uploaded data. `create=False`: refuse a sqlite file whose directory does
+    not exist (a reader given a mistyped path should not make one)."""
+    try:
+        engine = create_engine(url)
+    except (ArgumentError, ImportError) as e:
+        raise AffinaError(f"{what} URL {url!r} is not usable ({e}); pass e.g. "
+                          "sqlite:///path/requests.db or postgresql+psycopg://user@host/db") from None
+    path = None
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", sqlite_pragmas)
+        database = engine.url.database
+        if database and database != ":memory:":
+            path = Path(database).expanduser()
+            if not create and not path.parent.is_dir():
+                raise AffinaError(f"{what} {path}: directory {path.parent} does not exist; check "
+                                  "the --db URL")
+            private_file(path)
+    try:
+        tables.create_all(engine)
+    except OperationalError as e:
+        raise AffinaError(f"{what} {engine.url.render_as_string(hide_password=True)}: cannot open "
+                          f"({e.orig})") from None
+    return engine, path
 
 
 def sqlite_pragmas(dbapi_connection, _record) -> None:
