@@ -222,7 +222,7 @@ class Engine:
         skips it while it waits); past `deadline` (time.monotonic) it stops with "length"."""
         job = _Job(target, list(prompt_ids), params, on_text, deadline=deadline)
         job.mixable = not target.answers_label and self.models.mixable(target.run)
-        if on_text is None and params.greedy and not target.answers_label and self.models.mixable(target.run):
+        if on_text is None and params.greedy and job.mixable:
             run = target.run
             job.mix = (tuple(self.models.stops(run)), id(self.models.tokenizer(run)))
         with self._cv:
