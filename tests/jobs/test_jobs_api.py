@@ -196,25 +196,31 @@ def test_cancel_stops_training_within_seconds(jobs_env):
 
 
 def test_pause_resume_and_a_killed_worker_continue_from_checkpoints(jobs_env):
+    # A tiny model trains hundreds of steps a second, faster than a heartbeat notices a pause:
+    # the training process is frozen (SIGSTOP) at each point the test acts on, so a pause or a
+    # kill always lands before the training could have finished.
     alice = jobs_env.client(jobs_env.alice)
     training = jobs_env.upload(alice)
-    method = {**LONG, "affina": {**LONG["affina"], "train": {"max_steps": 60, "save_steps": 10,
+    method = {**LONG, "affina": {**LONG["affina"], "train": {"max_steps": 200, "save_steps": 10,
                                                              "eval_steps": 10}}}
     worker = jobs_env.start_worker(lease_seconds=5)
     try:
         job = alice.fine_tuning.jobs.create(model="base", training_file=training.id, method=method)
-        wait_for(lambda: list(alice.fine_tuning.jobs.checkpoints.list(job.id)), 180, "a checkpoint")
+        wait_for(lambda: list(alice.fine_tuning.jobs.checkpoints.list(job.id)), 180, "a checkpoint", 0.05)
+        _freeze(_training_children(worker))
         # Pause: training stops, the checkpoint stays; resume queues it to continue from there.
         assert alice.fine_tuning.jobs.pause(job.id).status == "paused"
-        wait_for(lambda: not _training_children(worker), 15, "the training process to end", 0.1)
+        wait_for(lambda: not _training_children(worker), 30, "the training process to end", 0.1)
         paused_at = max(c.step_number for c in alice.fine_tuning.jobs.checkpoints.list(job.id))
+        assert paused_at < 200
         assert alice.fine_tuning.jobs.retrieve(job.id).status == "paused"
         assert alice.fine_tuning.jobs.resume(job.id).status == "queued"
         wait_for(lambda: max(c.step_number for c in alice.fine_tuning.jobs.checkpoints.list(job.id)) > paused_at,
-                 180, "a checkpoint after the resume")
+                 180, "a checkpoint after the resume", 0.05)
+        children = _training_children(worker)
+        _freeze(children)
         # SIGKILL the worker mid-job: its training dies with it, and once the lease runs out
         # another worker resumes the job from its last checkpoint and finishes it.
-        children = _training_children(worker)
         os.kill(worker.pid, signal.SIGKILL)
         worker.wait(timeout=10)
         wait_for(lambda: not any(_alive(c) for c in children), 10, "the orphaned training process to die", 0.1)
@@ -227,8 +233,19 @@ def test_pause_resume_and_a_killed_worker_continue_from_checkpoints(jobs_env):
     messages = [e.message for e in _events(alice, job.id)]
     resumed = [m for m in messages if m.startswith("Resuming from checkpoint-")]
     assert len(resumed) == 2 and "attempt 3" in resumed[-1], messages
+    assert messages.index("Training stopped for the pause; the last checkpoint is kept") < \
+        messages.index(resumed[0]), messages
     assert jobs_env.service.store.get_job(job.id).attempts == 3
-    assert max(c.step_number for c in alice.fine_tuning.jobs.checkpoints.list(job.id)) == 60
+    assert max(c.step_number for c in alice.fine_tuning.jobs.checkpoints.list(job.id)) == 200
+
+
+def _freeze(processes) -> None:
+    assert processes, "no training process to freeze"
+    for process in processes:
+        try:
+            process.send_signal(signal.SIGSTOP)
+        except psutil.NoSuchProcess:
+            pass
 
 
 def _alive(process) -> bool:
