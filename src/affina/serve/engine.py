@@ -4,9 +4,9 @@ Why one worker: a PEFT model has one active adapter at a time, held in module st
 worker thread ever touches the models, and it activates the weights of each forward pass right
 before running it, so no request can run under another request's adapter. Requests wait in a
 bounded queue. Requests share a forward pass when they ask for the same target, or, once the
-PeftModel exists, for any LoRA/rsLoRA adapters and the base together (PEFT's per-row
-`adapter_names`, at most --max-adapters distinct adapters in a batch, so all of them stay loaded
-while it runs). DoRA runs batch per adapter (PEFT cannot mix them). Sampled requests, and runs
+PeftModel exists, for any LoRA/rsLoRA adapters and the base together (their matrices stacked,
+`lora_rows.StackedLoraRows`; at most --max-adapters distinct adapters in a batch, so all of them
+stay loaded while it runs). DoRA runs batch per adapter (PEFT cannot mix them). Sampled requests, and runs
 served through their method's own model (a wrapper of the base, or an own copy), generate one
 request at a time through `generate`, as `affina generate` does.
 
@@ -102,7 +102,7 @@ class _Job:
     # Set for a target whose rows can run beside other adapters' rows in the PeftModel: what
     # those rows must also share (the token ids that end a row, the tokenizer that decodes it).
     mix: tuple | None = None
-    mixable: bool = False  # its rows may run beside other adapters' rows (PEFT `adapter_names`)
+    mixable: bool = False  # its rows may run beside other adapters' rows in one forward pass
 
     def batch_key(self, peft_exists: bool = False):
         if self.on_text is not None or not self.params.greedy or not self.target.batchable:
@@ -373,11 +373,11 @@ class Engine:
             if self._row_key(job) == "peft-shared":
                 # Loads the row's adapter after touching the running rows' ones, so none of
                 # theirs is evicted; a reloaded adapter may have a new name, so all are renamed.
-                _, names, versions = self.models.activate_mixed([r.job.target.run for r in rows] + [run])
+                names, versions = self.models.load_rows([r.job.target.run for r in rows] + [run])
                 for row, name in zip(rows, names):
                     row.adapter = name
                 adapter = names[-1]
-                active, _ = self.models.activate_rows([adapter])
+                active = self.models.activate_rows([adapter])
                 active.version = versions[-1]
             else:
                 active = self.models.activate(run)
@@ -419,11 +419,11 @@ class Engine:
                 self._count(len(rows), len({r.job.target.name for r in rows}))
             try:
                 if key == "peft-shared":  # which weights each row decodes with, by PEFT name
-                    active, names = self.models.activate_rows([r.adapter for r in rows])
+                    active = self.models.activate_rows([r.adapter for r in rows])
                 else:  # one target (a DoRA run, or the base before any adapter): as it joined
-                    active, names = rows[-1].active, None
+                    active = rows[-1].active
                 with active.context, torch.inference_mode():
-                    tokens = batch.step(active.model, **({"adapter_names": names} if names else {}))
+                    tokens = batch.step(active.model, **active.kwargs)
             except Exception as e:  # a failed step fails the rows decoding, not the server
                 for row in rows:
                     row.job.future.set_exception(e)
@@ -467,10 +467,9 @@ class Engine:
         params, target = jobs[0].params, jobs[0].target
         tokenizer = self.models.tokenizer(target.run)  # one for all rows: part of the batch key
         stops = self.models.stops(target.run)
-        adapter_names = None
         # First: loading may fail this batch alone.
         if len({j.target.name for j in jobs}) > 1:  # rows of several adapters and/or the base
-            active, adapter_names, versions = self.models.activate_mixed([j.target.run for j in jobs])
+            active, _, versions = self.models.activate_mixed([j.target.run for j in jobs])
         else:
             active = self.models.activate(target.run)
             versions = [active.version] * len(jobs)
@@ -484,8 +483,7 @@ class Engine:
             mask[row, width - len(job.prompt_ids):] = 1
         kwargs = dict(max_new_tokens=max(j.params.max_tokens for j in jobs), pad_token_id=pad,
                       eos_token_id=list(stops))
-        if adapter_names is not None:
-            kwargs["adapter_names"] = adapter_names  # PeftModel.generate routes each row to its adapter
+        kwargs.update(active.kwargs)  # PEFT's `adapter_names`, where a mixed batch needs them
         if params.greedy:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         else:

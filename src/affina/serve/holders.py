@@ -3,7 +3,9 @@
 - the base model, loaded once;
 - LoRA-family adapters (`PEFT_ADAPTER`): loaded side by side into one PeftModel over the base,
   at most `max_adapters` of them (LRU); a batch of one adapter activates it, a batch of several
-  adapters and the base runs them in one forward pass (`activate_mixed`, PEFT's `adapter_names`);
+  adapters and the base runs them in one forward pass (`activate_mixed`), with the adapters'
+  matrices stacked (`lora_rows.StackedLoraRows`), or with PEFT's `adapter_names` for adapters
+  stacking does not cover;
 - wrappers of the base (`WRAPS_BASE`: few-shot, a frozen head): the run's method wraps the
   server's base without changing it; at most `max_adapters` of them (LRU);
 - runs that change the base's modules or weights (`OWN_COPY`): opened with their own copy of the
@@ -21,7 +23,7 @@ import json
 import threading
 from collections import OrderedDict
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,7 @@ from ..data.tokenize import stop_token_ids, template_sha256
 from ..methods import Sharing
 from ..models import LoadedModel
 from ..record import artifact_version
+from .lora_rows import StackedLoraRows
 from .store import ServedRun, UnservableModel
 
 __all__ = ["Active", "ModelHolder"]
@@ -41,6 +44,7 @@ class Active:
     model: Any
     context: Any  # entered around generate: computes with the target's weights only
     version: str | None  # sha256 prefix of the run's artifact; None for the base
+    kwargs: dict = field(default_factory=dict)  # for the forward/generate: PEFT's `adapter_names`
 
 
 @dataclass
@@ -49,6 +53,9 @@ class _Held:
     version: str
     model: Any = None  # the opened model (wrappers, own copies)
     internal_name: str = ""  # the PEFT adapter name (adapters: PEFT keys cannot hold '.')
+
+
+_UNKNOWN = "\0unknown"  # not an adapter name: the next use sets the LoRA layers' state again
 
 
 def _stamp(artifact_dir: Path) -> tuple[int, int]:
@@ -69,6 +76,11 @@ class ModelHolder:
         self.base_template = template_sha256(base.tokenizer)
         self.base_stops = stop_token_ids(base.tokenizer, base.model.generation_config)
         self._peft = None  # the PeftModel, created when the first adapter is loaded
+        self._stacked = None  # StackedLoraRows over it
+        # The adapter PEFT's own path computes with in the PeftModel's LoRA layers, or None: none
+        # (the base alone, which is where stacked rows add their updates); _UNKNOWN after a
+        # failed load.
+        self._peft_active: str | None = None
         self._adapters: OrderedDict[str, _Held] = OrderedDict()
         self._wrappers: OrderedDict[str, _Held] = OrderedDict()
         self._copies: OrderedDict[str, _Held] = OrderedDict()
@@ -153,9 +165,9 @@ class ModelHolder:
 
     # -- models (the worker thread only) ---------------------------------------------------
 
-    def activate_mixed(self, runs: list[ServedRun | None]) -> tuple[Active, list[str], list[str | None]]:
-        """The PeftModel, the PEFT adapter name of each row ("__base__" for the base) and each
-        row's artifact version, for one forward pass over rows of different adapters.
+    def load_rows(self, runs: list[ServedRun | None]) -> tuple[list[str], list[str | None]]:
+        """The PEFT adapter name of each row ("__base__" for the base) and each row's artifact
+        version, for rows of different adapters to run in one forward pass.
 
         Every adapter of the batch is loaded (or touched) first. A batch holds at most
         `max_adapters` distinct adapters, and each one touched becomes the most recently used, so
@@ -169,33 +181,54 @@ class ModelHolder:
             raise RuntimeError(f"adapters {gone} were evicted while their batch was loading")
         names = [held[r.name].internal_name if r is not None else "__base__" for r in runs]
         versions = [held[r.name].version if r is not None else None for r in runs]
-        return Active(self._peft, nullcontext(), None), names, versions
+        return names, versions
 
+    def activate_mixed(self, runs: list[ServedRun | None]) -> tuple[Active, list[str], list[str | None]]:
+        """`load_rows`, and the model to run those rows with (`activate_rows`)."""
+        names, versions = self.load_rows(runs)
+        return self.activate_rows(names), names, versions
 
-    def activate_rows(self, names: list[str]) -> tuple[Active, list[str] | None]:
-        """The PeftModel for rows already loaded by `activate_mixed` and named by it, without
-        touching the adapters on disk (once per decoding step): rows of one adapter run with it
-        set active (or with adapters off for the base), rows of several with PEFT's per-row
-        `adapter_names`, returned second."""
-        if len(set(names)) > 1:
-            return Active(self._peft, nullcontext(), None), names
-        if names[0] == "__base__":
-            return Active(self._peft, self._peft.disable_adapter(), None), None
-        if self._peft.active_adapter != names[0]:  # set_adapter walks every module: not every step
-            self._peft.set_adapter(names[0])
-        return Active(self._peft, nullcontext(), None), None
+    def activate_rows(self, names: list[str]) -> Active:
+        """The PeftModel for rows already loaded by `load_rows` and named by it, without
+        touching the adapters on disk (once per decoding step).
+
+        Plain LoRA/rsLoRA adapters run stacked (`StackedLoraRows`): two matmuls per layer for any
+        mix of them and the base. Other adapters run on PEFT's own path: rows of one adapter with
+        it set active, rows of several with PEFT's per-row `adapter_names` (returned in
+        `Active.kwargs`; one pass per adapter in every layer)."""
+        if set(names) == {"__base__"}:
+            self._no_own_adapter()
+            return Active(self._peft, nullcontext(), None)
+        if self._stacked.unsupported(names) is None:
+            self._no_own_adapter()
+            return Active(self._peft, self._stacked.rows(names), None)
+        if len(set(names)) == 1:
+            if self._peft_active != names[0]:  # set_adapter walks every module: not every step
+                self._peft.set_adapter(names[0])
+                self._peft_active = names[0]
+            return Active(self._peft, nullcontext(), None)
+        return Active(self._peft, nullcontext(), None, {"adapter_names": list(names)})
+
+    def _no_own_adapter(self) -> None:
+        """The PeftModel's LoRA layers compute the base alone (stacked rows add their updates)."""
+        if self._peft_active is not None:
+            self._stacked.no_adapter()
+            self._peft_active = None
 
     def _base_context(self):
         """The shared base as it was loaded: with any LoRA layers of other adapters switched off."""
-        return self._peft.disable_adapter() if self._peft is not None else nullcontext()
+        if self._peft is not None:
+            self._no_own_adapter()
+        return nullcontext()
 
     def activate(self, run: ServedRun | None) -> Active:
         if run is None:
             return Active(self._peft or self.base.model, self._base_context(), None)
         if run.sharing is Sharing.PEFT_ADAPTER:
             held = self._adapter(run)
-            self._peft.set_adapter(held.internal_name)
-            return Active(self._peft, nullcontext(), held.version)
+            active = self.activate_rows([held.internal_name])
+            active.version = held.version
+            return active
         if run.sharing is Sharing.WRAPS_BASE:
             held = self._opened(run, self._wrappers, self.max_adapters, shared=True)
             # The wrapper calls the shared base, which may carry other runs' LoRA layers.
@@ -244,9 +277,15 @@ class ModelHolder:
 
                 self._peft = PeftModel.from_pretrained(self.base.model, str(run.artifact_dir),
                                                        adapter_name=internal)
+                self._stacked = StackedLoraRows(self._peft)
             else:
                 self._peft.load_adapter(str(run.artifact_dir), adapter_name=internal)
         except Exception as e:  # e.g. a SafetensorError for corrupt weights: fails its own requests
+            if self._peft is not None:  # it may have left a half-loaded adapter, maybe active
+                if internal in self._peft.peft_config:
+                    self._peft.delete_adapter(internal)
+                self._peft_active = _UNKNOWN
+                self._stacked.forget()
             raise UnservableModel(f"model {run.name!r}: cannot load its adapter from "
                                   f"{run.artifact_dir} ({_first_line(e)})") from e
         self._peft.eval()
@@ -259,5 +298,7 @@ class ModelHolder:
         while len(self._adapters) > self.max_adapters:
             _, oldest = self._adapters.popitem(last=False)
             self._peft.delete_adapter(oldest.internal_name)
+        self._peft_active = internal
+        self._stacked.forget()  # stacked again, with the new adapter and without the evicted
         self.loaded_adapters = tuple(self._adapters)
         return held
