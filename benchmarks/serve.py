@@ -14,7 +14,10 @@ sends every request to the same adapter; "mixed" cycles through base, alpha and 
 cycles through the eight adapters, so consecutive requests need different weights. With several
 `--batching` modes, one server per mode runs in this process and each (case, clients) runs under
 every mode back to back, so the modes meet the same machine load. "mean batch" is the mean number
-of rows per decoding step (forward pass). Prints a markdown table; docs/benchmarks.md keeps the
+of rows per decoding step (forward pass). By default every answer is --max-tokens tokens long
+(`min_tokens`, `--answers equal`): the adapters would otherwise answer with different numbers of
+tokens, and requests per second would compare answer lengths, not serving. `--answers natural`
+lets answers end at the model's stop token. Prints a markdown table; docs/benchmarks.md keeps the
 measured figures.
 
 `--hostile SECONDS` runs the hostile mix instead: normal clients (as above, one adapter) beside
@@ -77,7 +80,8 @@ def make_store(root: Path, base_spec: str) -> Path:
     return store
 
 
-def run_case(url: str, models: list[str], clients: int, requests: int, max_tokens: int) -> dict:
+def run_case(url: str, models: list[str], clients: int, requests: int, max_tokens: int,
+             equal: bool = False) -> dict:
     import openai
 
     client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=600)
@@ -89,7 +93,8 @@ def run_case(url: str, models: list[str], clients: int, requests: int, max_token
         started = time.perf_counter()
         r = client.chat.completions.create(model=models[i % len(models)], temperature=0,
                                            max_tokens=max_tokens,
-                                           messages=[{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}])
+                                           messages=[{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
+                                           extra_body={"min_tokens": max_tokens} if equal else None)
         with lock:
             latencies.append(time.perf_counter() - started)
             tokens[0] += r.usage.completion_tokens
@@ -99,7 +104,7 @@ def run_case(url: str, models: list[str], clients: int, requests: int, max_token
         list(pool.map(one, range(requests)))
     wall = time.perf_counter() - started
     latencies.sort()
-    return {"wall": wall, "rps": requests / wall, "tps": tokens[0] / wall,
+    return {"wall": wall, "rps": requests / wall, "tps": tokens[0] / wall, "per_request": tokens[0] / requests,
             "p50": statistics.median(latencies), "p95": latencies[int(0.95 * (len(latencies) - 1))]}
 
 
@@ -233,6 +238,9 @@ def main() -> None:
     parser.add_argument("--cases", default="one,mixed,mixed8", help=f"of {','.join(CASES)}")
     parser.add_argument("--requests", type=int, default=32, help="requests per case")
     parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--answers", choices=["equal", "natural"], default="equal",
+                        help="equal: every answer is --max-tokens tokens (min_tokens), so every mix "
+                             "does the same work; natural: answers end at the model's stop token")
     parser.add_argument("--max-batch", type=int, default=8)
     parser.add_argument("--threads", type=int, help="torch threads for generation (serve --threads)")
     parser.add_argument("--batching", default="continuous", help="serve --batching modes, comma-separated "
@@ -283,10 +291,11 @@ def main() -> None:
                 steps = engine.step_rows
                 steps.clear()
                 requests = max(args.requests, 2 * clients)  # every client sends at least twice
-                r = run_case(url, models, clients, requests, args.max_tokens)
+                r = run_case(url, models, clients, requests, args.max_tokens, args.answers == "equal")
                 mean_batch = sum(k * v for k, v in steps.items()) / max(sum(steps.values()), 1)
-                rows.append([label, mode, clients, requests, f"{r['wall']:.1f}", f"{r['rps']:.2f}",
-                             f"{r['tps']:.1f}", f"{r['p50']:.2f}", f"{r['p95']:.2f}", f"{mean_batch:.1f}"])
+                rows.append([label, mode, clients, requests, f"{r['per_request']:.1f}", f"{r['wall']:.1f}",
+                             f"{r['rps']:.2f}", f"{r['tps']:.1f}", f"{r['p50']:.2f}", f"{r['p95']:.2f}",
+                             f"{mean_batch:.1f}"])
                 print(f"  {label}, {mode}, {clients} clients: {r['rps']:.2f} req/s", file=sys.stderr)
     for _, engine, _, server in servers.values():
         server.should_exit = True
@@ -296,9 +305,9 @@ def main() -> None:
     threads = args.threads or torch.get_num_threads()
     print(f"\nModel: {name}, device {args.device}, torch threads {threads}, "
           f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}); greedy, "
-          f"max_tokens {args.max_tokens}, max batch {args.max_batch}\n")
-    header = ["requests to", "batching", "clients", "requests", "wall s", "req/s", "gen tok/s", "p50 s", "p95 s",
-              "mean batch"]
+          f"max_tokens {args.max_tokens}, {args.answers} answers, max batch {args.max_batch}\n")
+    header = ["requests to", "batching", "clients", "requests", "tokens/request", "wall s", "req/s", "gen tok/s",
+              "p50 s", "p95 s", "mean batch"]
     print("| " + " | ".join(header) + " |")
     print("|" + "|".join("---" for _ in header) + "|")
     for row in rows:

@@ -256,7 +256,8 @@ def create_app(engine: Engine, keys: KeyStore, log: RequestLog, limits: Limits =
             entry.prompt = req.as_messages() if chat else req.prompt
             max_tokens = req.requested_max_tokens() or limits.default_max_tokens
             params = GenerationParams(max_tokens=max_tokens, temperature=req.effective_temperature,
-                                      top_p=req.top_p or 1.0, stop=tuple(req.stop or ()), seed=req.seed)
+                                      top_p=req.top_p or 1.0, stop=tuple(req.stop or ()), seed=req.seed,
+                                      min_tokens=req.min_tokens or 0)
             entry.params = {k: v for k, v in params.__dict__.items()}
             rag = req.rag if chat else None
             if rag is not None:
@@ -277,6 +278,9 @@ def create_app(engine: Engine, keys: KeyStore, log: RequestLog, limits: Limits =
             if max_tokens > limits.max_tokens:
                 raise ApiError(400, f"max_tokens is {max_tokens}, over this server's limit of "
                                f"{limits.max_tokens}", "max_tokens_too_large", "max_tokens")
+            if params.min_tokens > max_tokens:
+                raise ApiError(400, f"min_tokens is {params.min_tokens}, more than max_tokens "
+                               f"({max_tokens})", "invalid_request", "min_tokens")
             if params.stop:
                 await run_in_threadpool(lambda: check_stops(params.stop, limits.max_stop_tokens,
                                                             engine.models.tokenizer(target.run)))

@@ -81,9 +81,9 @@ class RunningBatch:
     def rows(self) -> int:
         return 0 if self.last is None else int(self.last.shape[0])
 
-    def prefill(self, model, prompt_ids: list[int], device) -> tuple[Any, int]:
+    def prefill(self, model, prompt_ids: list[int], device, suppress: list[int] | None = None) -> tuple[Any, int]:
         """One prompt alone through `model` (already set to the row's adapter): its cache and
-        its first greedy token. Call `join` with them to add the row."""
+        its first greedy token, never one of `suppress`. Call `join` with them to add the row."""
         import torch
         from transformers import DynamicCache
 
@@ -91,7 +91,10 @@ class RunningBatch:
         cache = DynamicCache(config=self.config)
         out = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True,
                     logits_to_keep=1, **{self.cache_arg: cache})
-        return cache, int(out.logits[0, -1].float().argmax())
+        logits = out.logits[:, -1].float()
+        if suppress:
+            logits[0, suppress] = float("-inf")
+        return cache, int(logits[0].argmax())
 
     def join(self, cache, length: int, first_token: int) -> None:
         """Adds the row `prefill` made: its cache (1, H, length, D) goes below the running rows,
@@ -115,8 +118,9 @@ class RunningBatch:
         self.mask = torch.cat([_pad_left(self.mask, width), _pad_left(row_mask, width)])
         self.last = torch.cat([self.last, token])
 
-    def step(self, model, **kwargs) -> list[int]:
-        """One token for every row (greedy); `kwargs` go to the forward (e.g. `adapter_names`)."""
+    def step(self, model, suppress: list[list[int] | None] | None = None, **kwargs) -> list[int]:
+        """One token for every row (greedy), row i never one of `suppress[i]` (its stop tokens
+        while it is under its `min_tokens`); `kwargs` go to the forward (e.g. `adapter_names`)."""
         import torch
 
         ones = torch.ones((self.rows, 1), dtype=torch.long, device=self.mask.device)
@@ -125,7 +129,11 @@ class RunningBatch:
         self.mask = torch.cat([self.mask, ones], dim=1)  # (B, L + 1)
         out = model(input_ids=self.last[:, None], attention_mask=self.mask, position_ids=positions,
                     use_cache=True, logits_to_keep=1, **{self.cache_arg: self.cache}, **kwargs)
-        self.last = out.logits[:, -1].float().argmax(dim=-1)  # (B,)
+        logits = out.logits[:, -1].float()  # (B, V)
+        for row, tokens in enumerate(suppress or ()):
+            if tokens:
+                logits[row, tokens] = float("-inf")
+        self.last = logits.argmax(dim=-1)  # (B,)
         return self.last.tolist()
 
     def leave(self, keep: list[int]) -> None:
@@ -188,6 +196,10 @@ class Row:
                 self.job.on_text(piece)
         return (token in self.stops or len(self.ids) >= self.job.params.max_tokens
                 or bool(self.criteria(torch.tensor([self.ids]), None)[0]))
+
+    def suppressed(self) -> list[int] | None:
+        """The tokens the row may not take next: its stop tokens while under its `min_tokens`."""
+        return sorted(self.stops) if len(self.ids) < self.job.params.min_tokens else None
 
     def close_stream(self) -> None:
         if self.decoder is not None:

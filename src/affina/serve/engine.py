@@ -58,6 +58,7 @@ class GenerationParams:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    min_tokens: int = 0  # no stop token before this many (vLLM's `min_tokens`); stop strings still stop
 
     @property
     def greedy(self) -> bool:
@@ -109,8 +110,8 @@ class _Job:
             return None  # streamed or sampled requests run alone (their own RNG stream)
         if self.mix is not None and (self.target.run is not None or peft_exists):
             # Until an adapter made the PeftModel, the base batches alone, on the plain model.
-            return ("peft-shared", self.params.stop, self.mix)
-        return (self.target.name, self.params.stop)
+            return ("peft-shared", self.params.stop, self.params.min_tokens, self.mix)
+        return (self.target.name, self.params.stop, self.params.min_tokens)
 
 
 class Engine:
@@ -382,7 +383,8 @@ class Engine:
             else:
                 active = self.models.activate(run)
             with active.context, torch.inference_mode():
-                cache, token = batch.prefill(active.model, job.prompt_ids, self.base.device)
+                suppress = self.models.stops(run) if job.params.min_tokens else None
+                cache, token = batch.prefill(active.model, job.prompt_ids, self.base.device, suppress)
         except Exception as e:  # its adapter cannot load: its own request fails, not the batch
             job.future.set_exception(e)
             return None
@@ -422,8 +424,9 @@ class Engine:
                     active = self.models.activate_rows([r.adapter for r in rows])
                 else:  # one target (a DoRA run, or the base before any adapter): as it joined
                     active = rows[-1].active
+                suppress = [r.suppressed() for r in rows]
                 with active.context, torch.inference_mode():
-                    tokens = batch.step(active.model, **active.kwargs)
+                    tokens = batch.step(active.model, suppress, **active.kwargs)
             except Exception as e:  # a failed step fails the rows decoding, not the server
                 for row in rows:
                     row.job.future.set_exception(e)
@@ -483,6 +486,8 @@ class Engine:
             mask[row, width - len(job.prompt_ids):] = 1
         kwargs = dict(max_new_tokens=max(j.params.max_tokens for j in jobs), pad_token_id=pad,
                       eos_token_id=list(stops))
+        if params.min_tokens and not target.answers_label:  # one value per batch: in the batch key
+            kwargs["min_new_tokens"] = params.min_tokens
         kwargs.update(active.kwargs)  # PEFT's `adapter_names`, where a mixed batch needs them
         if params.greedy:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)

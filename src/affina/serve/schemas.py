@@ -59,6 +59,8 @@ class _Sampling(BaseModel):
 
     model: StrictStr
     max_tokens: _Tokens | None = None
+    # vLLM's extension: no end-of-answer token before this many tokens (stop strings still end it).
+    min_tokens: Annotated[int, Field(strict=True, ge=0)] | None = None
     temperature: Annotated[_Float, Field(ge=0, le=2)] | None = None
     top_p: Annotated[_Float, Field(gt=0, le=1)] | None = None
     stop: StrictStr | list[StrictStr] | None = None
