@@ -12,7 +12,8 @@ eight adapters, it times a greedy decoding step (one new token per row over a pr
 - PEFT's per-row `adapter_names=`: a loop over the distinct adapters in every LoRA layer;
 - stacked rows (`affina.serve.lora_rows.StackedLoraRows`, what the server runs): the loaded
   adapters' matrices stacked, two matmuls per layer.
-Prints a markdown table of milliseconds per step (median of --steps steps).
+Prints a markdown table of milliseconds per step: the median over --rounds rounds of --steps
+steps, the rounds interleaving every case and way so that all meet the same machine load.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--rows", type=int, default=8)
     parser.add_argument("--prompt", type=int, default=60, help="tokens already in each row's cache")
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per way, per round")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds over every case and way")
     parser.add_argument("--threads", type=int, help="torch threads (CPU)")
     args = parser.parse_args()
     if args.threads:
@@ -79,7 +81,7 @@ def main() -> None:
     ids = torch.randint(10, 1000, (args.rows, args.prompt), device=args.device)
     cache_arg = cache_argument(model)
 
-    def step_ms(names: list[str], how: str) -> float:
+    def step_times(names: list[str], how: str) -> list[float]:
         kwargs, context = {}, nullcontext
         if how == "one":
             peft.set_adapter(names[0])
@@ -108,23 +110,28 @@ def main() -> None:
                 if args.device.startswith("cuda"):
                     torch.cuda.synchronize()
                 times.append((time.perf_counter() - started) * 1000)
-        return statistics.median(times)
+        return times
 
     cases = [("one adapter", [ADAPTERS[0]] * args.rows),
              ("base and two adapters", (["__base__", ADAPTERS[0], ADAPTERS[1]] * args.rows)[:args.rows]),
              ("eight adapters", (ADAPTERS * args.rows)[:args.rows])]
-    rows = []
-    for label, names in cases:
-        for how in ("one", "adapter_names", "stacked"):  # warm-up
-            if how != "one" or len(set(names)) == 1:
-                step_ms(names, how)
-        one = f"{step_ms(names, 'one'):.1f}" if len(set(names)) == 1 else "n/a"
-        rows.append([label, one, f"{step_ms(names, 'adapter_names'):.1f}", f"{step_ms(names, 'stacked'):.1f}"])
+    ways = ("one", "adapter_names", "stacked")
+    times: dict[tuple[str, str], list[float]] = {}
+    for round_ in range(args.rounds + 1):  # round 0 warms up; rounds interleave cases and ways
+        for label, names in cases:
+            for how in ways:
+                if how != "one" or len(set(names)) == 1:
+                    measured = step_times(names, how)
+                    if round_:
+                        times.setdefault((label, how), []).extend(measured)
+    rows = [[label] + [f"{statistics.median(times[(label, how)]):.1f}" if (label, how) in times else "n/a"
+                       for how in ways] for label, _ in cases]
 
     threads = torch.get_num_threads()
     print(f"\nModel: {args.model}, device {args.device}, torch threads {threads}, {os.cpu_count()} CPUs "
           f"({platform.processor() or platform.machine()}); {args.rows} rows, {args.prompt} tokens cached, "
-          f"8 adapters loaded (r=8, q/k/v/o); median ms per decoding step of {args.steps}\n")
+          f"8 adapters loaded (r=8, q/k/v/o); median ms per decoding step, {args.rounds} rounds of "
+          f"{args.steps} steps\n")
     header = ["rows' adapters", "PEFT, one adapter active", "PEFT adapter_names", "stacked (affina)"]
     print("| " + " | ".join(header) + " |")
     print("|" + "|".join("---" for _ in header) + "|")

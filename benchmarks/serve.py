@@ -242,6 +242,8 @@ def main() -> None:
                         help="equal: every answer is --max-tokens tokens (min_tokens), so every mix "
                              "does the same work; natural: answers end at the model's stop token")
     parser.add_argument("--max-batch", type=int, default=8)
+    parser.add_argument("--repeat", type=int, default=1, help="rounds over every row; the table "
+                        "shows each figure's median over the rounds")
     parser.add_argument("--threads", type=int, help="torch threads for generation (serve --threads)")
     parser.add_argument("--batching", default="continuous", help="serve --batching modes, comma-separated "
                         "(e.g. static,continuous)")
@@ -284,19 +286,26 @@ def main() -> None:
 
     for url, _, _, _ in servers.values():
         run_case(url, ADAPTERS, 8, 8, args.max_tokens)  # all eight loaded (the default --max-adapters)
+    results: dict[tuple, list[dict]] = {}  # (label, mode, clients) → one result per round
+    for round_ in range(args.repeat):  # rounds interleave every row, so all meet the same load
+        for label, models in (CASES[c] for c in args.cases.split(",")):
+            for clients in [int(c) for c in args.clients.split(",")]:
+                for mode, (url, engine, _, _) in servers.items():
+                    steps = engine.step_rows
+                    steps.clear()
+                    requests = max(args.requests, 2 * clients)  # every client sends at least twice
+                    r = run_case(url, models, clients, requests, args.max_tokens, args.answers == "equal")
+                    r["requests"] = requests
+                    r["mean_batch"] = sum(k * v for k, v in steps.items()) / max(sum(steps.values()), 1)
+                    results.setdefault((label, mode, clients), []).append(r)
+                    print(f"  round {round_ + 1}: {label}, {mode}, {clients} clients: {r['rps']:.2f} req/s",
+                          file=sys.stderr)
     rows = []
-    for label, models in (CASES[c] for c in args.cases.split(",")):
-        for clients in [int(c) for c in args.clients.split(",")]:
-            for mode, (url, engine, _, _) in servers.items():
-                steps = engine.step_rows
-                steps.clear()
-                requests = max(args.requests, 2 * clients)  # every client sends at least twice
-                r = run_case(url, models, clients, requests, args.max_tokens, args.answers == "equal")
-                mean_batch = sum(k * v for k, v in steps.items()) / max(sum(steps.values()), 1)
-                rows.append([label, mode, clients, requests, f"{r['per_request']:.1f}", f"{r['wall']:.1f}",
-                             f"{r['rps']:.2f}", f"{r['tps']:.1f}", f"{r['p50']:.2f}", f"{r['p95']:.2f}",
-                             f"{mean_batch:.1f}"])
-                print(f"  {label}, {mode}, {clients} clients: {r['rps']:.2f} req/s", file=sys.stderr)
+    for (label, mode, clients), runs in results.items():
+        m = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+        rows.append([label, mode, clients, runs[0]["requests"], f"{m['per_request']:.1f}", f"{m['wall']:.1f}",
+                     f"{m['rps']:.2f}", f"{m['tps']:.1f}", f"{m['p50']:.2f}", f"{m['p95']:.2f}",
+                     f"{m['mean_batch']:.1f}"])
     for _, engine, _, server in servers.values():
         server.should_exit = True
         engine.stop()
@@ -305,7 +314,8 @@ def main() -> None:
     threads = args.threads or torch.get_num_threads()
     print(f"\nModel: {name}, device {args.device}, torch threads {threads}, "
           f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}); greedy, "
-          f"max_tokens {args.max_tokens}, {args.answers} answers, max batch {args.max_batch}\n")
+          f"max_tokens {args.max_tokens}, {args.answers} answers, max batch {args.max_batch}"
+          + (f"; medians of {args.repeat} rounds" if args.repeat > 1 else "") + "\n")
     header = ["requests to", "batching", "clients", "requests", "tokens/request", "wall s", "req/s", "gen tok/s",
               "p50 s", "p95 s", "mean batch"]
     print("| " + " | ".join(header) + " |")

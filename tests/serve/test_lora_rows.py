@@ -165,3 +165,31 @@ def test_the_server_falls_back_to_peft_for_them(serve_store, tmp_path):
     finally:
         engine.stop()
     assert together == alone and max(engine.batch_models) >= 2
+
+
+def test_a_bf16_base_with_fp32_adapter_weights(tmp_path):
+    """`affina serve --dtype bf16`: PEFT keeps adapter weights in fp32 over a bf16 base; the
+    stacked update is computed in fp32 and added as PEFT adds it."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = make_tiny_model(tmp_path / "base", seed=5, initializer_range=0.3)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16)
+    peft = None
+    for seed, (name, options) in enumerate(ADAPTERS.items()):
+        torch.manual_seed(seed)
+        config = LoraConfig(init_lora_weights=False, **options)
+        peft = get_peft_model(model, config, adapter_name=name) if peft is None else peft
+        if name not in peft.peft_config:
+            peft.add_adapter(name, config)
+    peft.eval()
+    layer = peft.base_model.model.model.layers[0].self_attn.q_proj
+    assert layer.base_layer.weight.dtype == torch.bfloat16 and layer.lora_A["small"].weight.dtype == torch.float32
+    stacked = StackedLoraRows(peft)
+    names = ["small", "__base__", "wide", "rs"]
+    ids = torch.randint(3, 200, (len(names), 7))
+    together = _stacked(stacked, ids, names)
+    alone = torch.cat([_alone(peft, ids[i:i + 1], name) for i, name in enumerate(names)])
+    assert together.dtype == torch.bfloat16
+    torch.testing.assert_close(together.float(), alone.float(), rtol=2e-2, atol=2e-2)
+    stacked.forget()

@@ -60,10 +60,18 @@ class _Stack:
         start, end = self.spans[adapter]
         return (self.a[start:end], self.b[:, start:end], None, scale)
 
-    def rows(self, slot) -> tuple:
-        """Rows with adapters `slot` (indices into the stacked adapters; the last: none)."""
+    def rows(self, slot, adapters: list[str]) -> tuple | None:
+        """Rows with adapters `slot` (indices into `adapters`, the stacked ones; their count:
+        none). Only the columns from the first to the last of the rows' adapters take part
+        (views into the stack), so a batch of a few adapters does not pay for all loaded."""
+        spans = [self.spans[adapters[k]] for k in set(slot.tolist()) if k < len(adapters)
+                 and adapters[k] in self.spans]
+        if not spans:
+            return None
+        lo, hi = min(s for s, _ in spans), max(e for _, e in spans)
         index = slot.to(self.columns.device)
-        return (self.a, self.b, self.columns[index][:, None, :], self.scales[index][:, None, None])
+        return (self.a[lo:hi], self.b[:, lo:hi], self.columns[index][:, None, lo:hi],
+                self.scales[index][:, None, None])
 
 
 class StackedLoraRows:
@@ -175,7 +183,7 @@ class StackedLoraRows:
         else:
             slot = torch.tensor([self._adapters.index(n) if n != "__base__" else len(self._adapters)
                                  for n in names])
-            plan = [s.rows(slot) for _, s in layers]
+            plan = [s.rows(slot, self._adapters) for _, s in layers]
         if len(self._plans) > 256:  # row assignments change as rows join and leave
             self._plans.clear()
         self._plans[names] = plan
@@ -191,6 +199,8 @@ class StackedLoraRows:
             hidden = F.linear(args[0].to(a.dtype), a)
             if columns is not None:
                 hidden = hidden * columns
-            return result + (F.linear(hidden, b) * scales).to(result.dtype)
+            # Added in the adapter's dtype and rounded once, as PEFT adds it (a bf16 base with
+            # fp32 adapter weights gets the sum of both rounded to bf16, not a rounded update).
+            return (result + F.linear(hidden, b) * scales).to(result.dtype)
 
         return add_update
