@@ -298,7 +298,8 @@ def main() -> None:
                     r["requests"] = requests
                     r["mean_batch"] = sum(k * v for k, v in steps.items()) / max(sum(steps.values()), 1)
                     results.setdefault((label, mode, clients), []).append(r)
-                    print(f"  round {round_ + 1}: {label}, {mode}, {clients} clients: {r['rps']:.2f} req/s",
+                    print(f"  round {round_ + 1}: {label}, {mode}, {clients} clients: {r['rps']:.2f} req/s, "
+                          f"p95 {r['p95']:.2f} s",
                           file=sys.stderr)
     rows = []
     for (label, mode, clients), runs in results.items():

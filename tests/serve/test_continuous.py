@@ -89,6 +89,26 @@ def test_requests_joining_a_running_batch_answer_as_alone(store, alone):
     assert max(engine.batch_models) >= 3  # the base and several adapters decoded together
 
 
+def test_requests_prefilled_together_answer_as_alone(store, alone):
+    """Requests that join at the same step are prefilled in one padded forward pass: prompts of
+    different lengths, for the base and three adapters, each still answers as it does alone."""
+    base, runs = store
+    engine = _engine(base, runs, max_batch=8, max_queue=256)
+    ids = [engine.chat_prompt_ids([{"role": "user", "content": p}]) for p in PROMPTS]
+    keys = [(MODELS[i % 4], i % len(PROMPTS), 6 + i % 3) for i in range(20)]
+    queued = [(key, engine.submit(engine.resolve(key[0]), ids[key[1]],
+                                  GenerationParams(max_tokens=key[2], temperature=0))) for key in keys]
+    engine.start()  # everything waits already: the first batch prefills eight requests at once
+    try:
+        served = {key: job.future.result(timeout=120) for key, job in queued}
+    finally:
+        engine.stop()
+    got = {k: (r.text, r.completion_tokens, r.finish_reason, r.adapter_version) for k, r in served.items()}
+    assert got == {k: alone(*k) for k in got}
+    assert max(engine.prefill_rows) == 8
+    assert len({len(ids[p]) for _, p, _ in keys[:8]}) >= 3  # the first eight: prompts of 3+ lengths
+
+
 def test_a_cancelled_or_timed_out_row_leaves_without_disturbing_the_others(store, alone):
     base, runs = store
     engine = _engine(base, runs)

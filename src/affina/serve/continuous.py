@@ -1,8 +1,9 @@
 """Greedy decoding over one KV cache whose rows join and leave between steps (continuous batching).
 
-The engine's worker owns one `RunningBatch`. A request joins by being prefilled on its own (its
-prompt alone, unpadded, as `generate` would run it alone), and its cache is then merged into the
-running cache, left-padded with masked zeros to the common length. Each step feeds every row's
+The engine's worker owns one `RunningBatch`. Requests that join at the same step are prefilled
+together (left-padded, each at its own positions, as `generate` runs a padded batch; a request
+joining alone is prefilled unpadded, exactly as `generate` runs it alone), and their cache is
+then merged into the running cache, left-padded with masked zeros to the common length. Each step feeds every row's
 last token, with `position_ids` counted from each row's own attention mask, so a row sees exactly
 its own tokens at its own positions whatever else runs beside it. A finished row leaves at once
 (`DynamicCache.batch_select_indices`), and the columns every remaining row masks are cut off, so
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["Row", "RunningBatch", "supports_continuous", "cache_argument"]
+__all__ = ["Row", "RunningBatch", "Prefilled", "supports_continuous", "cache_argument"]
 
 # Generation-config fields that change greedy decoding, with their do-nothing values: our loop
 # takes the argmax of the raw logits, so it stays equal to `generate` only where they are unset.
@@ -81,41 +82,55 @@ class RunningBatch:
     def rows(self) -> int:
         return 0 if self.last is None else int(self.last.shape[0])
 
-    def prefill(self, model, prompt_ids: list[int], device, suppress: list[int] | None = None) -> tuple[Any, int]:
-        """One prompt alone through `model` (already set to the row's adapter): its cache and
-        its first greedy token, never one of `suppress`. Call `join` with them to add the row."""
+    def prefill(self, model, prompts: list[list[int]], device,
+                suppress: list[list[int] | None] | None = None, **kwargs) -> "Prefilled":
+        """The prompts of the requests joining now, together through `model` (set to their
+        adapters; `kwargs` go to the forward): left-padded, each row at its own positions
+        counted from its own first token, as `generate` runs a padded batch. Returns their cache
+        and each one's first greedy token (row i never one of `suppress[i]`); `join` adds them."""
         import torch
         from transformers import DynamicCache
 
-        ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)  # (1, T)
+        width = max(len(p) for p in prompts)
+        ids = torch.zeros((len(prompts), width), dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, prompt in enumerate(prompts):
+            ids[i, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
+            mask[i, width - len(prompt):] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
         cache = DynamicCache(config=self.config)
-        out = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True,
-                    logits_to_keep=1, **{self.cache_arg: cache})
-        logits = out.logits[:, -1].float()
-        if suppress:
-            logits[0, suppress] = float("-inf")
-        return cache, int(logits[0].argmax())
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                    logits_to_keep=1, **{self.cache_arg: cache}, **kwargs)
+        logits = out.logits[:, -1].float()  # (k, V)
+        for row, tokens in enumerate(suppress or ()):
+            if tokens:
+                logits[row, tokens] = float("-inf")
+        return Prefilled(cache, mask, logits.argmax(dim=-1).tolist())
 
-    def join(self, cache, length: int, first_token: int) -> None:
-        """Adds the row `prefill` made: its cache (1, H, length, D) goes below the running rows,
-        and whichever of the two is shorter is padded on the left with masked zeros."""
+    def join(self, new: "Prefilled", keep: list[int]) -> None:
+        """Adds the rows `keep` of a prefill below the running rows (in that order); whichever
+        part is shorter is padded on the left with masked zeros."""
         import torch
         from transformers import DynamicCache
 
-        device = cache.layers[0].keys.device
-        token = torch.tensor([first_token], dtype=torch.long, device=device)
+        cache, mask = new.cache, new.mask
+        token = torch.tensor([new.tokens[i] for i in keep], dtype=torch.long, device=mask.device)
+        if len(keep) < mask.shape[0]:
+            index = torch.tensor(keep, dtype=torch.long, device=mask.device)
+            cache.batch_select_indices(index)
+            mask = mask[index]
+            cache, mask = _trim(cache, mask)
         if self.cache is None:
-            self.cache, self.last = cache, token
-            self.mask = torch.ones((1, length), dtype=torch.long, device=device)
+            self.cache, self.mask, self.last = cache, mask, token
             return
-        width = max(self.mask.shape[1], length)
+        width = max(self.mask.shape[1], mask.shape[1])
         merged = []
-        for old, new in zip(self.cache.layers, cache.layers):
-            merged.append((torch.cat([_pad_left(old.keys, width), _pad_left(new.keys, width)]),
-                           torch.cat([_pad_left(old.values, width), _pad_left(new.values, width)])))
+        for old, added in zip(self.cache.layers, cache.layers):
+            merged.append((torch.cat([_pad_left(old.keys, width), _pad_left(added.keys, width)]),
+                           torch.cat([_pad_left(old.values, width), _pad_left(added.values, width)])))
         self.cache = DynamicCache(ddp_cache_data=merged)
-        row_mask = torch.ones((1, length), dtype=torch.long, device=device)
-        self.mask = torch.cat([_pad_left(self.mask, width), _pad_left(row_mask, width)])
+        self.mask = torch.cat([_pad_left(self.mask, width), _pad_left(mask, width)])
         self.last = torch.cat([self.last, token])
 
     def step(self, model, suppress: list[list[int] | None] | None = None, **kwargs) -> list[int]:
@@ -140,7 +155,6 @@ class RunningBatch:
         """Keeps the rows at indices `keep` (in order) and drops the others, then cuts the
         leading columns that every remaining row masks."""
         import torch
-        from transformers import DynamicCache
 
         if len(keep) == self.rows:
             return
@@ -150,12 +164,26 @@ class RunningBatch:
         index = torch.tensor(keep, dtype=torch.long, device=self.mask.device)
         self.cache.batch_select_indices(index)
         self.mask, self.last = self.mask[index], self.last[index]
-        used = self.mask.any(dim=0).nonzero()
-        start = int(used[0]) if len(used) else 0
-        if start:
-            self.mask = self.mask[:, start:]
-            self.cache = DynamicCache(ddp_cache_data=[(layer.keys[:, :, start:], layer.values[:, :, start:])
-                                                      for layer in self.cache.layers])
+        self.cache, self.mask = _trim(self.cache, self.mask)
+
+
+class Prefilled:
+    """The requests `RunningBatch.prefill` ran: their cache, attention mask and first tokens."""
+
+    def __init__(self, cache, mask, tokens: list[int]):
+        self.cache, self.mask, self.tokens = cache, mask, tokens
+
+
+def _trim(cache, mask):
+    """`cache` and `mask` without the leading columns that every row masks."""
+    from transformers import DynamicCache
+
+    used = mask.any(dim=0).nonzero()
+    start = int(used[0]) if len(used) else 0
+    if not start:
+        return cache, mask
+    return (DynamicCache(ddp_cache_data=[(layer.keys[:, :, start:], layer.values[:, :, start:])
+                                         for layer in cache.layers]), mask[:, start:])
 
 
 def _pad_left(t, width: int):

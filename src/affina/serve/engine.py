@@ -13,8 +13,8 @@ request at a time through `generate`, as `affina generate` does.
 Two ways to batch (`Engine(batching=...)`, `affina serve --batching`):
 - continuous (default): greedy requests, streamed or not, decode in one running batch over one KV
   cache (`continuous.RunningBatch`). Between steps, finished, cancelled and expired rows leave
-  (their futures resolve at once) and waiting requests join (prefilled alone, then merged into
-  the cache), up to --max-batch rows. Requests join in arrival order; once the oldest waiting
+  (their futures resolve at once) and waiting requests join (prefilled together, then merged
+  into the cache), up to --max-batch rows. Requests join in arrival order; once the oldest waiting
   request cannot join, none does, so the batch drains and that request runs next.
 - static: the oldest request plus the waiting requests that can share its forward pass (greedy,
   same stop strings, not streamed; same-target requests first) are left-padded into one batch for
@@ -144,6 +144,7 @@ class Engine:
         # count until its longest row ends, a continuous batch's until each row leaves).
         self.step_rows: dict[int, int] = {}
         self.joined_running = 0  # requests that joined a batch already decoding (continuous)
+        self.prefill_rows: dict[int, int] = {}  # requests prefilled together → how many times (continuous)
         self._worker = threading.Thread(target=self._run, name="affina-generate", daemon=True)
 
     # -- request side (any thread) ---------------------------------------------------------
@@ -358,43 +359,71 @@ class Engine:
                 taken.append(job)
         return taken
 
-    def _join(self, job: _Job, batch: RunningBatch, rows: list[Row]) -> Row | None:
-        """Prefills `job` alone and merges it into `batch`; None when it ended before decoding
-        (its future is then resolved): skipped, expired, its adapter failed, or done in one token."""
+    def _join(self, jobs: list[_Job], batch: RunningBatch, rows: list[Row]) -> list[Row]:
+        """Prefills `jobs` (requests with one row key) together and merges them into `batch`;
+        returns the rows that joined. A request that ends before decoding is resolved here:
+        skipped, expired, its adapter failed to load (its own request fails, not the others), or
+        done in one token."""
         import torch
 
-        if not job.future.set_running_or_notify_cancel():
-            return None
-        if self._expired(job):
-            job.future.set_result(GenerationResult("", len(job.prompt_ids), 0, "length"))
-            return None
-        run = job.target.run
-        try:
-            adapter = None
-            if self._row_key(job) == "peft-shared":
-                # Loads the row's adapter after touching the running rows' ones, so none of
-                # theirs is evicted; a reloaded adapter may have a new name, so all are renamed.
-                names, versions = self.models.load_rows([r.job.target.run for r in rows] + [run])
+        ready = []
+        for job in jobs:
+            if not job.future.set_running_or_notify_cancel():
+                continue
+            if self._expired(job):
+                job.future.set_result(GenerationResult("", len(job.prompt_ids), 0, "length"))
+                continue
+            ready.append(job)
+        if not ready:
+            return []
+        joining: list[tuple[_Job, str | None, str | None]] = []  # (job, PEFT name, version)
+        if self._row_key(ready[0]) == "peft-shared":
+            for job in ready:
+                try:
+                    # Loads the row's adapter after touching the running and joining rows' ones,
+                    # so none of theirs is evicted; a reloaded adapter may have a new name, so
+                    # all are renamed.
+                    names, versions = self.models.load_rows([r.job.target.run for r in rows]
+                                                            + [j.target.run for j, _, _ in joining]
+                                                            + [job.target.run])
+                except Exception as e:  # its adapter cannot load: its own request fails
+                    job.future.set_exception(e)
+                    continue
                 for row, name in zip(rows, names):
                     row.adapter = name
-                adapter = names[-1]
-                active = self.models.activate_rows([adapter])
-                active.version = versions[-1]
-            else:
-                active = self.models.activate(run)
+                joining = [(j, name, version) for (j, _, version), name in zip(joining, names[len(rows):])]
+                joining.append((job, names[-1], versions[-1]))
+            if not joining:
+                return []
+            prepare = lambda: self.models.activate_rows([name for _, name, _ in joining])  # noqa: E731
+        else:  # one target for all of them: a DoRA run, or the base before any adapter
+            joining = [(job, None, None) for job in ready]
+            prepare = lambda: self.models.activate(ready[0].target.run)  # noqa: E731
+        self.prefill_rows[len(joining)] = self.prefill_rows.get(len(joining), 0) + 1
+        try:
+            active = prepare()
+            suppress = [self.models.stops(j.target.run) if j.params.min_tokens else None for j, _, _ in joining]
             with active.context, torch.inference_mode():
-                suppress = self.models.stops(run) if job.params.min_tokens else None
-                cache, token = batch.prefill(active.model, job.prompt_ids, self.base.device, suppress)
-        except Exception as e:  # its adapter cannot load: its own request fails, not the batch
-            job.future.set_exception(e)
-            return None
-        row = Row(job, self.models.tokenizer(run), self.models.stops(run), active.version)
-        row.adapter, row.active = adapter, active
-        if row.feed(token):
-            self._finish(row)
-            return None
-        batch.join(cache, len(job.prompt_ids), token)
-        return row
+                prefilled = batch.prefill(active.model, [j.prompt_ids for j, _, _ in joining],
+                                          self.base.device, suppress, **active.kwargs)
+        except Exception as e:  # e.g. the one target cannot load: those requests fail, not the batch
+            for job, _, _ in joining:
+                job.future.set_exception(e)
+            return []
+        joined, keep = [], []
+        for i, ((job, name, version), token) in enumerate(zip(joining, prefilled.tokens)):
+            run = job.target.run
+            row = Row(job, self.models.tokenizer(run), self.models.stops(run),
+                      version if name is not None else active.version)
+            row.adapter, row.active = name, active
+            if row.feed(token):
+                self._finish(row)
+            else:
+                joined.append(row)
+                keep.append(i)
+        if keep:
+            batch.join(prefilled, keep)
+        return joined
 
     def _finish(self, row: Row) -> None:
         row.close_stream()
@@ -410,7 +439,7 @@ class Engine:
         while True:
             joiners = self._take_joiners(key, rows, pending)
             pending = []
-            joined = [row for job in joiners if (row := self._join(job, batch, rows)) is not None]
+            joined = self._join(joiners, batch, rows)
             if rows:
                 self.joined_running += len(joined)
             rows += joined
