@@ -251,9 +251,9 @@ class Engine:
             batch, key = [first], first.batch_key(peft)
             adapters = {first.target.name} if first.target.run is not None else set()
             if key is not None:
-                # Same-target rows first, then other adapters': a mixed forward pass costs some
-                # work per distinct adapter in every LoRA layer, so deep queues still form batches
-                # of one adapter, and mixing fills the batches that would otherwise run short.
+                # Same-target rows first, then other adapters': mixing fills the batches that
+                # would otherwise run short, and adapters PEFT mixes itself (not stacked) cost
+                # some work per distinct adapter in every LoRA layer.
                 waiting = sorted(self._jobs, key=lambda j: j.target.name != first.target.name)
                 for job in waiting:
                     if len(batch) >= self.max_batch:
