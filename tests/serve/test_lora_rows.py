@@ -81,6 +81,13 @@ def test_each_row_gets_its_own_adapter(peft_model, stacked):
 def test_one_name_applies_to_every_row_and_nothing_is_added_outside_rows(peft_model, stacked):
     ids = torch.randint(3, 200, (3, 5))
     torch.testing.assert_close(_stacked(stacked, ids, ["rs"]), _alone(peft_model, ids, "rs"), rtol=1e-4, atol=1e-4)
+    # A rows context may be entered again (the engine enters one per decoding step).
+    stacked.no_adapter()
+    rows = stacked.rows(["small", "wide", "__base__"])
+    with rows:
+        first = _logits(peft_model, ids)
+    with rows:
+        torch.testing.assert_close(_logits(peft_model, ids), first, rtol=0, atol=0)
     # Outside `rows` the hooks add nothing: PEFT's own path gives what it gives without them.
     stacked.no_adapter()
     base = _logits(peft_model, ids)

@@ -23,10 +23,20 @@ unsupported, and the caller keeps PEFT's `adapter_names` for that batch.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 __all__ = ["StackedLoraRows"]
+
+
+class _Rows:
+    def __init__(self, owner: "StackedLoraRows", plan: list):
+        self.owner, self.plan = owner, plan
+
+    def __enter__(self) -> None:
+        self.owner._current = self.plan
+
+    def __exit__(self, *exc) -> None:
+        self.owner._current = None
 
 
 class _Stack:
@@ -146,14 +156,10 @@ class StackedLoraRows:
                 return "an adapter is merged into the base"
         return None
 
-    @contextmanager
-    def rows(self, names: list[str]) -> Iterator[None]:
-        """Within it, the model computes row i with adapter `names[i]` (call `no_adapter` first)."""
-        self._current = self._plan(tuple(names))
-        try:
-            yield
-        finally:
-            self._current = None
+    def rows(self, names: list[str]) -> "_Rows":
+        """A context (it may be entered again, e.g. once per decoding step) within which the
+        model computes row i with adapter `names[i]`; call `no_adapter` first."""
+        return _Rows(self, self._plan(tuple(names)))
 
     def _stack(self) -> list[tuple[Any, _Stack]]:
         if self._layers is None:
