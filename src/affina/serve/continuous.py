@@ -3,9 +3,9 @@
 The engine's worker owns one `RunningBatch`. Requests that join at the same step are prefilled
 together (left-padded, each at its own positions, as `generate` runs a padded batch; a request
 joining alone is prefilled unpadded, exactly as `generate` runs it alone), and their cache is
-then merged into the running cache, left-padded with masked zeros to the common length. Each step feeds every row's
-last token, with `position_ids` counted from each row's own attention mask, so a row sees exactly
-its own tokens at its own positions whatever else runs beside it. A finished row leaves at once
+then merged into the running cache, left-padded with masked zeros to the common length. Each
+step feeds every row's last token, with `position_ids` counted from each row's own attention
+mask, so a row sees exactly its own tokens at its own positions whatever else runs beside it. A finished row leaves at once
 (`DynamicCache.batch_select_indices`), and the columns every remaining row masks are cut off, so
 the cache never grows past the longest live row.
 
@@ -102,11 +102,7 @@ class RunningBatch:
         cache = DynamicCache(config=self.config)
         out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
                     logits_to_keep=1, **{self.cache_arg: cache}, **kwargs)
-        logits = out.logits[:, -1].float()  # (k, V)
-        for row, tokens in enumerate(suppress or ()):
-            if tokens:
-                logits[row, tokens] = float("-inf")
-        return Prefilled(cache, mask, logits.argmax(dim=-1).tolist())
+        return Prefilled(cache, mask, _greedy(out.logits, suppress).tolist())
 
     def join(self, new: "Prefilled", keep: list[int]) -> None:
         """Adds the rows `keep` of a prefill below the running rows (in that order); whichever
@@ -144,11 +140,7 @@ class RunningBatch:
         self.mask = torch.cat([self.mask, ones], dim=1)  # (B, L + 1)
         out = model(input_ids=self.last[:, None], attention_mask=self.mask, position_ids=positions,
                     use_cache=True, logits_to_keep=1, **{self.cache_arg: self.cache}, **kwargs)
-        logits = out.logits[:, -1].float()  # (B, V)
-        for row, tokens in enumerate(suppress or ()):
-            if tokens:
-                logits[row, tokens] = float("-inf")
-        self.last = logits.argmax(dim=-1)  # (B,)
+        self.last = _greedy(out.logits, suppress)  # (B,)
         return self.last.tolist()
 
     def leave(self, keep: list[int]) -> None:
@@ -172,6 +164,16 @@ class Prefilled:
 
     def __init__(self, cache, mask, tokens: list[int]):
         self.cache, self.mask, self.tokens = cache, mask, tokens
+
+
+def _greedy(logits, suppress: list[list[int] | None] | None):
+    """Each row's greedy next token from the last position of `logits` (B, T, V), never one of
+    the row's `suppress` tokens."""
+    last = logits[:, -1].float()  # (B, V)
+    for row, tokens in enumerate(suppress or ()):
+        if tokens:
+            last[row, tokens] = float("-inf")
+    return last.argmax(dim=-1)
 
 
 def _trim(cache, mask):

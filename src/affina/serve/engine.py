@@ -395,13 +395,13 @@ class Engine:
                 joining.append((job, names[-1], versions[-1]))
             if not joining:
                 return []
-            prepare = lambda: self.models.activate_rows([name for _, name, _ in joining])  # noqa: E731
+            joining_names = [name for _, name, _ in joining]
         else:  # one target for all of them: a DoRA run, or the base before any adapter
-            joining = [(job, None, None) for job in ready]
-            prepare = lambda: self.models.activate(ready[0].target.run)  # noqa: E731
+            joining, joining_names = [(job, None, None) for job in ready], None
         self.prefill_rows[len(joining)] = self.prefill_rows.get(len(joining), 0) + 1
         try:
-            active = prepare()
+            active = (self.models.activate_rows(joining_names) if joining_names is not None
+                      else self.models.activate(ready[0].target.run))
             suppress = [self.models.stops(j.target.run) if j.params.min_tokens else None for j, _, _ in joining]
             with active.context, torch.inference_mode():
                 prefilled = batch.prefill(active.model, [j.prompt_ids for j, _, _ in joining],

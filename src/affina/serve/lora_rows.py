@@ -3,7 +3,7 @@ matrices stacked: two matmuls per adapted layer whatever the number of adapters 
 
 PEFT's own way to mix adapters in a batch (`adapter_names=`) loops over the distinct adapters in
 every LoRA layer: an index, two small matmuls and a scatter per adapter per layer, so a decoding
-step over eight adapters cost 1.7 times a step over one (docs/benchmarks.md). Here each adapted
+step over eight adapters cost 1.5 times a step over one (docs/benchmarks.md). Here each adapted
 linear layer gets, once for the loaded adapters, A = [A_1; ...; A_n] (their ranks summed) and
 B = [B_1 ... B_n], and a row computes
 
@@ -16,9 +16,9 @@ rounding in the summation order.
 
 The update is added by forward hooks on PEFT's LoRA `Linear` layers (torch's public hook API)
 while those layers have no adapter of their own active (PEFT's per-layer `set_adapter`, public
-too), so no upstream code is changed. Plain LoRA and rsLoRA on linear layers only: an adapter with a LoRA
-variant (DoRA, aLoRA), a bias on B, or LoRA on an embedding or convolution is reported
-unsupported, and the caller keeps PEFT's `adapter_names` for that batch.
+too), so no upstream code is changed. Plain LoRA and rsLoRA on linear layers only: an adapter
+with a LoRA variant (DoRA, aLoRA), a bias on B, LoRA on an embedding or convolution, or
+`modules_to_save` is reported unsupported, and the caller keeps PEFT's `adapter_names` for it.
 """
 
 from __future__ import annotations
@@ -168,7 +168,7 @@ class StackedLoraRows:
             self._adapters = [a for a in self.model.peft_config if self.unsupported([a]) is None]
             self._layers = [(m, _Stack(m, self._adapters)) for m in self.model.modules()
                             if type(m) is Linear and any(a in m.lora_A for a in self._adapters)]
-            self._handles = [m.register_forward_hook(self._hook(i, s)) for i, (m, s) in enumerate(self._layers)]
+            self._handles = [m.register_forward_hook(self._hook(i)) for i, (m, _) in enumerate(self._layers)]
             self._plans.clear()
         return self._layers
 
@@ -195,7 +195,7 @@ class StackedLoraRows:
         self._plans[names] = plan
         return plan
 
-    def _hook(self, i: int, stack: _Stack):
+    def _hook(self, i: int):
         import torch.nn.functional as F
 
         def add_update(module, args, result):
