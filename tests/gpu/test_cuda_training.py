@@ -99,9 +99,15 @@ def test_qlora_4bit_trains_on_cuda(tmp_path, tiny_model_dir):
     reason = _bitsandbytes_cuda()
     if reason:
         pytest.skip(reason)
-    run = _train(tmp_path, tiny_model_dir, "qlora-4bit", "method.name=qlora", "method.r=4",
-                 "method.bits=4", "method.compute_dtype=bfloat16")
+    run = _train(tmp_path, tiny_model_dir, "qlora-4bit", "method.name=qlora", "method.r=4", "method.bits=4")
     _check_losses(run)
+    # compute_dtype auto follows the bf16 base, whose unquantised layers stay bf16, so the
+    # recipe's bf16 autocast is on (fp32 embeddings would have turned it off).
+    from affina.record import read_record
+
+    record = read_record(run)
+    assert record.method.options["compute_dtype"] == "bfloat16"
+    assert record.train.mixed_precision == "bf16"
     # The artifact is a plain LoRA adapter: it loads onto the 4-bit base with plain peft too.
     from transformers import BitsAndBytesConfig
 

@@ -59,6 +59,43 @@ def test_qlora_quantises_the_base_and_reports_both_footprints(tiny_model_dir):
     assert report["base_bytes_quantized"] < report["base_bytes_unquantized"]
 
 
+@pytest.mark.parametrize("device, dtype, expected", [
+    ("cuda", "bfloat16", "bfloat16"), ("cpu", "float32", "float32"), ("cpu", "bfloat16", "bfloat16"),
+    ("cuda", "float16", "float16"), ("cuda", None, "bfloat16"), (None, None, "float32"),
+])
+def test_qlora_compute_dtype_auto_is_the_dtype_the_base_loads_in(device, dtype, expected):
+    method = get_method("qlora")
+    cfg = build_method_config(method, {})
+    assert cfg.compute_dtype == "auto"
+    assert method.resolve_for_device(cfg, device, "default", dtype).compute_dtype == expected
+    kept = build_method_config(method, {"compute_dtype": "float16"})
+    assert method.resolve_for_device(kept, device, "default", dtype).compute_dtype == "float16"
+    with pytest.raises(ConfigError, match="method.compute_dtype must be auto or one of"):
+        build_method_config(method, {"compute_dtype": "int4"})
+
+
+@pytest.mark.parametrize("dtype, rest", [("bfloat16", torch.bfloat16), ("float16", torch.float32),
+                                         ("float32", torch.float32)])
+def test_qlora_keeps_a_bf16_base_bf16_and_gives_fp16_layers_fp32(tiny_model_dir, dtype, rest):
+    """A bf16 base's unquantised layers stay bf16 (no 2 GB of fp32 embeddings on an 8B base, and
+    the recipe's bf16 autocast stays on); fp16 ones go to fp32 as PEFT's preparation makes them.
+    Either way only the adapter trains, and its 4-bit layers compute in the base's dtype."""
+    method = get_method("qlora")
+    cfg = method.resolve_for_device(build_method_config(method, {"r": 2}), "cpu", "default", dtype)
+    base = load_model(str(tiny_model_dir), device="cpu", dtype=dtype, **method.load_options(cfg)).model
+    model = method.apply(base, cfg)
+    inner = model.get_base_model()
+    assert inner.get_input_embeddings().weight.dtype == rest
+    assert inner.model.norm.weight.dtype == rest
+    assert inner.model.layers[0].self_attn.q_proj.base_layer.compute_dtype == getattr(torch, dtype)
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {
+        n for n, _ in model.named_parameters() if "lora_" in n}
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    model(input_ids=ids, labels=ids).loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all()
+               for n, p in model.named_parameters() if "lora_B" in n)
+
+
 def _tokenizer(model_dir):
     from transformers import AutoTokenizer
 
@@ -138,3 +175,22 @@ def test_prefix_tuning_changes_generation(tiny_model_dir):
         assert not torch.equal(model(input_ids=ids).logits[0, -1], base(ids).logits[0, -1])  # forward uses it
     tuned = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False)
     assert not torch.equal(tuned, plain)
+
+
+def test_a_qlora_run_records_the_compute_dtype_it_resolved(tmp_path, tiny_model_dir):
+    """Resolved before the base loads (the quantisation options need it): a bf16 base on the CPU
+    computes in bf16, and the record says so."""
+    from affina.config import load_config
+    from affina.record import read_record
+    from affina.train import train
+    from tests.helpers import method_rows
+
+    data = tmp_path / "train.jsonl"
+    data.write_text(method_rows(classify=False))
+    cfg = load_config(None, [f"model.spec={tiny_model_dir}", f"data.train=[{data}]", "model.device=cpu",
+                             "model.dtype=bfloat16", "data.val_fraction=0", f"train.output_dir={tmp_path}",
+                             "train.run_name=auto", "train.max_steps=2", "train.batch_size=4",
+                             "method.name=qlora", "method.r=2", "track.mlflow=false"])
+    run_dir = train(cfg, display="quiet").run_dir
+    options = read_record(run_dir).method.options
+    assert options["compute_dtype"] == "bfloat16" and options["dropout"] == 0.0

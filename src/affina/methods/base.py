@@ -142,12 +142,14 @@ class Method(ABC):
         """The method config completed from the prepared data; returns a new object."""
         return cfg
 
-    def resolve_for_device(self, cfg, device_type: str, profile: str):
+    def resolve_for_device(self, cfg, device_type: str, profile: str, dtype: str | None = None):
         """The method config with its device-dependent `auto` values resolved for a run on
-        `device_type` (cuda, cpu, ...) under `train.profile`, through the config's own
-        `for_device` when it has one (LoRA's `dropout: auto`); the run record keeps the result."""
+        `device_type` (cuda, cpu, ...) under `train.profile`, with the base loading in `dtype`
+        (a torch dtype's name), through the config's own `for_device` when it has one (LoRA's
+        `dropout: auto`, qlora's `compute_dtype: auto`); the run record keeps the result. The
+        recipe calls it before loading, so `load_options` sees resolved values."""
         for_device = getattr(cfg, "for_device", None)
-        return for_device(device_type, profile) if for_device else cfg
+        return for_device(device_type, profile, dtype) if for_device else cfg
 
     def attach_data(self, model, cfg, data, tokenizer):
         """Give the model what it keeps from the data (few-shot keeps its example pool)."""

@@ -54,8 +54,9 @@ class LoraMethodConfig:
         if self.bias not in ("none", "all", "lora_only"):
             raise ConfigError(f"method.bias must be none, all or lora_only, got {self.bias!r}")
 
-    def for_device(self, device_type: str | None, profile: str = "default"):
-        """This config with `dropout: auto` resolved for the device and profile (a copy)."""
+    def for_device(self, device_type: str | None, profile: str = "default", dtype: str | None = None):
+        """This config with `dropout: auto` resolved for the device and profile (a copy); `dtype`
+        (the base's load dtype) is for subclasses that depend on it (qlora)."""
         if self.dropout != "auto":
             return self
         return dataclasses.replace(self, dropout=auto_dropout(device_type, profile))

@@ -9,6 +9,7 @@ precision. The artifact is a plain PEFT LoRA directory that also loads onto the 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from ..errors import ConfigError
@@ -32,8 +33,10 @@ class QloraMethodConfig(LoraMethodConfig):
                 "weights, QLoRA sec. 3) or fp4."})
     double_quant: bool = field(default=True, metadata={
         "help": "Quantise the quantisation constants too (QLoRA sec. 3: ~0.37 bits/param saved)."})
-    compute_dtype: str = field(default="float32", metadata={
-        "help": "dtype of the matmuls on dequantised weights: float32 (CPU), bfloat16 (GPU) or float16."})
+    compute_dtype: str = field(default="auto", metadata={
+        "help": "dtype of the matmuls on dequantised weights: float32, bfloat16 or float16, or `auto`: "
+                "the dtype the rest of the base loads in (model.dtype; auto there is bfloat16 on a "
+                "CUDA device that supports it, else float32). The run record keeps the resolved name."})
 
     def validate(self) -> None:
         super().validate()
@@ -41,9 +44,19 @@ class QloraMethodConfig(LoraMethodConfig):
             raise ConfigError(f"method.bits must be 4 or 8, got {self.bits}")
         if self.quant_type not in ("nf4", "fp4"):
             raise ConfigError(f"method.quant_type must be nf4 or fp4, got {self.quant_type!r}")
-        if self.compute_dtype not in _DTYPES:
-            raise ConfigError(f"method.compute_dtype must be one of {', '.join(_DTYPES)}, "
+        if self.compute_dtype != "auto" and self.compute_dtype not in _DTYPES:
+            raise ConfigError(f"method.compute_dtype must be auto or one of {', '.join(_DTYPES)}, "
                               f"got {self.compute_dtype!r}")
+
+    def for_device(self, device_type: str | None, profile: str = "default", dtype: str | None = None):
+        """LoRA's device-dependent values, and `compute_dtype: auto` resolved to `dtype`, the
+        dtype the base loads in (None: not known; bfloat16 on CUDA, else float32)."""
+        cfg = super().for_device(device_type, profile, dtype)
+        if cfg.compute_dtype != "auto":
+            return cfg
+        if dtype not in _DTYPES:
+            dtype = "bfloat16" if device_type == "cuda" else "float32"
+        return dataclasses.replace(cfg, compute_dtype=dtype)
 
 
 def unquantized_bytes(model, dtype_bytes: int = 4) -> int:
@@ -77,6 +90,7 @@ class QloraMethod(PeftArtifact):
             from transformers import BitsAndBytesConfig
         except ImportError as e:
             raise ConfigError(f"method qlora needs bitsandbytes ({e}); pip install bitsandbytes") from None
+        cfg = cfg.for_device(None)  # the recipe resolves `auto` for its device and dtype first
         if cfg.bits == 8:
             return {"quantization_config": BitsAndBytesConfig(load_in_8bit=True)}
         return {"quantization_config": BitsAndBytesConfig(
@@ -85,6 +99,7 @@ class QloraMethod(PeftArtifact):
             bnb_4bit_compute_dtype=getattr(torch, cfg.compute_dtype))}
 
     def apply(self, model, cfg: QloraMethodConfig):
+        import torch
         from peft import prepare_model_for_kbit_training
 
         if not getattr(model, "is_quantized", False):
@@ -93,9 +108,15 @@ class QloraMethod(PeftArtifact):
         before, after = unquantized_bytes(model), model.get_memory_footprint()
         info(f"qlora: base weights {before / 2**20:.1f} MiB unquantised → {after / 2**20:.1f} MiB "
              f"in {cfg.bits}-bit")
-        # Casts norms to fp32 and lets gradients reach the adapters through frozen embeddings;
-        # activation checkpointing stays the run's choice (train.gradient_checkpointing).
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        # The base is frozen. PEFT's prepare_model_for_kbit_training also makes every layer left
+        # unquantised (embeddings, norms, output layer) fp32, which fp16 needs for its range; bf16
+        # does not, and for an 8B base the fp32 embeddings and output layer would cost 2.1 GB more
+        # and turn off the bf16 autocast the recipe picks from the weights' dtype. So a bf16 (or
+        # fp32) base is only frozen. Activation checkpointing stays the run's choice.
+        if any(p.dtype == torch.float16 for p in model.parameters()):
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        else:
+            model.requires_grad_(False)
         return apply_peft(model, lora_config(cfg))
 
     def report(self, model, cfg: QloraMethodConfig) -> dict:

@@ -26,7 +26,7 @@ from ..evaluate.evaluator import EvalSettings, evaluate_model, flat_scores
 from ..evaluate.metrics import check_metric_names
 from ..evaluate.report import compare_rows
 from ..methods import build_method_config, get_method, trainable_report
-from ..models import load_model
+from ..models import load_model, pick_device, pick_dtype
 from ..record import (BaseModelInfo, DataInfo, MethodInfo, MetricsInfo, RunRecord, SplitInfo, TemplateInfo, TrainInfo,
                       data_file, git_commit, library_versions, write_record)
 from ..record.trackers import WANDB_DIR, Trackers, open_trackers
@@ -122,11 +122,16 @@ def train(cfg: RunConfig, *, resume: Path | None = None, checkpoint: str | None 
 
     set_seed(cfg.train.seed)
     attention = None if cfg.model.attn_implementation == "auto" else cfg.model.attn_implementation
-    loaded = load_model(cfg.model.spec, device=_device(cfg), dtype=_dtype(cfg), for_training=True,
+    # The device and dtype first: a method's `auto` options follow them, and how the base loads
+    # can depend on those (qlora's compute dtype).
+    device = _device(cfg) or pick_device()
+    dtype = _dtype(cfg) or pick_dtype(device)
+    method_cfg = method.resolve_for_device(method_cfg, device.type, cfg.train.profile,
+                                           str(dtype).removeprefix("torch."))
+    loaded = load_model(cfg.model.spec, device=device, dtype=dtype, for_training=True,
                         attn_implementation=attention, **method.load_options(method_cfg))
     data = method.prepare_data(method_cfg, cfg.data, loaded.tokenizer, cfg.train.seed)
     method_cfg = method.resolve_config(method_cfg, data)
-    method_cfg = method.resolve_for_device(method_cfg, loaded.device.type, cfg.train.profile)
     for message in data.warnings:
         warn(message)
     evaluation = load_records(cfg.eval.data) if cfg.eval.data else None
