@@ -163,6 +163,49 @@ def test_blocks_are_the_decoder_layers(tiny_model_dir):
     assert type(blocks[0]).__name__.endswith("DecoderLayer")
 
 
+def test_compiled_blocks_have_no_graph_break_and_train_as_eager(tiny_model_dir):
+    """The speed profile's regional compilation, traced through AOT autograd (the `aot_eager`
+    backend: the graphs inductor would get, run by eager kernels, so no C++ build): every block
+    is one graph, forward and backward, and the loss and the adapter's gradients equal eager ones
+    with a masked prompt and padding in the batch."""
+    from torch._dynamo.utils import counters
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(tiny_model_dir)
+    config.num_hidden_layers = 4
+    config.use_cache = False  # as load_model(for_training=True) loads it: a cache recompiles per layer
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_config(config),
+                           LoraConfig(r=4, target_modules="all-linear", lora_dropout=0.0))
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.02)
+    keep_input_dtype(model)
+    ids, mask, labels = _batch(model.config.vocab_size)
+    expected = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+    expected.backward()
+    eager = _grads(model)
+    model.zero_grad(set_to_none=True)
+    torch._dynamo.reset()
+    counters.clear()
+    assert compile_blocks(model, backend="aot_eager") == model.config.num_hidden_layers
+    for _ in range(2):  # the second step reuses the graphs: no recompilation
+        model.zero_grad(set_to_none=True)
+        got = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        got.backward()
+    assert dict(counters["graph_break"]) == {}
+    # Two graphs for four blocks: the first block's input needs no gradient (the embeddings are
+    # frozen), every later block's does, and those share one graph rather than one each (32
+    # blocks of one graph each would pass dynamo's recompile limit and run the rest eagerly).
+    assert counters["stats"]["unique_graphs"] == 2
+    assert torch.allclose(got, expected, rtol=1e-6, atol=1e-6)
+    compiled = _grads(model)
+    assert compiled.keys() == eager.keys() and len(eager) > 0
+    for name in eager:
+        torch.testing.assert_close(compiled[name], eager[name], rtol=1e-5, atol=1e-7)
+    torch._dynamo.reset()
+
+
 @pytest.mark.slow
 def test_compiled_blocks_give_the_same_loss(tiny_model_dir, tmp_path, monkeypatch):
     """Regional compilation on the CPU (inductor builds C++ here, hence slow)."""

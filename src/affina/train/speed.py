@@ -11,7 +11,8 @@
   masked are never projected (on CUDA with the `liger-kernel` package installed, its fused
   linear + cross-entropy Triton kernel does this step; without it, the chunked PyTorch code
   below, which gives the same loss); (3) regional compilation: each decoder block is compiled with
-  `torch.compile` (the blocks share one compiled graph, so it compiles once, not once per layer),
+  `torch.compile` (the blocks share their graphs: it compiles twice, for the first block, whose
+  input needs no gradient, and once for all the others, not once per layer),
   with inductor's cache under `$AFFINA_HOME/cache/inductor`, on CUDA only.
 - `memory`: chunked linear + cross-entropy, activation checkpointing, and on CUDA the saved
   activations offloaded to pinned CPU memory (`torch.autograd.graph.save_on_cpu`). Pair it with
@@ -215,13 +216,14 @@ def _blocks(model) -> list[torch.nn.Module]:
     return best
 
 
-def compile_blocks(model) -> int:
+def compile_blocks(model, backend: str = "inductor") -> int:
     """Compile each decoder block in place (`Module.compile`); returns how many. Inductor's cache
-    goes under $AFFINA_HOME/cache/inductor unless TORCHINDUCTOR_CACHE_DIR is set."""
+    goes under $AFFINA_HOME/cache/inductor unless TORCHINDUCTOR_CACHE_DIR is set. `backend`
+    other than inductor is for tests (aot_eager: the same graphs, run by eager kernels)."""
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(affina_home() / "cache" / "inductor"))
     blocks = _blocks(model)
     for block in blocks:
-        block.compile(dynamic=None)
+        block.compile(dynamic=None, backend=backend)
     return len(blocks)
 
 
