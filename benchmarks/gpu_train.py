@@ -1,25 +1,41 @@
 """LoRA training step speed and peak memory: a plain transformers + PEFT loop against affina's
-`speed` profile (train/speed.py), one switch at a time, in the same process on the same model.
+`speed` and `memory` profiles (train/speed.py), one switch at a time, in the same process on the
+same model.
 
     python benchmarks/gpu_train.py                          # H100/H200: Llama-3.2-1B shape, 4 x 2048
-    python benchmarks/gpu_train.py --shape llama3-8b --batch 1
+    python benchmarks/gpu_train.py --shape llama3-8b --batch 1 --cases peft,speed,memory,qlora
+    python benchmarks/gpu_train.py --trace speed --trace-out trace.md   # + a kernel-time breakdown
     python benchmarks/gpu_train.py --device cpu --shape tiny --seq 128 --steps 3   # a CPU smoke run
 
 Rows (each a fresh model from the same seed, random weights of the real shape, random tokens, no
-padding, bf16 weights on CUDA with autocast, LoRA r=16 alpha=32 on every linear layer, AdamW):
+padding, bf16 weights on CUDA with autocast, LoRA r=16 alpha=32 dropout 0 on every linear layer,
+AdamW); `--cases` takes their keys:
 
 - `peft`: what a hand-written script does: `model(input_ids, labels=...).loss`, PEFT's defaults
-  (fp32 adapter weights, inputs cast to them).
-- `+ bf16 adapter input`: PEFT's input cast off (`keep_input_dtype`).
-- `+ chunked loss`: the output projection and cross-entropy 1024 tokens at a time (`chunked_lm_loss`).
-- `+ compiled blocks` (= the `speed` profile without liger-kernel): each decoder block `torch.compile`d.
-- `speed, liger fused loss` (= the `speed` profile with `liger-kernel` installed): the chunked
-  loss replaced by liger-kernel's fused linear + cross-entropy Triton kernel.
-- `full (plain)`: full fine-tuning with the plain loop, for reference.
+  (fp32 adapter weights, inputs cast to them), torch's default AdamW.
+- `input`: + PEFT's input cast off (`keep_input_dtype`).
+- `chunked`: + the output projection and cross-entropy 1024 tokens at a time (`chunked_lm_loss`).
+- `compiled`: + each decoder block `torch.compile`d (the `speed` profile without liger-kernel).
+- `speed`: the `speed` profile with `liger-kernel` installed: liger-kernel's fused linear +
+  cross-entropy Triton kernel instead of the chunked PyTorch loss.
+- `speed_fused_adamw`: + torch's fused AdamW (`train.optimizer=adamw_torch_fused`).
+- `memory`: the `memory` profile on a bf16 base: fused (or chunked) loss, activation
+  checkpointing, saved activations offloaded to pinned CPU memory.
+- `qlora`: the `memory` profile on a 4-bit NF4 base (bitsandbytes, double quantisation, bf16
+  compute), prepared as the `qlora` method prepares it.
+- `qlora_bf16`: as `qlora`, but the layers left unquantised (embeddings, norms, output layer)
+  stay bf16 instead of being made fp32.
+- `full`: full fine-tuning with the plain loop (bf16 weights and optimizer state).
+- `full_speed`: full fine-tuning under the `speed` profile (compiled blocks, fused loss).
 
 Tokens/s is over the timed steps after the warm-up steps (compilation happens in warm-up); peak
-memory is torch's peak allocation over the whole case. The first-step loss of each row shows the
-rows compute the same thing. Prints a markdown table; `--json FILE` also writes the rows.
+memory is torch's peak allocation over the warm-up and timed steps (after the model is built).
+MFU counts 2 FLOPs per multiply-add of every matmul weight per token for the forward pass, as
+much again for the input gradients, and again for the weight gradients only where the weights
+train (full), plus causal attention (forward and backward), against the card's dense bf16 peak.
+The first-step loss of each row shows the rows compute the same thing. Prints a markdown table;
+`--json FILE` also writes the rows. A row that fails (out of memory, a missing package) prints
+why and the others still run.
 """
 
 from __future__ import annotations
@@ -51,14 +67,23 @@ SHAPES = {
                  num_key_value_heads=2, vocab_size=1000, tie_word_embeddings=True),
 }
 
-CASES = [
-    ("peft", dict(lora=True)),
-    ("+ bf16 adapter input", dict(lora=True, keep_dtype=True)),
-    ("+ chunked loss", dict(lora=True, keep_dtype=True, chunked=True)),
-    ("+ compiled blocks (speed)", dict(lora=True, keep_dtype=True, chunked=True, compiled=True)),
-    ("speed, liger fused loss", dict(lora=True, keep_dtype=True, chunked=True, compiled=True, fused=True)),
-    ("full (plain)", dict(lora=False)),
-]
+_SPEED = dict(lora=True, keep_dtype=True, chunked=True, compiled=True, fused=True)
+_MEMORY = dict(lora=True, keep_dtype=True, chunked=True, fused=True, checkpointing=True, offload=True)
+CASES = {
+    "peft": ("peft", dict(lora=True)),
+    "input": ("+ bf16 adapter input", dict(lora=True, keep_dtype=True)),
+    "chunked": ("+ chunked loss", dict(lora=True, keep_dtype=True, chunked=True)),
+    "compiled": ("+ compiled blocks (speed, PyTorch loss)", dict(_SPEED, fused=False)),
+    "speed": ("speed (liger fused loss)", _SPEED),
+    "speed_fused_adamw": ("speed + fused AdamW", dict(_SPEED, fused_adamw=True)),
+    "memory": ("memory (bf16 base)", _MEMORY),
+    "qlora": ("memory + QLoRA 4-bit base", dict(_MEMORY, qlora=True)),
+    "qlora_bf16": ("memory + QLoRA 4-bit, rest bf16", dict(_MEMORY, qlora=True, prepare=False)),
+    "full": ("full (plain)", dict(lora=False)),
+    "full_speed": ("full (speed)", dict(lora=False, chunked=True, compiled=True, fused=True)),
+}
+DEFAULT_CASES = "peft,speed,memory,qlora,full,full_speed"
+PEAK_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0, "L40S": 362.1}  # dense
 
 
 def _model(shape: str, seq: int, device: torch.device, dtype: torch.dtype):
@@ -67,40 +92,94 @@ def _model(shape: str, seq: int, device: torch.device, dtype: torch.dtype):
     config = LlamaConfig(max_position_embeddings=max(seq, 2048), attn_implementation="sdpa",
                          **SHAPES[shape])
     torch.manual_seed(0)
-    with torch.device(device):
-        model = LlamaForCausalLM(config).to(dtype)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # built in its dtype: an 8B model in fp32 first would need 32 GB
+    try:
+        with torch.device(device):
+            model = LlamaForCausalLM(config)
+    finally:
+        torch.set_default_dtype(default)
     return model
 
 
-def _run_case(args, name: str, opts: dict, device, dtype) -> dict:
+def _quantize_4bit(model, dtype, prepare: bool = True):
+    """Every decoder linear layer replaced by a bitsandbytes NF4 layer (double-quantised, `dtype`
+    compute), then prepared as the qlora method prepares a quantised base (PEFT's
+    `prepare_model_for_kbit_training`, which also makes the embeddings, norms and output layer
+    fp32), or with `prepare=False` only frozen, everything else left in `dtype`."""
+    import bitsandbytes as bnb
+    from peft import prepare_model_for_kbit_training
+
+    decoder = model.get_decoder()
+    for name, module in list(decoder.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if type(child) is torch.nn.Linear:
+                q = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=child.bias is not None,
+                                      compute_dtype=dtype, compress_statistics=True, quant_type="nf4",
+                                      device="meta")
+                q.weight = bnb.nn.Params4bit(child.weight.data, requires_grad=False,
+                                             compress_statistics=True, quant_type="nf4")
+                q = q.to(child.weight.device)  # quantised on the way to the GPU
+                setattr(module, child_name, q)
+                del child
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    model.is_loaded_in_4bit = True
+    model.is_quantized = True
+    if prepare:
+        return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    model.requires_grad_(False)
+    return model
+
+
+def flops_per_token(shape: str, seq: int, *, full: bool) -> float:
+    s = SHAPES[shape]
+    d, f, L, v = s["hidden_size"], s["intermediate_size"], s["num_hidden_layers"], s["vocab_size"]
+    kv = d * s["num_key_value_heads"] // s["num_attention_heads"]
+    matmul = L * (2 * d * d + 2 * d * kv + 3 * d * f) + d * v  # q,o + k,v + gate,up,down + head
+    attention = 2 * L * d * seq  # QK^T and PV, forward, average causal context seq/2
+    return matmul * 2 * (3 if full else 2) + attention * 3
+
+
+def _run_case(args, key: str, device, dtype, trace: Path | None = None) -> dict:
     from peft import LoraConfig, get_peft_model
 
+    name, opts = CASES[key]
     model = _model(args.shape, args.seq, device, dtype)
+    if opts.get("qlora"):
+        model = _quantize_4bit(model, dtype, prepare=opts.get("prepare", True))
     if opts["lora"]:
         model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0,
                                                  target_modules="all-linear"))
     if opts.get("keep_dtype"):
         keep_input_dtype(model)
+    if opts.get("checkpointing"):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if opts.get("compiled"):
         compile_blocks(model)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-5)
+    optimizer = torch.optim.AdamW(params, lr=1e-5, fused=True if opts.get("fused_adamw") else None)
     g = torch.Generator(device="cpu").manual_seed(1)
     vocab = SHAPES[args.shape]["vocab_size"]
     batches = [torch.randint(0, vocab, (args.batch, args.seq), generator=g).to(device)
                for _ in range(args.warmup + args.steps)]
     causal = _causal_lm(model) if opts.get("chunked") else None
+    fused = bool(opts.get("fused")) and device.type == "cuda" and fused_loss_available()
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+    offload = opts.get("offload") and device.type == "cuda"
 
     def step(ids):
-        with autocast:
+        saving = (torch.autograd.graph.save_on_cpu(pin_memory=True) if offload
+                  else torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t))
+        with autocast, saving:
             if causal is None:
                 loss = model(input_ids=ids, labels=ids).loss
             else:
                 hidden = causal.get_decoder()(input_ids=ids, use_cache=False).last_hidden_state
                 loss = chunked_lm_loss(hidden, causal.get_output_embeddings().weight, ids,
-                                       chunk_tokens=args.chunk, fused=opts.get("fused", False))
+                                       chunk_tokens=args.chunk, fused=fused)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -108,6 +187,7 @@ def _run_case(args, name: str, opts: dict, device, dtype) -> dict:
 
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     if device.type == "cuda":
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     first = None
     for ids in batches[: args.warmup]:
@@ -120,13 +200,62 @@ def _run_case(args, name: str, opts: dict, device, dtype) -> dict:
     sync()
     seconds = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+    if trace is not None:
+        _trace(step, batches[-2:], trace, f"{name}, {args.shape}, {args.batch} x {args.seq}")
     del model, optimizer, batches
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
     tokens = args.steps * args.batch * args.seq
-    return {"case": name, "tokens_per_s": tokens / seconds, "step_s": seconds / args.steps,
-            "peak_gib": peak, "first_loss": first}
+    return {"case": name, "key": key, "tokens_per_s": tokens / seconds, "step_s": seconds / args.steps,
+            "peak_gib": peak, "first_loss": first, "fused_loss": fused}
+
+
+def _kind(kernel: str) -> str:
+    k = kernel.lower()
+    if any(s in k for s in ("flash", "fmha", "attention", "_efficient_")):
+        return "attention"
+    if any(s in k for s in ("gemm", "cutlass", "sm90_xmma", "sm80_xmma", "cublas", "nvjet", "matmul")):
+        return "matmul"
+    if "liger" in k or "cross_entropy" in k or "_fused_linear" in k:
+        return "loss"
+    if k.startswith("triton_") or "triton" in k:
+        return "compiled elementwise (triton)"
+    if "memcpy" in k or "memset" in k:
+        return "copies"
+    if "adam" in k or "multi_tensor" in k or "foreach" in k:
+        return "optimizer"
+    return "other elementwise"
+
+
+def _trace(step, batches, out: Path, title: str) -> None:
+    """Kernel time of the last two steps by kind and the 25 costliest kernels, as markdown."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for ids in batches:
+            step(ids)
+        torch.cuda.synchronize()
+    kernels = [e for e in prof.key_averages() if e.device_type.name == "CUDA" and e.device_time_total > 0]
+    total = sum(e.device_time_total for e in kernels)
+    if not total:  # no kernel events of their own in this torch: its own table
+        out.write_text(prof.key_averages().table(sort_by="device_time_total", row_limit=40))
+        print(out.read_text(), flush=True)
+        return
+    by_kind: dict[str, float] = {}
+    for e in kernels:
+        by_kind[_kind(e.key)] = by_kind.get(_kind(e.key), 0.0) + e.device_time_total
+    lines = [f"### {title}: kernel time over {len(batches)} steps, {total / 1e3 / len(batches):.1f} ms a step",
+             "", "| kind | ms a step | share |", "|---|---|---|"]
+    for kind, us in sorted(by_kind.items(), key=lambda kv: -kv[1]):
+        lines.append(f"| {kind} | {us / 1e3 / len(batches):.1f} | {us / total:.1%} |")
+    lines += ["", "| kernel | calls a step | ms a step | share |", "|---|---|---|---|"]
+    for e in sorted(kernels, key=lambda e: -e.device_time_total)[:25]:
+        lines.append(f"| `{e.key[:90]}` | {e.count // len(batches)} | "
+                     f"{e.device_time_total / 1e3 / len(batches):.2f} | {e.device_time_total / total:.1%} |")
+    out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines), flush=True)
 
 
 def main() -> None:
@@ -138,36 +267,58 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--chunk", type=int, default=1024)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--cases", help="comma-separated row numbers to run (default: all)")
+    p.add_argument("--cases", default=DEFAULT_CASES, help=f"comma-separated keys of {', '.join(CASES)}")
+    p.add_argument("--trace", help="also profile two steps of this case's key (CUDA)")
+    p.add_argument("--trace-out", type=Path, default=Path("gpu_train_trace.md"))
     p.add_argument("--json", type=Path, help="also write the rows here")
     args = p.parse_args()
+    keys = [k.strip() for k in args.cases.split(",") if k.strip()]
+    unknown = [k for k in keys + ([args.trace] if args.trace else []) if k not in CASES]
+    if unknown:
+        p.error(f"unknown case {unknown[0]!r}; choose from {', '.join(CASES)}")
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    cases = CASES if not args.cases else [CASES[int(i)] for i in args.cases.split(",")]
     where = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
+    peak_tflops = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in where), None)
     import peft
     import transformers
 
     print(f"{args.shape}, {args.batch} x {args.seq} tokens, {where}, torch {torch.__version__}, "
-          f"transformers {transformers.__version__}, peft {peft.__version__}", flush=True)
+          f"transformers {transformers.__version__}, peft {peft.__version__}, "
+          f"liger-kernel {'yes' if fused_loss_available() else 'no'}", flush=True)
     rows = []
-    for name, opts in cases:
-        if opts.get("compiled") and device.type == "cpu":
-            continue  # compiled blocks are a CUDA switch of the profile
-        if opts.get("fused") and not fused_loss_available():
-            print(f"  {name}: skipped (liger-kernel is not installed)", flush=True)
+    for key in keys:
+        name, opts = CASES[key]
+        if device.type == "cpu" and (opts.get("compiled") or opts.get("qlora")):
+            print(f"  {name}: skipped (a CUDA case)", flush=True)
             continue
-        rows.append(_run_case(args, name, opts, device, dtype))
-        r = rows[-1]
+        trace = args.trace_out if key == args.trace and device.type == "cuda" else None
+        try:
+            r = _run_case(args, key, device, dtype, trace)
+        except Exception as e:  # out of memory, a missing package: the other rows still run
+            print(f"  {name}: failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}", flush=True)
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            continue
+        flops = flops_per_token(args.shape, args.seq, full=not opts["lora"])
+        r["mfu"] = r["tokens_per_s"] * flops / (peak_tflops * 1e12) if peak_tflops else None
+        rows.append(r)
         print(f"  {name}: {r['tokens_per_s']:,.0f} tokens/s, {r['peak_gib']:.1f} GiB", flush=True)
-    base = rows[0]["tokens_per_s"]
-    print("\n| case | tokens/s | vs peft | step s | peak GiB | first loss |\n|---|---|---|---|---|---|")
+        if args.json:
+            args.json.write_text(json.dumps({"shape": args.shape, "batch": args.batch, "seq": args.seq,
+                                             "device": where, "torch": torch.__version__,
+                                             "rows": rows}, indent=1))
+    if not rows:
+        raise SystemExit("no row ran")
+    base = rows[0]
+    print(f"\n| case | tokens/s | vs {base['key']} | step s | peak GiB | vs {base['key']} | MFU | first loss |"
+          "\n|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['case']} | {r['tokens_per_s']:,.0f} | {r['tokens_per_s'] / base:.2f}x | "
-              f"{r['step_s']:.3f} | {r['peak_gib']:.1f} | {r['first_loss']:.4f} |")
-    if args.json:
-        args.json.write_text(json.dumps({"shape": args.shape, "batch": args.batch, "seq": args.seq,
-                                         "device": where, "rows": rows}, indent=1))
+        mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a"
+        print(f"| {r['case']} | {r['tokens_per_s']:,.0f} | {r['tokens_per_s'] / base['tokens_per_s']:.2f}x | "
+              f"{r['step_s']:.3f} | {r['peak_gib']:.1f} | {r['peak_gib'] / base['peak_gib']:.2f}x | {mfu} | "
+              f"{r['first_loss']:.4f} |")
 
 
 if __name__ == "__main__":
