@@ -18,6 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.jobs.conftest import chat_rows, wait_for, wait_status
@@ -184,6 +185,9 @@ def test_a_new_worker_reattaches_and_pause_resume_submits_the_next_ray_job(jobs_
     try:
         wait_for(lambda: any(e.type == "metrics" for e in alice.fine_tuning.jobs.list_events(job.id, limit=100)),
                  240, "the first training step on the cluster")
+        # The training is frozen (SIGSTOP) wherever the test acts, so it cannot finish its 600
+        # steps before the test's next move, however fast or slow the machine is.
+        training_process = _signal_training(job.id, signal.SIGSTOP)
         first.kill()  # no hand-back: the lease runs out, the Ray job keeps training
         first.wait(timeout=30)
         assert _ray_status(ray_head, submission) == "RUNNING"
@@ -194,8 +198,10 @@ def test_a_new_worker_reattaches_and_pause_resume_submits_the_next_ray_job(jobs_
         with pytest.raises(RuntimeError, match="does not exist"):
             ray_head.client.get_job_info(f"affina-{job.id}-2")
 
+        _signal_training(job.id, signal.SIGCONT)
         wait_for(lambda: any(c.step_number >= 20 for c in alice.fine_tuning.jobs.checkpoints.list(job.id)),
                  240, "a checkpoint at step 20", interval=0.1)
+        assert _signal_training(job.id, signal.SIGSTOP) == training_process  # the same, reattached
         alice.fine_tuning.jobs.pause(job.id)
         wait_for(lambda: _ray_status(ray_head, submission) == "STOPPED", 60, "the paused Ray job to stop")
         wait_status(alice, job.id, "paused", timeout=30)
@@ -216,6 +222,22 @@ def test_a_new_worker_reattaches_and_pause_resume_submits_the_next_ray_job(jobs_
               for e in events if e.type == "metrics" and e.data["step"] <= resumed_at]
     assert len(logged) == len(set(logged)) and (1, True, False) in logged, logged
     assert max(e.data["step"] for e in events if e.type == "metrics") == 600
+
+
+def _signal_training(job_id: str, signum: int) -> list[int]:
+    """Send `signum` to the job's `affina train` process, which Ray's job supervisor started on
+    this machine (found by its command line, which names the job's directory); its pids."""
+    pids = []
+    for process in psutil.process_iter(["cmdline"]):
+        command = process.info["cmdline"] or []
+        if "affina" in command and "train" in command and any(job_id in arg for arg in command):
+            try:
+                process.send_signal(signum)
+                pids.append(process.pid)
+            except psutil.NoSuchProcess:
+                pass
+    assert pids, f"no training process of {job_id} to signal"
+    return sorted(pids)
 
 
 def test_cancel_stops_the_ray_job(jobs_env, ray_head):
