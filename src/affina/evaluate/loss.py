@@ -6,14 +6,22 @@ import math
 
 import torch
 
+from ..models.lm_loss import causal_lm_of, row_loss_sums
+
 __all__ = ["evaluate_loss", "per_example_losses", "per_token_loss_sums", "sequence_logprobs"]
 
 
 @torch.no_grad()
 def per_token_loss_sums(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed next-token loss and loss-token count per row of a collated batch."""
+    """Summed next-token loss and loss-token count per row of a collated batch. A plain causal LM
+    (or LoRA-style PEFT model) projects only the counted positions, a chunk at a time
+    (models/lm_loss.py), instead of holding the whole batch's fp32 logits; prompt learning,
+    heads and other wrappers go through their own forward."""
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in batch.items()}
+    causal = causal_lm_of(model)
+    if causal is not None:
+        return row_loss_sums(causal, batch)
     labels = batch.pop("labels")
     logits = model(**batch, use_cache=False).logits.float()  # (B, T, V)
     # Prompt tuning prepends virtual tokens to the logits: keep the positions of the real ones.

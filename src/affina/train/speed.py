@@ -38,17 +38,15 @@ import os
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from ..config import PROFILES
+from ..models.lm_loss import causal_lm_of as _causal_lm
+from ..models.lm_loss import chunk_ce_sum, counted_positions
 from ..paths import affina_home
 
 __all__ = ["fused_loss_available", "PROFILES", "Profile", "chunked_lm_loss", "chunked_loss_parts", "keep_input_dtype",
            "compile_blocks", "profile_of", "chunked_loss_of", "mixed_precision_of", "SpeedTrainerMixin", "speed_trainer_class"]
-
-IGNORE_INDEX = -100
-
 
 @dataclass(frozen=True)
 class Profile:
@@ -122,11 +120,6 @@ def fused_loss_available() -> bool:
     return True
 
 
-def _chunk_ce_sum(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    logits = F.linear(hidden, weight).float()
-    return F.cross_entropy(logits, labels, reduction="sum")
-
-
 def chunked_loss_parts(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *,
                        chunk_tokens: int = 1024, fused: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum of next-token cross-entropy, number of counted tokens) of a causal LM, from its final
@@ -134,10 +127,8 @@ def chunked_loss_parts(hidden: torch.Tensor, weight: torch.Tensor, labels: torch
     [batch, seq] (-100 = not counted). Labels are shifted as transformers' causal-LM loss does.
     Only counted positions are projected, `chunk_tokens` at a time, each chunk's logits recomputed
     in the backward pass instead of being kept."""
-    shifted = F.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:]
-    keep = shifted != IGNORE_INDEX
+    keep, y = counted_positions(labels)
     h = hidden[keep]  # [counted, hidden]
-    y = shifted[keep]
     count = keep.sum()
     if h.shape[0] == 0:
         return hidden.sum() * 0.0, count
@@ -148,8 +139,8 @@ def chunked_loss_parts(hidden: torch.Tensor, weight: torch.Tensor, labels: torch
     total = None
     for start in range(0, h.shape[0], chunk_tokens):
         hc, yc = h[start:start + chunk_tokens], y[start:start + chunk_tokens]
-        part = (checkpoint(_chunk_ce_sum, hc, weight, yc, use_reentrant=False)
-                if torch.is_grad_enabled() else _chunk_ce_sum(hc, weight, yc))
+        part = (checkpoint(chunk_ce_sum, hc, weight, yc, use_reentrant=False)
+                if torch.is_grad_enabled() else chunk_ce_sum(hc, weight, yc))
         total = part if total is None else total + part
     return total, count
 
@@ -164,29 +155,6 @@ def chunked_lm_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Te
             num_items_in_batch = num_items_in_batch.to(total.device)
         return total / num_items_in_batch
     return total / count.clamp(min=1)
-
-
-def _causal_lm(model):
-    """The causal LM inside `model` (a PEFT wrapper or the model itself), or None when its forward
-    does more than decoder → output projection (prompt learning, heads, soft-capped logits)."""
-    peft_config = getattr(model, "peft_config", None)
-    if peft_config is not None:
-        if any(getattr(c, "is_prompt_learning", False) for c in peft_config.values()):
-            return None  # prefix/prompt tuning feed virtual tokens through the PEFT wrapper
-        model = model.get_base_model()
-    if not hasattr(model, "get_decoder"):
-        return None
-    try:
-        decoder = model.get_decoder()
-    except (AttributeError, NotImplementedError):
-        return None
-    head = model.get_output_embeddings()
-    config = getattr(model, "config", None)
-    if (decoder is None or not isinstance(head, torch.nn.Linear) or head.bias is not None
-            or getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None)
-            or type(head).__module__.startswith(("bitsandbytes", "peft"))):
-        return None
-    return model
 
 
 # ---- PEFT input dtype ----------------------------------------------------------------------
