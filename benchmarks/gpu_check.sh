@@ -1,19 +1,22 @@
 #!/bin/bash
-# The GPU checks in one go on a machine with one CUDA card: the CUDA tests, then
-# benchmarks/gpu_train.py's rows for the 8B shape (with a kernel-time trace of the speed row) and
-# the 1B shape. Each part runs under its own time limit, so one that hangs or runs out of memory
-# leaves the others their time; tables, JSON rows and the trace go to $OUT (default ./gpu_check).
+# The GPU checks in one go on a machine with one CUDA card: benchmarks/gpu_train.py's rows for
+# the 8B shape (with a kernel-time trace of the speed row) and the 1B shape, then the CUDA tests.
+# Each part runs under its own time limit, so one that hangs or runs out of memory leaves the
+# others their time; tables, JSON rows and the trace go to $OUT (default ./gpu_check).
 #
 #   bash benchmarks/gpu_check.sh
 #   WHEELS=dir bash benchmarks/gpu_check.sh   # first install the wheels in dir (liger-kernel,
 #                                             # bitsandbytes) into a scratch target, no index
-# Time limits (seconds) and rows can be changed: T_TESTS, T_8B, T_1B, CASES_8B, CASES_1B.
+# Time limits (seconds), rows and tests can be changed: T_8B, T_1B, T_TESTS, CASES_8B, CASES_1B,
+# TESTS (default tests/gpu).
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_check}
 mkdir -p "$OUT"
 if [ -n "${WHEELS:-}" ]; then
-  python -m pip install -q --no-deps --no-index --target /tmp/affina-gpu-site "$WHEELS"/*.whl 2>&1 | tail -2
+  if ! python -m pip install -q --no-deps --no-index --target /tmp/affina-gpu-site "$WHEELS"/*.whl; then
+    for w in "$WHEELS"/*.whl; do python -m zipfile -e "$w" /tmp/affina-gpu-site; done  # no pip there
+  fi
   export PYTHONPATH=/tmp/affina-gpu-site:${PYTHONPATH:-}
 fi
 export PYTHONPATH=$PWD/src:${PYTHONPATH:-}
@@ -28,12 +31,12 @@ import importlib.util, torch, transformers, peft
 extra = {m: importlib.util.find_spec(m) is not None for m in ("liger_kernel", "bitsandbytes")}
 print(f"torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}, {extra}")
 PY
-if [ "${T_TESTS:-150}" -gt 0 ]; then
-  timeout "${T_TESTS:-150}" python -m pytest -q -p no:cacheprovider tests/gpu 2>&1 | tail -15 | tee "$OUT/tests.txt"
-fi
 timeout "${T_8B:-300}" python benchmarks/gpu_train.py --shape llama3-8b --batch 1 --seq 2048 \
   --cases "${CASES_8B:-peft,speed,speed_fused_adamw,memory,qlora,qlora_bf16}" --trace speed \
   --trace-out "$OUT/trace_8b.md" --json "$OUT/rows_8b.json" 2>&1 | grep -v Warning | tee "$OUT/table_8b.md"
 timeout "${T_1B:-150}" python benchmarks/gpu_train.py --shape llama3.2-1b --batch 4 --seq 2048 \
   --cases "${CASES_1B:-peft,speed,full,full_speed}" --json "$OUT/rows_1b.json" 2>&1 \
   | grep -v Warning | tee "$OUT/table_1b.md"
+if [ "${T_TESTS:-150}" -gt 0 ]; then
+  timeout "${T_TESTS:-150}" python -m pytest -q -p no:cacheprovider ${TESTS:-tests/gpu} 2>&1 | tail -15 | tee "$OUT/tests.txt"
+fi

@@ -30,6 +30,8 @@ AdamW); `--cases` takes their keys:
 
 Tokens/s is over the timed steps after the warm-up steps (compilation happens in warm-up); peak
 memory is torch's peak allocation over the warm-up and timed steps (after the model is built).
+Each row runs in a process of its own (`--same-process` to run them all in one): a compiled row
+keeps its model alive in the compiled graphs' references, which counted in the next row's peak.
 MFU counts 2 FLOPs per multiply-add of every matmul weight per token for the forward pass, as
 much again for the input gradients, and again for the weight gradients only where the weights
 train (full), plus causal attention (forward and backward), against the card's dense bf16 peak.
@@ -258,6 +260,25 @@ def _trace(step, batches, out: Path, title: str) -> None:
     print("\n".join(lines), flush=True)
 
 
+def _run_apart(key: str) -> dict:
+    """One row in a process of its own, so nothing an earlier row left behind (compiled graphs
+    that keep their model alive, the allocator's cache) counts in its peak memory or speed."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "row.json"
+        argv = [a for a in sys.argv[1:]]
+        command = [sys.executable, str(Path(__file__).resolve()), *argv, "--cases", key, "--row-out", str(out)]
+        done = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        if done.stdout:
+            print(done.stdout, end="", flush=True)  # the trace table
+        if done.returncode != 0 or not out.exists():
+            lines = [ln for ln in done.stderr.splitlines() if ln.strip() and "Warning" not in ln]
+            raise RuntimeError(lines[-1] if lines else f"exit status {done.returncode}")
+        return json.loads(out.read_text())
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shape", choices=sorted(SHAPES), default="llama3.2-1b")
@@ -271,6 +292,9 @@ def main() -> None:
     p.add_argument("--trace", help="also profile two steps of this case's key (CUDA)")
     p.add_argument("--trace-out", type=Path, default=Path("gpu_train_trace.md"))
     p.add_argument("--json", type=Path, help="also write the rows here")
+    p.add_argument("--same-process", action="store_true",
+                   help="run every row in this process (by default each row gets a process of its own)")
+    p.add_argument("--row-out", type=Path, help=argparse.SUPPRESS)  # a row's own process writes here
     args = p.parse_args()
     keys = [k.strip() for k in args.cases.split(",") if k.strip()]
     unknown = [k for k in keys + ([args.trace] if args.trace else []) if k not in CASES]
@@ -283,6 +307,10 @@ def main() -> None:
     import peft
     import transformers
 
+    if args.row_out:  # one row, in the process its parent started for it
+        trace = args.trace_out if args.trace == keys[0] and device.type == "cuda" else None
+        args.row_out.write_text(json.dumps(_run_case(args, keys[0], device, dtype, trace)))
+        return
     print(f"{args.shape}, {args.batch} x {args.seq} tokens, {where}, torch {torch.__version__}, "
           f"transformers {transformers.__version__}, peft {peft.__version__}, "
           f"liger-kernel {'yes' if fused_loss_available() else 'no'}", flush=True)
@@ -294,7 +322,7 @@ def main() -> None:
             continue
         trace = args.trace_out if key == args.trace and device.type == "cuda" else None
         try:
-            r = _run_case(args, key, device, dtype, trace)
+            r = _run_case(args, key, device, dtype, trace) if args.same_process else _run_apart(key)
         except Exception as e:  # out of memory, a missing package: the other rows still run
             print(f"  {name}: failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}", flush=True)
             gc.collect()
