@@ -48,6 +48,7 @@ from ..paths import affina_home
 __all__ = ["fused_loss_available", "PROFILES", "Profile", "chunked_lm_loss", "chunked_loss_parts", "keep_input_dtype",
            "compile_blocks", "profile_of", "chunked_loss_of", "mixed_precision_of", "SpeedTrainerMixin", "speed_trainer_class"]
 
+
 @dataclass(frozen=True)
 class Profile:
     """What a profile turns on, resolved for one device."""
