@@ -19,6 +19,9 @@ AdamW); `--cases` takes their keys:
 - `speed`: the `speed` profile with `liger-kernel` installed: liger-kernel's fused linear +
   cross-entropy Triton kernel instead of the chunked PyTorch loss.
 - `speed_fused_adamw`: + torch's fused AdamW (`train.optimizer=adamw_torch_fused`).
+- `speed_graphs`: an experiment outside the profiles: the blocks compiled with
+  `mode="reduce-overhead"`, so each block's forward and backward replay as CUDA graphs, which
+  takes away the time the GPU waits for the CPU to launch kernels.
 - `memory`: the `memory` profile on a bf16 base: fused (or chunked) loss, activation
   checkpointing, saved activations offloaded to pinned CPU memory.
 - `qlora`: the `memory` profile on a 4-bit NF4 base (bitsandbytes, double quantisation, bf16
@@ -54,7 +57,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from affina.train.speed import (_causal_lm, chunked_lm_loss, compile_blocks, fused_loss_available,  # noqa: E402
+from affina.train.speed import (_blocks, _causal_lm, chunked_lm_loss, compile_blocks, fused_loss_available,  # noqa: E402
                                 keep_input_dtype)
 
 SHAPES = {
@@ -78,6 +81,7 @@ CASES = {
     "compiled": ("+ compiled blocks (speed, PyTorch loss)", dict(_SPEED, fused=False)),
     "speed": ("speed (liger fused loss)", _SPEED),
     "speed_fused_adamw": ("speed + fused AdamW", dict(_SPEED, fused_adamw=True)),
+    "speed_graphs": ("speed + CUDA graphs per block", dict(_SPEED, graphs=True)),
     "memory": ("memory (bf16 base)", _MEMORY),
     "qlora": ("memory + QLoRA 4-bit base", dict(_MEMORY, qlora=True)),
     "qlora_bf16": ("memory + QLoRA 4-bit, rest bf16", dict(_MEMORY, qlora=True, prepare=False)),
@@ -158,7 +162,10 @@ def _run_case(args, key: str, device, dtype, trace: Path | None = None) -> dict:
         keep_input_dtype(model)
     if opts.get("checkpointing"):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if opts.get("compiled"):
+    if opts.get("graphs"):  # an experiment, not in a profile: each block replayed as CUDA graphs
+        for block in _blocks(model):
+            block.compile(mode="reduce-overhead")
+    elif opts.get("compiled"):
         compile_blocks(model)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -173,6 +180,8 @@ def _run_case(args, key: str, device, dtype, trace: Path | None = None) -> dict:
     offload = opts.get("offload") and device.type == "cuda"
 
     def step(ids):
+        if opts.get("graphs"):
+            torch.compiler.cudagraph_mark_step_begin()
         saving = (torch.autograd.graph.save_on_cpu(pin_memory=True) if offload
                   else torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t))
         with autocast, saving:
