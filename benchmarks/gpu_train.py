@@ -25,9 +25,10 @@ AdamW); `--cases` takes their keys:
 - `memory`: the `memory` profile on a bf16 base: fused (or chunked) loss, activation
   checkpointing, saved activations offloaded to pinned CPU memory.
 - `qlora`: the `memory` profile on a 4-bit NF4 base (bitsandbytes, double quantisation, bf16
-  compute), prepared as the `qlora` method prepares it.
-- `qlora_bf16`: as `qlora`, but the layers left unquantised (embeddings, norms, output layer)
-  stay bf16 instead of being made fp32.
+  compute), prepared by PEFT's `prepare_model_for_kbit_training`, which makes the layers left
+  unquantised (embeddings, norms, output layer) fp32.
+- `qlora_bf16`: the same base prepared by the `qlora` method itself (`QloraMethod.apply`), which
+  keeps those layers bf16.
 - `full`: full fine-tuning with the plain loop (bf16 weights and optimizer state).
 - `full_speed`: full fine-tuning under the `speed` profile (compiled blocks, fused loss).
 
@@ -46,6 +47,7 @@ why and the others still run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import sys
@@ -83,8 +85,9 @@ CASES = {
     "speed_fused_adamw": ("speed + fused AdamW", dict(_SPEED, fused_adamw=True)),
     "speed_graphs": ("speed + CUDA graphs per block", dict(_SPEED, graphs=True)),
     "memory": ("memory (bf16 base)", _MEMORY),
-    "qlora": ("memory + QLoRA 4-bit base", dict(_MEMORY, qlora=True)),
-    "qlora_bf16": ("memory + QLoRA 4-bit, rest bf16", dict(_MEMORY, qlora=True, prepare=False)),
+    "qlora": ("memory + QLoRA 4-bit, PEFT's preparation (rest fp32)",
+              dict(_MEMORY, qlora=True, peft_prepare=True)),
+    "qlora_bf16": ("memory + QLoRA 4-bit, the qlora method (rest bf16)", dict(_MEMORY, qlora=True)),
     "full": ("full (plain)", dict(lora=False)),
     "full_speed": ("full (speed)", dict(lora=False, chunked=True, compiled=True, fused=True)),
 }
@@ -108,16 +111,13 @@ def _model(shape: str, seq: int, device: torch.device, dtype: torch.dtype):
     return model
 
 
-def _quantize_4bit(model, dtype, prepare: bool = True):
+def _quantize_4bit(model, dtype):
     """Every decoder linear layer replaced by a bitsandbytes NF4 layer (double-quantised, `dtype`
-    compute), then prepared as the qlora method prepares a quantised base (PEFT's
-    `prepare_model_for_kbit_training`, which also makes the embeddings, norms and output layer
-    fp32), or with `prepare=False` only frozen, everything else left in `dtype`."""
+    compute), quantised in place on the model's device, as loading with the qlora method's
+    quantisation options leaves it."""
     import bitsandbytes as bnb
-    from peft import prepare_model_for_kbit_training
 
-    decoder = model.get_decoder()
-    for name, module in list(decoder.named_modules()):
+    for module in list(model.get_decoder().modules()):
         for child_name, child in list(module.named_children()):
             if type(child) is torch.nn.Linear:
                 q = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=child.bias is not None,
@@ -125,17 +125,12 @@ def _quantize_4bit(model, dtype, prepare: bool = True):
                                       device="meta")
                 q.weight = bnb.nn.Params4bit(child.weight.data, requires_grad=False,
                                              compress_statistics=True, quant_type="nf4")
-                q = q.to(child.weight.device)  # quantised on the way to the GPU
-                setattr(module, child_name, q)
-                del child
+                setattr(module, child_name, q.to(child.weight.device))  # quantised as it moves there
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     model.is_loaded_in_4bit = True
     model.is_quantized = True
-    if prepare:
-        return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    model.requires_grad_(False)
     return model
 
 
@@ -153,11 +148,21 @@ def _run_case(args, key: str, device, dtype, trace: Path | None = None) -> dict:
 
     name, opts = CASES[key]
     model = _model(args.shape, args.seq, device, dtype)
-    if opts.get("qlora"):
-        model = _quantize_4bit(model, dtype, prepare=opts.get("prepare", True))
-    if opts["lora"]:
-        model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0,
-                                                 target_modules="all-linear"))
+    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear")
+    if opts.get("qlora") and opts.get("peft_prepare"):
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(_quantize_4bit(model, dtype), use_gradient_checkpointing=False)
+        model = get_peft_model(model, lora)
+    elif opts.get("qlora"):  # the qlora method's own preparation and adapter
+        from affina.methods import build_method_config, get_method
+
+        qlora = get_method("qlora")
+        cfg = build_method_config(qlora, {"r": 16, "alpha": 32, "dropout": 0.0,
+                                          "compute_dtype": str(dtype).removeprefix("torch.")})
+        model = qlora.apply(_quantize_4bit(model, dtype), cfg)
+    elif opts["lora"]:
+        model = get_peft_model(model, lora)
     if opts.get("keep_dtype"):
         keep_input_dtype(model)
     if opts.get("checkpointing"):
@@ -182,8 +187,7 @@ def _run_case(args, key: str, device, dtype, trace: Path | None = None) -> dict:
     def step(ids):
         if opts.get("graphs"):
             torch.compiler.cudagraph_mark_step_begin()
-        saving = (torch.autograd.graph.save_on_cpu(pin_memory=True) if offload
-                  else torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t))
+        saving = torch.autograd.graph.save_on_cpu(pin_memory=True) if offload else contextlib.nullcontext()
         with autocast, saving:
             if causal is None:
                 loss = model(input_ids=ids, labels=ids).loss
@@ -277,8 +281,8 @@ def _run_apart(key: str) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "row.json"
-        argv = [a for a in sys.argv[1:]]
-        command = [sys.executable, str(Path(__file__).resolve()), *argv, "--cases", key, "--row-out", str(out)]
+        command = [sys.executable, str(Path(__file__).resolve()), *sys.argv[1:], "--cases", key,
+                   "--row-out", str(out)]
         done = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         if done.stdout:
             print(done.stdout, end="", flush=True)  # the trace table

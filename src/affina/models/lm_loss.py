@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 IGNORE_INDEX = -100  # labels not counted: transformers' value, which data/ writes too
 
-__all__ = ["causal_lm_of", "counted_positions", "chunk_ce_sum", "row_loss_sums"]
+__all__ = ["causal_lm_of", "counted_positions", "chunk_cross_entropy", "row_loss_sums"]
 
 
 def causal_lm_of(model):
@@ -47,9 +47,11 @@ def counted_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     return keep, shifted[keep]
 
 
-def chunk_ce_sum(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Summed cross-entropy of one chunk of positions, its logits in fp32."""
-    return F.cross_entropy(F.linear(hidden, weight).float(), labels, reduction="sum")
+def chunk_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+                        reduction: str = "sum") -> torch.Tensor:
+    """Cross-entropy of one chunk of positions (summed, or per position with "none"), its logits
+    in fp32."""
+    return F.cross_entropy(F.linear(hidden, weight).float(), labels, reduction=reduction)
 
 
 @torch.no_grad()
@@ -66,7 +68,7 @@ def row_loss_sums(causal, batch: dict, chunk_tokens: int = 1024) -> tuple[torch.
     weight = causal.get_output_embeddings().weight
     sums = torch.zeros(labels.shape[0], dtype=torch.float32, device=hidden.device)
     for start in range(0, h.shape[0], chunk_tokens):
-        logits = F.linear(h[start:start + chunk_tokens], weight).float()
-        losses = F.cross_entropy(logits, targets[start:start + chunk_tokens], reduction="none")
+        losses = chunk_cross_entropy(h[start:start + chunk_tokens], weight,
+                                     targets[start:start + chunk_tokens], reduction="none")
         sums.index_add_(0, rows[start:start + chunk_tokens], losses)
     return sums, keep.sum(-1)

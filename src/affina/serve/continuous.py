@@ -5,9 +5,9 @@ together (left-padded, each at its own positions, as `generate` runs a padded ba
 joining alone is prefilled unpadded, exactly as `generate` runs it alone), and their cache is
 then merged into the running cache, left-padded with masked zeros to the common length. Each
 step feeds every row's last token, with `position_ids` counted from each row's own attention
-mask, so a row sees exactly its own tokens at its own positions whatever else runs beside it. A finished row leaves at once
-(`DynamicCache.batch_select_indices`), and the columns every remaining row masks are cut off, so
-the cache never grows past the longest live row.
+mask, so a row sees exactly its own tokens at its own positions whatever else runs beside it. A
+finished row leaves at once (`DynamicCache.batch_select_indices`), and the columns every
+remaining row masks are cut off, so the cache never grows past the longest live row.
 
 Only the public cache API is used: `DynamicCache(ddp_cache_data=...)`, its layers' `keys` and
 `values` (batch, heads, length, head_dim) and `batch_select_indices`. Models whose cache layers are
@@ -17,8 +17,6 @@ serves them with static batches through `generate`.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 __all__ = ["Row", "RunningBatch", "Prefilled", "supports_continuous", "cache_argument"]
 

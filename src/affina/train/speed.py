@@ -42,7 +42,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..config import PROFILES
 from ..models.lm_loss import causal_lm_of as _causal_lm
-from ..models.lm_loss import chunk_ce_sum, counted_positions
+from ..models.lm_loss import chunk_cross_entropy, counted_positions
 from ..paths import affina_home
 
 __all__ = ["fused_loss_available", "PROFILES", "Profile", "chunked_lm_loss", "chunked_loss_parts", "keep_input_dtype",
@@ -140,8 +140,8 @@ def chunked_loss_parts(hidden: torch.Tensor, weight: torch.Tensor, labels: torch
     total = None
     for start in range(0, h.shape[0], chunk_tokens):
         hc, yc = h[start:start + chunk_tokens], y[start:start + chunk_tokens]
-        part = (checkpoint(chunk_ce_sum, hc, weight, yc, use_reentrant=False)
-                if torch.is_grad_enabled() else chunk_ce_sum(hc, weight, yc))
+        part = (checkpoint(chunk_cross_entropy, hc, weight, yc, use_reentrant=False)
+                if torch.is_grad_enabled() else chunk_cross_entropy(hc, weight, yc))
         total = part if total is None else total + part
     return total, count
 
