@@ -32,10 +32,10 @@ extra = {m: importlib.util.find_spec(m) is not None for m in ("liger_kernel", "b
 print(f"torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}, {extra}")
 PY
 timeout "${T_8B:-300}" python benchmarks/gpu_train.py --shape llama3-8b --batch 1 --seq 2048 \
-  --cases "${CASES_8B:-peft,speed,speed_fused_adamw,memory,qlora,qlora_bf16}" --trace speed \
+  --cases "${CASES_8B:-peft,speed,speed_fp8,speed_graphs,speed_graphs_fp8,memory,qlora_bf16}" --trace speed \
   --trace-out "$OUT/trace_8b.md" --json "$OUT/rows_8b.json" 2>&1 | grep -v Warning | tee "$OUT/table_8b.md"
 timeout "${T_1B:-150}" python benchmarks/gpu_train.py --shape llama3.2-1b --batch 4 --seq 2048 \
-  --cases "${CASES_1B:-peft,speed,full,full_speed}" --json "$OUT/rows_1b.json" 2>&1 \
+  --cases "${CASES_1B:-peft,speed,speed_fp8,full,full_speed}" --json "$OUT/rows_1b.json" 2>&1 \
   | grep -v Warning | tee "$OUT/table_1b.md"
 if [ "${T_TESTS:-150}" -gt 0 ]; then
   timeout "${T_TESTS:-150}" python -m pytest -q -p no:cacheprovider ${TESTS:-tests/gpu} 2>&1 | tail -15 | tee "$OUT/tests.txt"

@@ -22,6 +22,9 @@ AdamW); `--cases` takes their keys:
 - `speed_graphs`: an experiment outside the profiles: the blocks compiled with
   `mode="reduce-overhead"`, so each block's forward and backward replay as CUDA graphs, which
   takes away the time the GPU waits for the CPU to launch kernels.
+- `speed_fp8`: the `speed` profile with `train.mixed_precision=fp8`: the frozen base's matmuls
+  in fp8 (train/fp8.py), an approximation, so its first loss differs a little from the others.
+- `speed_graphs_fp8`: both of the rows above.
 - `memory`: the `memory` profile on a bf16 base: fused (or chunked) loss, activation
   checkpointing, saved activations offloaded to pinned CPU memory.
 - `qlora`: the `memory` profile on a 4-bit NF4 base (bitsandbytes, double quantisation, bf16
@@ -59,7 +62,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from affina.train.speed import (_blocks, _causal_lm, chunked_lm_loss, compile_blocks, fused_loss_available,  # noqa: E402
+from affina.train.fp8 import fp8_base_layers  # noqa: E402
+from affina.train.speed import (decoder_blocks, _causal_lm, chunked_lm_loss, compile_blocks, fused_loss_available,  # noqa: E402
                                 keep_input_dtype)
 
 SHAPES = {
@@ -84,6 +88,8 @@ CASES = {
     "speed": ("speed (liger fused loss)", _SPEED),
     "speed_fused_adamw": ("speed + fused AdamW", dict(_SPEED, fused_adamw=True)),
     "speed_graphs": ("speed + CUDA graphs per block", dict(_SPEED, graphs=True)),
+    "speed_fp8": ("speed + fp8 base (mixed_precision=fp8)", dict(_SPEED, fp8=True)),
+    "speed_graphs_fp8": ("speed + fp8 base + CUDA graphs", dict(_SPEED, graphs=True, fp8=True)),
     "memory": ("memory (bf16 base)", _MEMORY),
     "qlora": ("memory + QLoRA 4-bit, PEFT's preparation (rest fp32)",
               dict(_MEMORY, qlora=True, peft_prepare=True)),
@@ -165,10 +171,12 @@ def _run_case(args, key: str, device, dtype, trace: Path | None = None) -> dict:
         model = get_peft_model(model, lora)
     if opts.get("keep_dtype"):
         keep_input_dtype(model)
+    if opts.get("fp8"):
+        fp8_base_layers(decoder_blocks(model))
     if opts.get("checkpointing"):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if opts.get("graphs"):  # an experiment, not in a profile: each block replayed as CUDA graphs
-        for block in _blocks(model):
+        for block in decoder_blocks(model):
             block.compile(mode="reduce-overhead")
     elif opts.get("compiled"):
         compile_blocks(model)

@@ -30,7 +30,7 @@ _ATTENTION = ("auto", "eager", "sdpa", "flash_attention_2")
 _OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adafactor", "sgd", "adamw_bnb_8bit",
                "paged_adamw_8bit", "paged_adamw_32bit")
 PROFILES = ("default", "speed", "memory")  # train.profile; what each does: affina.train.speed
-MIXED_PRECISION = ("auto", "bf16", "none")  # train.mixed_precision
+MIXED_PRECISION = ("auto", "bf16", "fp8", "none")  # train.mixed_precision
 _PROFILES = PROFILES
 _SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
                "constant_with_warmup", "inverse_sqrt", "cosine_with_min_lr", "warmup_stable_decay")
@@ -145,7 +145,7 @@ class TrainConfig:
     profile: str = _f("default", "Training-step profile (docs/training.md): default (the plain transformers step; on the CPU with the chunked loss, see chunked_loss); speed (bf16 adapter inputs kept bf16, chunked output projection + cross-entropy, per-block torch.compile on CUDA); memory (chunked loss, activation checkpointing, saved activations offloaded to CPU on CUDA).")
     chunked_loss: str = _f("auto", "Chunked output projection + cross-entropy, so the [tokens x vocabulary] logits are never held (same loss and gradients): auto (on under the speed and memory profiles, and on the CPU under every profile), true, false.")
     loss_chunk_tokens: int = _f(1024, "With the chunked loss: tokens whose logits are computed at a time.")
-    mixed_precision: str = _f("auto", "Autocast for the matmuls, fp32 master weights: auto (bf16 on CUDA when the weights are bf16; none on the CPU: faster there with avx512_bf16, but its loss curve strayed from fp32's by more than 2%, docs/training.md), bf16, none.")
+    mixed_precision: str = _f("auto", "Autocast for the matmuls, fp32 master weights: auto (bf16 on CUDA when the weights are bf16; none on the CPU: faster there with avx512_bf16, but its loss curve strayed from fp32's by more than 2%, docs/training.md), bf16, fp8 (bf16 autocast, and the frozen base's matmuls in fp8 on GPUs with fp8 tensor cores, H100/H200: an approximation, like QLoRA's base; adapter methods only, not with distributed.strategy=fsdp; affina.train.fp8), none.")
     neftune_alpha: float | None = _f(None, "NEFTune noise scale on the input embeddings during training (Jain et al. 2023, arXiv:2310.05914; the paper uses 5-15); unset or 0: off.")
     continue_from: str | None = _f(None, "Continue an earlier model on new data: a run directory, or NAME@VERSION|ALIAS from the registry (`affina train --continue-from`). Its method and options are kept, its weights are the starting point, `replay.fraction` of the training examples are drawn from its training data, and every earlier evaluation set is scored before and after (forgetting).")
     rewarm_ratio: float = _f(0.1, "With continue_from: the fraction of steps over which the learning rate is re-warmed from 0 to train.lr before it decays again (replaces warmup_ratio; Ibrahim et al. 2024, arXiv:2403.08763).")

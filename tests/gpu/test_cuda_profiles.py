@@ -34,6 +34,23 @@ def test_profile_trains_like_the_default_step_on_cuda(tmp_path, tiny_model_dir, 
     _reloads_with_plain_peft(tuned, tiny_model_dir)
 
 
+def test_fp8_base_trains_like_bf16_on_cuda(tmp_path, tiny_model_dir):
+    """train.mixed_precision=fp8 on a card with fp8 tensor cores, compiled blocks included: the run
+    trains close to bf16, records fp8, and leaves a plain adapter."""
+    from affina.train.fp8 import fp8_supported
+
+    why = fp8_supported(torch.device("cuda"))
+    if why:
+        pytest.skip(why)
+    plain = _train(tmp_path, tiny_model_dir, "plain", "method.dropout=0", "train.profile=speed")
+    fp8 = _train(tmp_path, tiny_model_dir, "fp8", "method.dropout=0", "train.profile=speed",
+                 "train.mixed_precision=fp8")
+    _check_losses(fp8)
+    assert json.loads((fp8 / "affina.json").read_text())["train"]["mixed_precision"] == "fp8"
+    assert _losses(fp8)[0] == pytest.approx(_losses(plain)[0], rel=2e-2)
+    _reloads_with_plain_peft(fp8, tiny_model_dir)
+
+
 def test_fsdp_trains_and_saves_a_whole_adapter(tmp_path, tiny_model_dir):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
                AFFINA_HOME=str(tmp_path / "home"))

@@ -19,7 +19,7 @@ from affina.errors import ConfigError
 from affina.record.run_record import RUN_CONFIG_NAME
 from affina.train import train
 from affina.record import read_record
-from affina.train.speed import (_blocks, _causal_lm, chunked_lm_loss, compile_blocks, fused_loss_available,
+from affina.train.speed import (decoder_blocks, _causal_lm, chunked_lm_loss, compile_blocks, fused_loss_available,
                                 keep_input_dtype, mixed_precision_of, profile_of)
 
 
@@ -139,7 +139,7 @@ def test_mixed_precision_resolves_per_device_and_weights():
 
 @pytest.mark.parametrize("key, value, expected", [
     ("train.chunked_loss", "sometimes", "auto, true or false"),
-    ("train.mixed_precision", "fp16", "auto, bf16, none"),
+    ("train.mixed_precision", "fp16", "auto, bf16, fp8, none"),
 ])
 def test_bad_chunked_loss_or_mixed_precision_is_a_config_error(tiny_model_dir, key, value, expected):
     with pytest.raises(ConfigError, match=f"{key}.*{expected}"):
@@ -158,7 +158,7 @@ def test_unknown_profile_is_a_config_error(tmp_path, tiny_model_dir):
 
 def test_blocks_are_the_decoder_layers(tiny_model_dir):
     model = _lora(tiny_model_dir)
-    blocks = _blocks(model)
+    blocks = decoder_blocks(model)
     assert len(blocks) == model.config.num_hidden_layers
     assert type(blocks[0]).__name__.endswith("DecoderLayer")
 

@@ -102,7 +102,7 @@ class TrainInfo:
     world_size: int = 1  # processes that trained it (distributed.strategy ddp/fsdp: more than 1)
     profile: str = "default"  # train.profile
     chunked_loss: bool = False  # train.chunked_loss, resolved for the device
-    mixed_precision: str = "none"  # train.mixed_precision, resolved: bf16 (autocast) or none
+    mixed_precision: str = "none"  # train.mixed_precision, resolved: fp8 (bf16 autocast + fp8 base), bf16 (autocast) or none
 
 
 @dataclass

@@ -38,7 +38,8 @@ from .continual import (EarlierModel, continual_config, forgetting_rows, print_f
 from .display import TrainingDisplay
 from .plots import plot_learning_curve
 from . import distributed
-from .speed import Profile, compile_blocks, keep_input_dtype, profile_of, speed_trainer_class
+from .fp8 import fp8_base_layers, fp8_supported, restore_linear
+from .speed import Profile, decoder_blocks, compile_blocks, keep_input_dtype, profile_of, speed_trainer_class
 from .rundir import CONFIG_NAME, config_of_run, make_run_dir, resume_point, split_resume_target
 
 __all__ = ["train", "TrainResult", "CONFIG_NAME", "validate_run_config"]
@@ -69,6 +70,9 @@ def validate_run_config(cfg: RunConfig):
     if cfg.distributed.strategy == "fsdp" and not method.shards_with_fsdp:
         raise ConfigError(f"distributed.strategy=fsdp: method {method.name} does not train sharded "
                           f"(lora, dora, rslora, qlora and full do); use distributed.strategy=ddp")
+    if cfg.distributed.strategy == "fsdp" and cfg.train.mixed_precision == "fp8":
+        raise ConfigError("train.mixed_precision=fp8 keeps whole fp8 copies of the frozen weights, which "
+                          "FSDP shards: use distributed.strategy=ddp, or train.mixed_precision=bf16")
     if not (cfg.data.train or cfg.data.mix):
         raise ConfigError("no training data: set data.train (e.g. data.train=examples/product_json/train.jsonl) "
                           "or data.mix")
@@ -201,7 +205,7 @@ def train(cfg: RunConfig, *, resume: Path | None = None, checkpoint: str | None 
             (artifact_dir / "training_args.bin").unlink(missing_ok=True)
         if not me.main:  # rank 0 saves, evaluates and records
             return TrainResult(run_dir, None)
-        stack.enter_context(_eager_after_training(profile))  # compiled blocks: evaluate eagerly
+        stack.enter_context(_after_training(profile, model))  # eager, full-precision evaluation
 
         if not sharded:
             method.save(model, artifact_dir)
@@ -245,7 +249,7 @@ def train(cfg: RunConfig, *, resume: Path | None = None, checkpoint: str | None 
                             train_loss=_last(history, "loss"),
                             seconds=round(time.time() - started, 1), world_size=me.world_size,
                             profile=profile.name, chunked_loss=profile.chunked_loss,
-                            mixed_precision="bf16" if profile.bf16_autocast else "none", **stopping),
+                            mixed_precision=profile.mixed_precision, **stopping),
             metrics=MetricsInfo(val_metrics.get("eval_loss"), flat_scores(before), flat_scores(after)),
             template=template, continual=continual)
         write_record(run_dir, record)
@@ -309,13 +313,16 @@ def _apply_profile(model, cfg: RunConfig, device) -> Profile:
                          chunked_loss=t.chunked_loss, mixed_precision=t.mixed_precision,
                          weights_dtype=next(model.parameters()).dtype)
     kept = keep_input_dtype(model) if profile.keep_input_dtype else 0
-    compiled = compile_blocks(model) if profile.compile_blocks else 0
+    fp8 = _fp8_base(model, cfg, device) if profile.fp8_base else 0
+    compiled = compile_blocks(model) if profile.compile_blocks else 0  # after fp8: compiled with it
     parts = []
     if profile.chunked_loss:
         parts.append("fused linear + cross-entropy (liger-kernel)" if profile.fused_loss
                      else f"chunked loss ({profile.loss_chunk_tokens} tokens a chunk)")
     if profile.bf16_autocast:
         parts.append("bf16 autocast")
+    if fp8:
+        parts.append(f"{fp8} frozen linear layers in fp8")
     if kept:
         parts.append(f"{kept} adapter layers keep their input dtype")
     if compiled:
@@ -329,9 +336,28 @@ def _apply_profile(model, cfg: RunConfig, device) -> Profile:
     return profile
 
 
-def _eager_after_training(profile: Profile):
+def _fp8_base(model, cfg: RunConfig, device) -> int:
+    """train.mixed_precision=fp8: the frozen linear layers of the decoder blocks to fp8 (train/fp8.py)."""
+    why = fp8_supported(device)
+    if why:
+        raise ConfigError(f"train.mixed_precision=fp8: {why}; use train.mixed_precision=bf16")
+    swapped = fp8_base_layers(decoder_blocks(model))
+    if not swapped:
+        raise ConfigError(f"train.mixed_precision=fp8: method {cfg.method.name} leaves no frozen linear layer "
+                          "in the decoder blocks to run in fp8 (it trains them, or quantises them itself); "
+                          "use train.mixed_precision=bf16")
+    if device.type != "cuda":
+        info("fp8 on the CPU runs torch's reference fp8 kernels: the GPU's numbers, not its speed")
+    return swapped
+
+
+def _after_training(profile: Profile, model):
+    """What evaluation and saving need undone: compiled blocks run eagerly, fp8 layers are plain
+    linear layers again (the same parameters)."""
     import torch
 
+    if profile.fp8_base:
+        restore_linear(model)
     if profile.compile_blocks and hasattr(torch.compiler, "set_stance"):
         return torch.compiler.set_stance("force_eager")
     return nullcontext()

@@ -22,8 +22,9 @@
 `auto` is on under `speed` and `memory` and on the CPU under every profile: there the fp32
 logits (tokens x 49,152 for the default model, plus their gradient and softmax) were most of the
 peak memory, and chunking them costs no time (docs/training.md has the measurement).
-`train.mixed_precision` (auto, bf16, none) is the Trainer's autocast: `auto` is bf16 on CUDA
-when the weights are bf16, and none on the CPU (measured: see `mixed_precision_of`).
+`train.mixed_precision` (auto, bf16, fp8, none) is the Trainer's autocast: `auto` is bf16 on CUDA
+when the weights are bf16, and none on the CPU (measured: see `mixed_precision_of`); fp8 is bf16
+autocast with the frozen base's matmuls in fp8 (train/fp8.py), under any profile.
 
 On the CPU (float32) every profile computes the same loss and gradients as `default`, to float
 rounding: the chunked loss is the same sum, and the input cast and compilation change nothing
@@ -45,7 +46,7 @@ from ..models.lm_loss import causal_lm_of as _causal_lm
 from ..models.lm_loss import chunk_cross_entropy, counted_positions
 from ..paths import affina_home
 
-__all__ = ["fused_loss_available", "PROFILES", "Profile", "chunked_lm_loss", "chunked_loss_parts", "keep_input_dtype",
+__all__ = ["fused_loss_available", "PROFILES", "Profile", "decoder_blocks", "chunked_lm_loss", "chunked_loss_parts", "keep_input_dtype",
            "compile_blocks", "profile_of", "chunked_loss_of", "mixed_precision_of", "SpeedTrainerMixin", "speed_trainer_class"]
 
 
@@ -62,9 +63,15 @@ class Profile:
     checkpointing: bool = False
     offload_activations: bool = False
     bf16_autocast: bool = False  # the Trainer's bf16 mixed precision (train.mixed_precision)
+    fp8_base: bool = False  # the frozen base's matmuls in fp8 (train.mixed_precision=fp8, train/fp8.py)
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
+
+    @property
+    def mixed_precision(self) -> str:
+        """train.mixed_precision as resolved: fp8, bf16 or none."""
+        return "fp8" if self.fp8_base else "bf16" if self.bf16_autocast else "none"
 
 
 def profile_of(name: str, device: torch.device, *, loss_chunk_tokens: int = 1024,
@@ -76,15 +83,17 @@ def profile_of(name: str, device: torch.device, *, loss_chunk_tokens: int = 1024
     fused = cuda and fused_loss_available()
     chunked = chunked_loss_of(chunked_loss, name, device)
     bf16 = mixed_precision_of(mixed_precision, device, weights_dtype)
+    fp8 = mixed_precision == "fp8"
     if name == "speed":
         return Profile(name, chunked_loss=chunked, loss_chunk_tokens=loss_chunk_tokens,
                        keep_input_dtype=True, compile_blocks=cuda, fused_loss=fused and chunked,
-                       bf16_autocast=bf16)
+                       bf16_autocast=bf16, fp8_base=fp8)
     if name == "memory":
         return Profile(name, chunked_loss=chunked, loss_chunk_tokens=loss_chunk_tokens,
                        keep_input_dtype=True, checkpointing=True, offload_activations=cuda,
-                       fused_loss=fused and chunked, bf16_autocast=bf16)
-    return Profile(name, chunked_loss=chunked, loss_chunk_tokens=loss_chunk_tokens, bf16_autocast=bf16)
+                       fused_loss=fused and chunked, bf16_autocast=bf16, fp8_base=fp8)
+    return Profile(name, chunked_loss=chunked, loss_chunk_tokens=loss_chunk_tokens, bf16_autocast=bf16,
+                   fp8_base=fp8)
 
 
 def chunked_loss_of(setting: str, profile: str, device: torch.device) -> bool:
@@ -100,9 +109,9 @@ def mixed_precision_of(setting: str, device: torch.device, weights_dtype: torch.
     loaded default there); not on the CPU: on a CPU with avx512_bf16 it made the default model's
     LoRA steps 1.36x faster, but single steps' losses strayed from fp32's by up to 11.5% in the
     first ten, where the bar for a default is 2% (docs/training.md), so it is asked for with
-    `bf16`."""
-    if setting in ("bf16", "none"):
-        return setting == "bf16"
+    `bf16`. fp8 autocasts to bf16 too (what is not an fp8 matmul runs in bf16)."""
+    if setting in ("bf16", "fp8", "none"):
+        return setting != "none"
     return device.type == "cuda" and weights_dtype == torch.bfloat16
 
 
@@ -174,7 +183,7 @@ def keep_input_dtype(model) -> int:
 
 # ---- regional compilation ------------------------------------------------------------------
 
-def _blocks(model) -> list[torch.nn.Module]:
+def decoder_blocks(model) -> list[torch.nn.Module]:
     """The repeated decoder blocks: the longest ModuleList of identical block types."""
     best: list[torch.nn.Module] = []
     for module in model.modules():
@@ -190,7 +199,7 @@ def compile_blocks(model, backend: str = "inductor") -> int:
     goes under $AFFINA_HOME/cache/inductor unless TORCHINDUCTOR_CACHE_DIR is set. `backend`
     other than inductor is for tests (aot_eager: the same graphs, run by eager kernels)."""
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(affina_home() / "cache" / "inductor"))
-    blocks = _blocks(model)
+    blocks = decoder_blocks(model)
     for block in blocks:
         block.compile(dynamic=None, backend=backend)
     return len(blocks)
