@@ -152,3 +152,15 @@ def test_other_methods_train_under_ddp(tmp_path, tiny_model_dir, method):
     assert out.returncode == 0, out.stderr[-3000:]
     record = read_record(tmp_path / "runs" / method)
     assert record.method.name == method and record.train.world_size == 2
+
+
+def test_fp8_base_trains_under_ddp(tmp_path, tiny_model_dir):
+    """train.mixed_precision=fp8 under DDP: the fp8 weight copies are no state DDP syncs, and the
+    ranks train and save a plain adapter."""
+    out = _affina(tmp_path, "train", "-q", *_overrides(tmp_path, tiny_model_dir, "fp8", **{
+        "train.batch_size": 4, "train.mixed_precision": "fp8", "distributed.strategy": "ddp",
+        "distributed.nproc_per_node": 2}))
+    assert out.returncode == 0, out.stderr[-3000:]
+    record = read_record(tmp_path / "runs" / "fp8")
+    assert record.train.mixed_precision == "fp8" and record.train.world_size == 2
+    assert (tmp_path / "runs" / "fp8" / "adapter" / "adapter_model.safetensors").exists()
