@@ -19,9 +19,9 @@ AdamW); `--cases` takes their keys:
 - `speed`: the `speed` profile with `liger-kernel` installed: liger-kernel's fused linear +
   cross-entropy Triton kernel instead of the chunked PyTorch loss.
 - `speed_fused_adamw`: + torch's fused AdamW (`train.optimizer=adamw_torch_fused`).
-- `speed_graphs`: an experiment outside the profiles: the blocks compiled with
-  `mode="reduce-overhead"`, so each block's forward and backward replay as CUDA graphs, which
-  takes away the time the GPU waits for the CPU to launch kernels.
+- `speed_graphs`: + `train.cuda_graphs`: the blocks compiled in inductor's `reduce-overhead`
+  mode, so each block's forward and backward replay as CUDA graphs, which takes away the time
+  the GPU waits for the CPU to launch kernels.
 - `speed_fp8`: the `speed` profile with `train.mixed_precision=fp8`: the frozen base's matmuls
   in fp8 (train/fp8.py), an approximation, so its first loss differs a little from the others.
 - `speed_graphs_fp8`: both of the rows above.
@@ -175,11 +175,8 @@ def _run_case(args, key: str, device, dtype, trace: Path | None = None) -> dict:
         fp8_base_layers(decoder_blocks(model))
     if opts.get("checkpointing"):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if opts.get("graphs"):  # an experiment, not in a profile: each block replayed as CUDA graphs
-        for block in decoder_blocks(model):
-            block.compile(mode="reduce-overhead")
-    elif opts.get("compiled"):
-        compile_blocks(model)
+    if opts.get("compiled"):
+        compile_blocks(model, cuda_graphs=bool(opts.get("graphs")))
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-5, fused=True if opts.get("fused_adamw") else None)

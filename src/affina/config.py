@@ -146,6 +146,8 @@ class TrainConfig:
     chunked_loss: str = _f("auto", "Chunked output projection + cross-entropy, so the [tokens x vocabulary] logits are never held (same loss and gradients): auto (on under the speed and memory profiles, and on the CPU under every profile), true, false.")
     loss_chunk_tokens: int = _f(1024, "With the chunked loss: tokens whose logits are computed at a time.")
     mixed_precision: str = _f("auto", "Autocast for the matmuls, fp32 master weights: auto (bf16 on CUDA when the weights are bf16; none on the CPU: faster there with avx512_bf16, but its loss curve strayed from fp32's by more than 2%, docs/training.md), bf16, fp8 (bf16 autocast, and the frozen base's matmuls in fp8 on GPUs with fp8 tensor cores, H100/H200: an approximation, like QLoRA's base; adapter methods only, not with distributed.strategy=fsdp; affina.train.fp8), none.")
+    cuda_graphs: bool = _f(False, "Under train.profile=speed on one CUDA device: each compiled decoder block replays as CUDA graphs (torch.compile mode reduce-overhead), so the GPU stops waiting for the CPU to launch kernels; batches are padded to a multiple of train.pad_to_multiple_of tokens so a few graphs serve every length. Needs grad_accum 1 and one process (docs/training.md).")
+    pad_to_multiple_of: int = _f(64, "With cuda_graphs: batches are padded to a multiple of this many tokens (each length records graphs of its own; packed rows are all one length already).")
     neftune_alpha: float | None = _f(None, "NEFTune noise scale on the input embeddings during training (Jain et al. 2023, arXiv:2310.05914; the paper uses 5-15); unset or 0: off.")
     continue_from: str | None = _f(None, "Continue an earlier model on new data: a run directory, or NAME@VERSION|ALIAS from the registry (`affina train --continue-from`). Its method and options are kept, its weights are the starting point, `replay.fraction` of the training examples are drawn from its training data, and every earlier evaluation set is scored before and after (forgetting).")
     rewarm_ratio: float = _f(0.1, "With continue_from: the fraction of steps over which the learning rate is re-warmed from 0 to train.lr before it decays again (replaces warmup_ratio; Ibrahim et al. 2024, arXiv:2403.08763).")
@@ -167,6 +169,7 @@ class TrainConfig:
         _check(self.mixed_precision in MIXED_PRECISION, "train.mixed_precision", self.mixed_precision,
                ", ".join(MIXED_PRECISION))
         _check(self.loss_chunk_tokens >= 1, "train.loss_chunk_tokens", self.loss_chunk_tokens, ">= 1")
+        _check(self.pad_to_multiple_of >= 1, "train.pad_to_multiple_of", self.pad_to_multiple_of, ">= 1")
         _check(self.max_steps == -1 or self.max_steps >= 1, "train.max_steps", self.max_steps, "-1 or >= 1")
         _check(self.max_steps >= 1 or self.epochs > 0, "train.epochs", self.epochs, "> 0")
         for key in ("batch_size", "grad_accum", "save_steps", "save_total_limit", "logging_steps"):
@@ -276,6 +279,19 @@ class RunConfig:
                                                                    or self.data.val_fraction > 0)):
             raise ConfigError("train.early_stopping_patience needs validation: set train.eval_steps > 0 "
                               "and data.val_fraction > 0 or data.validation")
+        if self.distributed.strategy == "fsdp" and t.mixed_precision == "fp8":
+            raise ConfigError("train.mixed_precision=fp8 keeps whole fp8 copies of the frozen weights, which "
+                              "FSDP shards: use distributed.strategy=ddp, or train.mixed_precision=bf16")
+        if t.cuda_graphs:
+            if t.profile != "speed":
+                raise ConfigError("train.cuda_graphs replays the speed profile's compiled blocks: "
+                                  "set train.profile=speed")
+            if t.grad_accum != 1:
+                raise ConfigError("train.cuda_graphs needs train.grad_accum=1 (a replay reuses the memory the "
+                                  "previous micro-batch's gradients are in); raise train.batch_size instead")
+            if self.distributed.strategy != "none":
+                raise ConfigError("train.cuda_graphs runs in one process: set distributed.strategy=none, "
+                                  "or train.cuda_graphs=false")
         if self.model.dtype == "float16":
             raise ConfigError("model.dtype=float16: training float16 weights without a loss scaler "
                               "underflows gradients; use bfloat16 (GPUs since Ampere) or float32")

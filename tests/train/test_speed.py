@@ -276,3 +276,53 @@ def test_bf16_autocast_on_cpu_when_asked(tmp_path, tiny_model_dir):
     a, b = _losses(fp32, "loss"), _losses(bf16, "loss")
     assert a != b  # autocast did run in bf16
     assert b == pytest.approx(a, rel=3e-2)
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["train.profile=default"], "set train.profile=speed"),
+    (["train.profile=speed", "train.grad_accum=2"], "train.grad_accum=1"),
+    (["train.profile=speed", "distributed.strategy=ddp"], "one process"),
+])
+def test_cuda_graphs_settings_that_cannot_work_are_config_errors(tiny_model_dir, extra, expected):
+    with pytest.raises(ConfigError, match=f"train.cuda_graphs.*{expected}"):
+        load_config(None, [f"model.spec={tiny_model_dir}", "train.cuda_graphs=true", *extra])
+
+
+def test_cuda_graphs_on_the_cpu_stop_with_a_config_error(tmp_path, tiny_model_dir):
+    with pytest.raises(ConfigError, match="train.cuda_graphs needs a CUDA device; this run is on cpu"):
+        _run(tmp_path, tiny_model_dir, "graphs", **{"train.profile": "speed", "train.cuda_graphs": "true"})
+
+
+def test_cuda_graphs_pad_batches_to_a_few_lengths_and_mark_steps(tmp_path, tiny_model_dir):
+    """Under train.cuda_graphs the recipe's Trainer pads every batch to a multiple of
+    train.pad_to_multiple_of tokens (one recorded graph per length, not per batch) and marks each
+    training and validation step's start for the graph trees."""
+    from transformers import AutoTokenizer
+
+    from affina.data.prepare import prepare_data
+    from affina.methods import build_method_config, get_method
+    from affina.train.recipe import _build_trainer
+    from affina.train.speed import Profile
+
+    cfg = load_config(None, [f"model.spec={tiny_model_dir}", f"data.train={_rows(tmp_path / 't.jsonl')}",
+                             "data.val_fraction=0.25", "train.profile=speed", "train.cuda_graphs=true",
+                             "train.pad_to_multiple_of=16", f"train.output_dir={tmp_path}", "train.max_steps=3",
+                             "train.eval_steps=0", "train.batch_size=4", "track.mlflow=false"])
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    method = get_method("lora")
+    method_cfg = build_method_config(method, {"r": 4})
+    data = prepare_data(cfg.data, tokenizer, seed=0)
+    model = _lora(tiny_model_dir)
+    trainer = _build_trainer(model, tokenizer, data, cfg, tmp_path, [], method.collator(method_cfg, tokenizer),
+                             method=method, method_cfg=method_cfg,
+                             profile=Profile("speed", cuda_graphs=True, compile_blocks=True))
+    widths = {b["input_ids"].shape[1] for b in trainer.get_train_dataloader()}
+    assert widths and all(w % 16 == 0 for w in widths)
+    assert max(len(e.input_ids) for e in data.train) <= max(widths) < max(len(e.input_ids) for e in data.train) + 16
+    from torch._inductor.cudagraph_trees import MarkStepBox  # what cudagraph_mark_step_begin counts
+
+    before = MarkStepBox.mark_step_counter
+    trainer.train()
+    assert MarkStepBox.mark_step_counter == before - 3  # the steps run eagerly here, marked all the same
+    trainer.evaluate()
+    assert MarkStepBox.mark_step_counter == before - 3 - len(trainer.get_eval_dataloader())

@@ -70,9 +70,6 @@ def validate_run_config(cfg: RunConfig):
     if cfg.distributed.strategy == "fsdp" and not method.shards_with_fsdp:
         raise ConfigError(f"distributed.strategy=fsdp: method {method.name} does not train sharded "
                           f"(lora, dora, rslora, qlora and full do); use distributed.strategy=ddp")
-    if cfg.distributed.strategy == "fsdp" and cfg.train.mixed_precision == "fp8":
-        raise ConfigError("train.mixed_precision=fp8 keeps whole fp8 copies of the frozen weights, which "
-                          "FSDP shards: use distributed.strategy=ddp, or train.mixed_precision=bf16")
     if not (cfg.data.train or cfg.data.mix):
         raise ConfigError("no training data: set data.train (e.g. data.train=examples/product_json/train.jsonl) "
                           "or data.mix")
@@ -309,12 +306,16 @@ def _apply_profile(model, cfg: RunConfig, device) -> Profile:
     """Turn on what `train.profile`, `train.chunked_loss` and `train.mixed_precision` ask for on
     this device (see train/speed.py)."""
     t = cfg.train
+    if t.cuda_graphs and device.type != "cuda":
+        raise ConfigError(f"train.cuda_graphs needs a CUDA device; this run is on {device.type} "
+                          "(set train.cuda_graphs=false)")
     profile = profile_of(t.profile, device, loss_chunk_tokens=t.loss_chunk_tokens,
                          chunked_loss=t.chunked_loss, mixed_precision=t.mixed_precision,
-                         weights_dtype=next(model.parameters()).dtype)
+                         weights_dtype=next(model.parameters()).dtype, cuda_graphs=t.cuda_graphs)
     kept = keep_input_dtype(model) if profile.keep_input_dtype else 0
     fp8 = _fp8_base(model, cfg, device) if profile.fp8_base else 0
-    compiled = compile_blocks(model) if profile.compile_blocks else 0  # after fp8: compiled with it
+    compiled = (compile_blocks(model, cuda_graphs=profile.cuda_graphs)  # after fp8: compiled with it
+                if profile.compile_blocks else 0)
     parts = []
     if profile.chunked_loss:
         parts.append("fused linear + cross-entropy (liger-kernel)" if profile.fused_loss
@@ -326,7 +327,9 @@ def _apply_profile(model, cfg: RunConfig, device) -> Profile:
     if kept:
         parts.append(f"{kept} adapter layers keep their input dtype")
     if compiled:
-        parts.append(f"{compiled} blocks compiled")
+        parts.append(f"{compiled} blocks compiled" + (
+            f", replayed as CUDA graphs (batches padded to multiples of {t.pad_to_multiple_of} tokens)"
+            if profile.cuda_graphs else ""))
     if profile.checkpointing:
         parts.append("activation checkpointing")
     if profile.offload_activations:
@@ -389,7 +392,15 @@ def _build_trainer(model, tokenizer, data: PreparedData, cfg: RunConfig, run_dir
     from transformers.trainer_callback import PrinterCallback
 
     trainer = method.build_trainer(model, tokenizer, data, args, callbacks, method_cfg) if method else None
+    if trainer is not None and profile.cuda_graphs:
+        raise ConfigError(f"train.cuda_graphs: method {method.name} trains with a trainer of its own, "
+                          "which does not mark the steps CUDA graphs replay; set train.cuda_graphs=false")
     if trainer is None:
+        if profile.cuda_graphs:  # a few lengths, so a few recorded graphs serve every batch
+            if not hasattr(collator, "pad_to_multiple_of"):
+                raise ConfigError(f"train.cuda_graphs: method {method.name if method else '?'} batches its "
+                                  "data in a way that cannot be padded to fixed lengths; set train.cuda_graphs=false")
+            collator.pad_to_multiple_of = cfg.train.pad_to_multiple_of
         profiled = speed_trainer_class(Trainer, profile)  # the profile's loss step (train/speed.py)
         trainer = profiled(model=model, args=args, train_dataset=data.train,
                            eval_dataset=data.val or None, data_collator=collator,

@@ -13,7 +13,8 @@
   below, which gives the same loss); (3) regional compilation: each decoder block is compiled with
   `torch.compile` (the blocks share their graphs: it compiles twice, for the first block, whose
   input needs no gradient, and once for all the others, not once per layer),
-  with inductor's cache under `$AFFINA_HOME/cache/inductor`, on CUDA only.
+  with inductor's cache under `$AFFINA_HOME/cache/inductor`, on CUDA only; with
+  `train.cuda_graphs` in inductor's `reduce-overhead` mode, each block replayed as CUDA graphs.
 - `memory`: chunked linear + cross-entropy, activation checkpointing, and on CUDA the saved
   activations offloaded to pinned CPU memory (`torch.autograd.graph.save_on_cpu`). Pair it with
   the `qlora` method for a 4-bit base.
@@ -64,6 +65,7 @@ class Profile:
     offload_activations: bool = False
     bf16_autocast: bool = False  # the Trainer's bf16 mixed precision (train.mixed_precision)
     fp8_base: bool = False  # the frozen base's matmuls in fp8 (train.mixed_precision=fp8, train/fp8.py)
+    cuda_graphs: bool = False  # compiled blocks replayed as CUDA graphs (train.cuda_graphs)
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -76,9 +78,9 @@ class Profile:
 
 def profile_of(name: str, device: torch.device, *, loss_chunk_tokens: int = 1024,
                chunked_loss: str = "auto", mixed_precision: str = "auto",
-               weights_dtype: torch.dtype = torch.float32) -> Profile:
-    """The switches of profile `name` on `device` (compilation and offload are CUDA-only), with
-    `train.chunked_loss` and `train.mixed_precision` resolved for that device."""
+               weights_dtype: torch.dtype = torch.float32, cuda_graphs: bool = False) -> Profile:
+    """The switches of profile `name` on `device` (compilation, CUDA graphs and offload are
+    CUDA-only), with `train.chunked_loss` and `train.mixed_precision` resolved for that device."""
     cuda = device.type == "cuda"
     fused = cuda and fused_loss_available()
     chunked = chunked_loss_of(chunked_loss, name, device)
@@ -87,7 +89,7 @@ def profile_of(name: str, device: torch.device, *, loss_chunk_tokens: int = 1024
     if name == "speed":
         return Profile(name, chunked_loss=chunked, loss_chunk_tokens=loss_chunk_tokens,
                        keep_input_dtype=True, compile_blocks=cuda, fused_loss=fused and chunked,
-                       bf16_autocast=bf16, fp8_base=fp8)
+                       bf16_autocast=bf16, fp8_base=fp8, cuda_graphs=cuda and cuda_graphs)
     if name == "memory":
         return Profile(name, chunked_loss=chunked, loss_chunk_tokens=loss_chunk_tokens,
                        keep_input_dtype=True, checkpointing=True, offload_activations=cuda,
@@ -194,14 +196,20 @@ def decoder_blocks(model) -> list[torch.nn.Module]:
     return best
 
 
-def compile_blocks(model, backend: str = "inductor") -> int:
+def compile_blocks(model, backend: str = "inductor", *, cuda_graphs: bool = False) -> int:
     """Compile each decoder block in place (`Module.compile`); returns how many. Inductor's cache
     goes under $AFFINA_HOME/cache/inductor unless TORCHINDUCTOR_CACHE_DIR is set. `backend`
-    other than inductor is for tests (aot_eager: the same graphs, run by eager kernels)."""
+    other than inductor is for tests (aot_eager: the same graphs, run by eager kernels).
+    `cuda_graphs`: inductor's `reduce-overhead` mode, each block's forward and backward recorded
+    once per input shape as CUDA graphs and replayed (cudagraph trees); the caller marks each
+    step's start with `torch.compiler.cudagraph_mark_step_begin()`."""
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(affina_home() / "cache" / "inductor"))
     blocks = decoder_blocks(model)
     for block in blocks:
-        block.compile(dynamic=None, backend=backend)
+        if cuda_graphs:
+            block.compile(dynamic=None, backend=backend, mode="reduce-overhead")
+        else:
+            block.compile(dynamic=None, backend=backend)
     return len(blocks)
 
 
@@ -209,9 +217,20 @@ def compile_blocks(model, backend: str = "inductor") -> int:
 
 class SpeedTrainerMixin:
     """Mixed into the recipe's Trainer: computes the causal-LM loss chunked (when the model
-    allows it) and offloads saved activations under the memory profile."""
+    allows it), offloads saved activations under the memory profile, and marks each training
+    and validation step's start for CUDA graphs."""
 
     affina_profile: Profile = Profile()
+
+    def training_step(self, *args, **kwargs):
+        if self.affina_profile.cuda_graphs:  # the last step's graph outputs may be reused now
+            torch.compiler.cudagraph_mark_step_begin()
+        return super().training_step(*args, **kwargs)
+
+    def prediction_step(self, *args, **kwargs):
+        if self.affina_profile.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        return super().prediction_step(*args, **kwargs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         profile = self.affina_profile
@@ -248,6 +267,6 @@ class SpeedTrainerMixin:
 def speed_trainer_class(base: type, profile: Profile) -> type:
     """`base` (a transformers Trainer class) with the profile's loss step, or `base` itself under
     the default profile."""
-    if not (profile.chunked_loss or profile.offload_activations):
+    if not (profile.chunked_loss or profile.offload_activations or profile.cuda_graphs):
         return base
     return type(f"Profiled{base.__name__}", (SpeedTrainerMixin, base), {"affina_profile": profile})
