@@ -165,10 +165,24 @@ def test_fp8_run_trains_close_to_bf16_and_saves_a_plain_adapter(tmp_path, tiny_m
     assert not any(isinstance(m, Fp8Linear) for m in model.modules())
 
 
-def test_fp8_with_nothing_frozen_is_a_config_error(tiny_model_dir):
-    cfg = load_config(None, [f"model.spec={tiny_model_dir}", "train.mixed_precision=fp8", "method.name=full"])
+@pytest.mark.parametrize("method", ["full", "qlora"])
+def test_fp8_for_a_method_without_a_frozen_base_stops_before_anything_runs(tmp_path, tiny_model_dir, method):
+    from affina.train.recipe import validate_run_config
+
+    train_file = tmp_path / "t.jsonl"
+    train_file.write_text('{"prompt": "a", "completion": "b"}\n')
+    cfg = load_config(None, [f"model.spec={tiny_model_dir}", f"data.train={train_file}",
+                             "train.mixed_precision=fp8", f"method.name={method}"])
+    with pytest.raises(ConfigError, match=f"method {method} has none.*train.mixed_precision=bf16"):
+        validate_run_config(cfg)
+
+
+def test_fp8_with_every_linear_layer_training_is_a_config_error(tiny_model_dir):
+    """The check on the model itself, for what the method's class cannot tell (partial
+    fine-tuning that trains every block): nothing to swap."""
+    cfg = load_config(None, [f"model.spec={tiny_model_dir}", "train.mixed_precision=fp8", "method.name=partial"])
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    with pytest.raises(ConfigError, match="method full leaves no frozen linear layer.*mixed_precision=bf16"):
+    with pytest.raises(ConfigError, match="method partial leaves no frozen linear layer.*mixed_precision=bf16"):
         _fp8_base(model, cfg, torch.device("cpu"))
 
 

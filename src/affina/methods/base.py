@@ -84,6 +84,9 @@ class Method(ABC):
     # Whether the method trains under FSDP2 (distributed.strategy=fsdp): its artifact is the
     # trained model's own `save_pretrained`, which the Trainer writes from the gathered shards.
     shards_with_fsdp: ClassVar[bool] = False
+    # Whether the base's linear layers stay frozen full-precision nn.Linear layers while it trains
+    # (what train.mixed_precision=fp8 runs in fp8): not under full (they train) or qlora (4-bit).
+    frozen_base: ClassVar[bool] = True
     loss_label: ClassVar[str] = "loss (mean over loss tokens)"  # the learning curve's y axis
 
     def __init_subclass__(cls, **kwargs):

@@ -69,6 +69,7 @@ class FewShotMethod(Method):
     config_class = FewShotMethodConfig
     artifact_kind = "adapter"
     trains = False
+    frozen_base = False  # nothing trains
     can_merge = False
 
     def apply(self, model, cfg: FewShotMethodConfig):

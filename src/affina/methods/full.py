@@ -25,6 +25,7 @@ class FullMethodConfig:
 class FullMethod(WholeModelArtifact):
     name = "full"
     shards_with_fsdp = True
+    frozen_base = False
     description = "Full fine-tuning: every weight trains; the artifact is a whole HF model."
     config_class = FullMethodConfig
 

@@ -80,6 +80,7 @@ def unquantized_bytes(model, dtype_bytes: int = 4) -> int:
 class QloraMethod(PeftArtifact):
     name = "qlora"
     shards_with_fsdp = True
+    frozen_base = False  # its base is 4-bit already
     description = "LoRA on a 4-bit NF4 (double-quantised) or 8-bit base via bitsandbytes (Dettmers et al. 2023)."
     config_class = QloraMethodConfig
 

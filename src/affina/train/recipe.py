@@ -70,6 +70,10 @@ def validate_run_config(cfg: RunConfig):
     if cfg.distributed.strategy == "fsdp" and not method.shards_with_fsdp:
         raise ConfigError(f"distributed.strategy=fsdp: method {method.name} does not train sharded "
                           f"(lora, dora, rslora, qlora and full do); use distributed.strategy=ddp")
+    if cfg.train.mixed_precision == "fp8" and not method.frozen_base:
+        raise ConfigError(f"train.mixed_precision=fp8 runs a frozen base's linear layers in fp8, and method "
+                          f"{method.name} has none (it trains them, quantises them, or trains nothing); "
+                          "use train.mixed_precision=bf16")
     if not (cfg.data.train or cfg.data.mix):
         raise ConfigError("no training data: set data.train (e.g. data.train=examples/product_json/train.jsonl) "
                           "or data.mix")
@@ -97,6 +101,12 @@ def train(cfg: RunConfig, *, resume: Path | None = None, checkpoint: str | None 
         # The earlier run's method, base and weights; new data + replay as a data.mix.
         cfg, continual = continual_config(cfg, earlier or EarlierModel.of_run_dir(cfg.train.continue_from))
         method, method_cfg = validate_run_config(cfg)
+    # The device and dtype first: a method's `auto` options follow them, and how the base loads
+    # can depend on those (qlora's compute dtype); what they cannot do stops the run before its
+    # directory is made.
+    device = _device(cfg) or pick_device()
+    dtype = _dtype(cfg) or pick_dtype(device)
+    _check_device_settings(cfg, device)
     if resume is not None:  # found once: opening a checkpoint to check it is not free
         run_dir, start_from = resume, resume_point(resume, checkpoint)
         continual = read_plan(run_dir)
@@ -123,10 +133,6 @@ def train(cfg: RunConfig, *, resume: Path | None = None, checkpoint: str | None 
 
     set_seed(cfg.train.seed)
     attention = None if cfg.model.attn_implementation == "auto" else cfg.model.attn_implementation
-    # The device and dtype first: a method's `auto` options follow them, and how the base loads
-    # can depend on those (qlora's compute dtype).
-    device = _device(cfg) or pick_device()
-    dtype = _dtype(cfg) or pick_dtype(device)
     method_cfg = method.resolve_for_device(method_cfg, device.type, cfg.train.profile,
                                            str(dtype).removeprefix("torch."))
     loaded = load_model(cfg.model.spec, device=device, dtype=dtype, for_training=True,
@@ -306,9 +312,6 @@ def _apply_profile(model, cfg: RunConfig, device) -> Profile:
     """Turn on what `train.profile`, `train.chunked_loss` and `train.mixed_precision` ask for on
     this device (see train/speed.py)."""
     t = cfg.train
-    if t.cuda_graphs and device.type != "cuda":
-        raise ConfigError(f"train.cuda_graphs needs a CUDA device; this run is on {device.type} "
-                          "(set train.cuda_graphs=false)")
     profile = profile_of(t.profile, device, loss_chunk_tokens=t.loss_chunk_tokens,
                          chunked_loss=t.chunked_loss, mixed_precision=t.mixed_precision,
                          weights_dtype=next(model.parameters()).dtype, cuda_graphs=t.cuda_graphs)
@@ -339,11 +342,20 @@ def _apply_profile(model, cfg: RunConfig, device) -> Profile:
     return profile
 
 
+def _check_device_settings(cfg: RunConfig, device) -> None:
+    """What the device must offer for train.cuda_graphs and train.mixed_precision=fp8, checked
+    before the base loads."""
+    if cfg.train.cuda_graphs and device.type != "cuda":
+        raise ConfigError(f"train.cuda_graphs needs a CUDA device; this run is on {device.type} "
+                          "(set train.cuda_graphs=false)")
+    if cfg.train.mixed_precision == "fp8":
+        why = fp8_supported(device)
+        if why:
+            raise ConfigError(f"train.mixed_precision=fp8: {why}; use train.mixed_precision=bf16")
+
+
 def _fp8_base(model, cfg: RunConfig, device) -> int:
     """train.mixed_precision=fp8: the frozen linear layers of the decoder blocks to fp8 (train/fp8.py)."""
-    why = fp8_supported(device)
-    if why:
-        raise ConfigError(f"train.mixed_precision=fp8: {why}; use train.mixed_precision=bf16")
     swapped = fp8_base_layers(decoder_blocks(model))
     if not swapped:
         raise ConfigError(f"train.mixed_precision=fp8: method {cfg.method.name} leaves no frozen linear layer "
