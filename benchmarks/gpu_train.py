@@ -221,7 +221,11 @@ def _run_case(args, key: str, device, dtype, trace: Path | None = None) -> dict:
     seconds = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
     if trace is not None:
-        _trace(step, batches[-2:], trace, f"{name}, {args.shape}, {args.batch} x {args.seq}")
+        try:  # the row's figures stand whatever the profiler makes of this case
+            _trace(step, batches[-2:], trace, f"{name}, {args.shape}, {args.batch} x {args.seq}")
+        except Exception as e:  # noqa: BLE001
+            print(f"trace of {key} failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+                  flush=True)
     del model, optimizer, batches
     gc.collect()
     if device.type == "cuda":
