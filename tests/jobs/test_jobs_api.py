@@ -307,11 +307,27 @@ def test_bad_job_requests_answer_openai_errors(jobs_env):
              ({"model": "base", "training_file": training.id,
                "method": {"type": "supervised", "affina": {"method": "prefix",
                                                            "distributed": {"strategy": "fsdp"}}}},
-              "method.affina.distributed")]
+              "method.affina.distributed"),
+             # The training step's keys, checked with the method and the distributed settings.
+             ({"model": "base", "training_file": training.id,
+               "method": {"type": "supervised", "affina": {"train": {"cuda_graphs": True}}}}, "method"),
+             ({"model": "base", "training_file": training.id,
+               "method": {"type": "supervised", "affina": {"method": "full", "train": {"mixed_precision": "fp8"}}}},
+              "method"),
+             ({"model": "base", "training_file": training.id,
+               "method": {"type": "supervised", "affina": {"train": {"mixed_precision": "fp8"},
+                                                           "distributed": {"strategy": "fsdp"}}}}, "method")]
     for body, param in cases:
         with pytest.raises((openai.BadRequestError, openai.NotFoundError)) as e:
             alice.fine_tuning.jobs.create(**body)
         assert e.value.body["param"] == param, (body, e.value.body)
+    assert "set train.profile=speed" in _create_error(alice, cases[-3][0])
+    assert "method full has none" in _create_error(alice, cases[-2][0])
+    step = {"profile": "speed", "mixed_precision": "fp8", "loss_chunk_tokens": 512}
+    job = alice.fine_tuning.jobs.create(model="base", training_file=training.id,
+                                        method={"type": "supervised", "affina": {"train": step}})
+    assert jobs_env.service.store.get_job(job.id).method["affina"]["train"] == step
+    alice.fine_tuning.jobs.cancel(job.id)
     # A DPO job on supervised data fails its validation with OpenAI's error object.
     job = alice.fine_tuning.jobs.create(model="base", training_file=training.id,
                                         method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.2}}})
@@ -320,6 +336,12 @@ def test_bad_job_requests_answer_openai_errors(jobs_env):
     assert "preference" in failed.error.message
     stored = jobs_env.service.store.get_job(job.id)
     assert stored.method["affina"] == {"method": "dpo", "options": {"beta": 0.2}}
+
+
+def _create_error(client, body) -> str:
+    with pytest.raises(openai.BadRequestError) as e:
+        client.fine_tuning.jobs.create(**body)
+    return e.value.body["message"]
 
 
 def test_cli_mirrors_the_api(jobs_env, capsys):

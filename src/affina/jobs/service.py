@@ -216,9 +216,9 @@ class JobsService:
         if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= 2_147_483_647:
             raise JobRequestError("seed must be an integer between 0 and 2147483647", param="seed")
         metadata = _metadata(body.get("metadata"))
-        train_extra = self._check_method(method_name, options, train_extra)
-        eval_extra = _eval_settings(body.get("method"))
         spread = _distributed(body.get("method"), method_name)
+        train_extra = self._check_method(method_name, options, train_extra, spread)
+        eval_extra = _eval_settings(body.get("method"))
         job_id = new_id("ftjob")
         row = JobRow(id=job_id, owner=caller.key_id, model=model, base_spec=base_spec,
                      training_file=training, validation_file=validation, requested=requested,
@@ -323,28 +323,35 @@ class JobsService:
         return False
 
     @staticmethod
-    def _check_method(name: str, options: dict, train_extra: dict) -> dict:
-        """Check the method, its options and the train keys; the train keys typed as the config
-        reads them (`1e-4` is a number, not a string)."""
+    def _check_method(name: str, options: dict, train_extra: dict, spread: dict) -> dict:
+        """Check the method, its options and the train keys, alone and with the method and the
+        job's distributed settings (the training step's keys conflict with some); the train keys
+        typed as the config reads them (`1e-4` is a number, not a string)."""
         from ..config import RunConfig, apply_values
         from ..methods import build_method_config, get_method
 
         try:
-            build_method_config(get_method(name), options)
+            method = get_method(name)
+            build_method_config(method, options)
         except AffinaError as e:
             raise JobRequestError(f"method: {e}", param="method") from None
         allowed = {"save_steps", "eval_steps", "logging_steps", "max_steps", "warmup_ratio", "rewarm_ratio", "lr",
-                   "scheduler", "weight_decay", "grad_accum", "save_total_limit", "gradient_checkpointing"}
+                   "scheduler", "weight_decay", "grad_accum", "save_total_limit", "gradient_checkpointing",
+                   # the training step (docs/training.md#training-profiles-trainprofile)
+                   "profile", "mixed_precision", "chunked_loss", "loss_chunk_tokens", "optimizer",
+                   "cuda_graphs", "pad_to_multiple_of"}
         unknown = sorted(set(train_extra) - allowed)
         if unknown:
             raise JobRequestError(f"method.affina.train: unknown key(s) {', '.join(unknown)}; allowed: "
                                   f"{', '.join(sorted(allowed))}", param="method")
         try:
-            typed = apply_values(RunConfig(), {f"train.{k}": v for k, v in train_extra.items()}).train
+            values = {f"train.{k}": v for k, v in train_extra.items()}
+            typed = apply_values(RunConfig(), {**values, **{f"distributed.{k}": v for k, v in spread.items()}})
             typed.validate()
+            method.check_train_settings(typed.train)
         except (AffinaError, TypeError, ValueError) as e:
             raise JobRequestError(f"method.affina.train: {e}", param="method") from None
-        return {k: getattr(typed, k) for k in train_extra}
+        return {k: getattr(typed.train, k) for k in train_extra}
 
     def validate_job(self, job_id: str) -> JobRow:
         """`validating_files` → `queued` with the hyperparameters resolved, or → `failed` with

@@ -126,6 +126,15 @@ class Method(ABC):
         raise ConfigError(f"a {self.name} run cannot be continued (train.continue_from); start a "
                           "new run on the combined data instead")
 
+    def check_train_settings(self, train) -> None:
+        """ConfigError for `train` settings (a TrainConfig) this method cannot train with."""
+        if train.mixed_precision == "fp8" and not self.frozen_base:
+            from ..errors import ConfigError
+
+            raise ConfigError(f"train.mixed_precision=fp8 runs a frozen base's linear layers in fp8, and method "
+                              f"{self.name} has none (it trains them, quantises them, or trains nothing); "
+                              "use train.mixed_precision=bf16")
+
     @property
     def can_continue(self) -> bool:
         """Whether a run of this method can be continued (it implements `continue_weights`)."""

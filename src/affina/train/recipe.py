@@ -70,10 +70,7 @@ def validate_run_config(cfg: RunConfig):
     if cfg.distributed.strategy == "fsdp" and not method.shards_with_fsdp:
         raise ConfigError(f"distributed.strategy=fsdp: method {method.name} does not train sharded "
                           f"(lora, dora, rslora, qlora and full do); use distributed.strategy=ddp")
-    if cfg.train.mixed_precision == "fp8" and not method.frozen_base:
-        raise ConfigError(f"train.mixed_precision=fp8 runs a frozen base's linear layers in fp8, and method "
-                          f"{method.name} has none (it trains them, quantises them, or trains nothing); "
-                          "use train.mixed_precision=bf16")
+    method.check_train_settings(cfg.train)
     if not (cfg.data.train or cfg.data.mix):
         raise ConfigError("no training data: set data.train (e.g. data.train=examples/product_json/train.jsonl) "
                           "or data.mix")
