@@ -93,3 +93,38 @@ def test_merge_keeps_logits_and_loads_with_plain_transformers(case, model_dirs, 
            else transformers.AutoModelForCausalLM)
     plain = cls.from_pretrained(tmp_path / "merged")
     assert torch.allclose(logits(plain, inputs), expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_fp8_base_trains_every_method_with_a_frozen_base(case, model_dirs):
+    """train.mixed_precision=fp8 (train/fp8.py) under every method whose base stays frozen: the
+    frozen linear layers run in fp8 under bf16 autocast, the loss still falls memorising eight
+    examples, only the claimed parameters move, and plain layers come back afterwards."""
+    from affina.train.fp8 import Fp8Linear, fp8_base_layers, fp8_supported, restore_linear
+    from affina.train.speed import decoder_blocks
+
+    method, _, model, tokenizer = setup(case, model_dirs)
+    if not (method.trains and method.frozen_base):
+        pytest.skip(f"{case.id}: fp8 is refused for it (nothing frozen, a 4-bit base, or nothing trains)")
+    if fp8_supported(torch.device("cpu")):
+        pytest.skip(fp8_supported(torch.device("cpu")))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    swapped = fp8_base_layers(decoder_blocks(model))
+    assert swapped > 0
+    inputs = batch(case, tokenizer)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=case.lr, weight_decay=0.0)
+    model.train()
+    losses = []
+    for _ in range(30):  # autocast around the forward only, as the Trainer does: it caches the
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 weights until its region ends
+            loss = model(**inputs).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0], losses[::5]
+    changed = {n for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())}
+    assert changed == {n for n, _ in model.named_parameters() if case.claims(n)}
+    assert restore_linear(model) == swapped
+    assert not any(isinstance(m, Fp8Linear) for m in model.modules())
