@@ -39,7 +39,8 @@ def test_readme_and_makefile_agree_on_runs_demo(tmp_path):
 SKIP = {"chat": "interactive", "train --resume": "needs an interrupted run",
         "monitor": "needs served traffic (tests/monitor runs it)",
         "feedback": "needs feedback on served requests (tests/monitor runs it)",
-        "advise": "minutes of training; tests/govern/test_advise.py runs a whole advice"}
+        "advise": "minutes of training; tests/govern/test_advise.py runs a whole advice",
+        "train -c run.yaml train.profile=speed train.mixed_precision=fp8": "needs an H100/H200 (tests/gpu)"}
 
 
 @pytest.mark.slow
