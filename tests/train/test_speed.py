@@ -326,3 +326,22 @@ def test_cuda_graphs_pad_batches_to_a_few_lengths_and_mark_steps(tmp_path, tiny_
     assert MarkStepBox.mark_step_counter == before - 3  # the steps run eagerly here, marked all the same
     trainer.evaluate()
     assert MarkStepBox.mark_step_counter == before - 3 - len(trainer.get_eval_dataloader())
+
+
+def test_cuda_graphs_with_a_method_of_its_own_trainer_stop_before_the_run(tmp_path, tiny_model_dir):
+    from affina.train.recipe import validate_run_config
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n')
+    cfg = load_config(None, [f"model.spec={tiny_model_dir}", f"data.train={pairs}", "method.name=dpo",
+                             "train.profile=speed", "train.cuda_graphs=true"])
+    with pytest.raises(ConfigError, match="method dpo trains with a trainer of its own.*cuda_graphs=false"):
+        validate_run_config(cfg)
+
+
+def test_the_classifier_collator_pads_to_a_multiple_too():
+    from affina.methods.head import ClassCollator, ClassExample
+
+    batch = ClassCollator(0, pad_to_multiple_of=16)([ClassExample([5, 6, 7], 1), ClassExample([5] * 17, 0)])
+    assert batch["input_ids"].shape == (2, 32)
+    assert batch["attention_mask"].sum(dim=1).tolist() == [3, 17] and batch["labels"].tolist() == [1, 0]

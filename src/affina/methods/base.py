@@ -128,9 +128,12 @@ class Method(ABC):
 
     def check_train_settings(self, train) -> None:
         """ConfigError for `train` settings (a TrainConfig) this method cannot train with."""
-        if train.mixed_precision == "fp8" and not self.frozen_base:
-            from ..errors import ConfigError
+        from ..errors import ConfigError
 
+        if train.cuda_graphs and type(self).build_trainer is not Method.build_trainer:
+            raise ConfigError(f"train.cuda_graphs: method {self.name} trains with a trainer of its own, which "
+                              "does not mark the steps CUDA graphs replay; set train.cuda_graphs=false")
+        if train.mixed_precision == "fp8" and not self.frozen_base:
             raise ConfigError(f"train.mixed_precision=fp8 runs a frozen base's linear layers in fp8, and method "
                               f"{self.name} has none (it trains them, quantises them, or trains nothing); "
                               "use train.mixed_precision=bf16")

@@ -61,13 +61,17 @@ class ClassExample:
 class ClassCollator:
     """Right-padded input_ids + attention_mask, one integer label per row."""
 
-    def __init__(self, pad_token_id: int):
+    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None):
         self.pad_token_id = pad_token_id
+        self.pad_to_multiple_of = pad_to_multiple_of  # a few widths (train.cuda_graphs)
 
     def __call__(self, features: list[ClassExample]) -> dict:
         import torch
 
         width = max(len(f) for f in features)
+        if self.pad_to_multiple_of:
+            m = self.pad_to_multiple_of
+            width = (width + m - 1) // m * m
         ids = torch.full((len(features), width), self.pad_token_id, dtype=torch.long)  # (B, T)
         mask = torch.zeros((len(features), width), dtype=torch.long)
         for row, f in enumerate(features):

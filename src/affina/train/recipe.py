@@ -401,15 +401,9 @@ def _build_trainer(model, tokenizer, data: PreparedData, cfg: RunConfig, run_dir
     from transformers.trainer_callback import PrinterCallback
 
     trainer = method.build_trainer(model, tokenizer, data, args, callbacks, method_cfg) if method else None
-    if trainer is not None and profile.cuda_graphs:
-        raise ConfigError(f"train.cuda_graphs: method {method.name} trains with a trainer of its own, "
-                          "which does not mark the steps CUDA graphs replay; set train.cuda_graphs=false")
     if trainer is None:
         if profile.cuda_graphs:  # a few lengths, so a few recorded graphs serve every batch
-            if not hasattr(collator, "pad_to_multiple_of"):
-                raise ConfigError(f"train.cuda_graphs: method {method.name if method else '?'} batches its "
-                                  "data in a way that cannot be padded to fixed lengths; set train.cuda_graphs=false")
-            collator.pad_to_multiple_of = cfg.train.pad_to_multiple_of
+            collator.pad_to_multiple_of = cfg.train.pad_to_multiple_of  # (methods/base.py checked the method)
         profiled = speed_trainer_class(Trainer, profile)  # the profile's loss step (train/speed.py)
         trainer = profiled(model=model, args=args, train_dataset=data.train,
                            eval_dataset=data.val or None, data_collator=collator,
