@@ -213,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--checkpoint", metavar="checkpoint-N", help="with --resume: continue from this "
                    "checkpoint instead of the newest (also: --resume RUN_DIR/checkpoints/checkpoint-N)")
     t.add_argument("--continue-from", metavar="NAME@ALIAS|RUN_DIR", help="continue an earlier model "
+                   "(or RUN_DIR/checkpoints/checkpoint-N, one of its checkpoints) "
                    "on new data (data.train) with replay of its training data (replay.fraction), a "
                    "re-warmed learning rate, and forgetting measured on every earlier evaluation set")
     t.add_argument("--log-format", choices=("bar", "jsonl"), default="bar",

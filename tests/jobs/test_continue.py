@@ -1,12 +1,13 @@
 """Continuing a fine-tuned model through the jobs API (OpenAI's `model: "ft:..."`), on a real
 server with the official client and real worker processes: replay from the earlier model's
 training data, the new task scored before and after, forgetting on the earlier evaluation sets,
-the parent version in the lineage; and the refusals (unknown, another key's, another base, a
+the parent version in the lineage, a checkpoint continued by its `ckpt-step-N` name; and the refusals (unknown, another key's, another base, a
 method that cannot continue, replay on a base job, another method)."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import openai
 import pytest
@@ -76,12 +77,27 @@ def test_continuing_a_fine_tuned_model_and_a_registry_reference(jobs_env):
             model="shop@champion", training_file=new_file.id, seed=5,
             method={"type": "supervised", "affina": {"replay_fraction": 0.25, "train": SHORT, "eval": EVAL}})
 
+        # One of the first job's checkpoints, by the name it is served under.
+        checkpoint = alice.fine_tuning.jobs.checkpoints.list(first.id).data[-1]  # the earliest kept
+        by_checkpoint = alice.fine_tuning.jobs.create(
+            model=checkpoint.fine_tuned_model_checkpoint, training_file=new_file.id, seed=5,
+            method={"type": "supervised", "affina": {"replay_fraction": 0.25, "train": SHORT, "eval": EVAL}})
+
         cont_done = wait_status(alice, cont.id, ("succeeded", "failed"), timeout=240)
         assert cont_done.status == "succeeded", cont_done.error
         ref_done = wait_status(alice, by_ref.id, ("succeeded", "failed"), timeout=240)
         assert ref_done.status == "succeeded", ref_done.error
+        checkpoint_done = wait_status(alice, by_checkpoint.id, ("succeeded", "failed"), timeout=240)
+        assert checkpoint_done.status == "succeeded", checkpoint_done.error
     finally:
         jobs_env.stop_workers()
+
+    # Continuing a checkpoint: its weights (not the first job's last ones), named after the base.
+    assert checkpoint_done.fine_tuned_model == f"ft:base::{by_checkpoint.id}"
+    step = checkpoint.step_number
+    plan = lineage(jobs_env.service.store.get_job(by_checkpoint.id).registered_as)["run"]["continual"]
+    assert plan["artifact"] == f"checkpoints/checkpoint-{step}" and plan["version"] is None
+    assert Path(plan["run_dir"]) == Path(jobs_env.service.store.get_job(first.id).run_dir).resolve()
 
     # Named after the base (not ft:ft:...), served at once.
     assert cont_done.fine_tuned_model == f"ft:base::{cont.id}"

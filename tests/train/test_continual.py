@@ -83,3 +83,28 @@ def test_replay_draw_follows_the_seed_and_bad_continuations_are_refused(tmp_path
                               "method.target_modules=[q_proj]"), EarlierModel.of_run_dir(str(first)))
     with pytest.raises(ConfigError, match="replay.fraction"):
         load_config(None, ["replay.fraction=1"])
+
+
+def test_continue_from_a_checkpoint_starts_from_its_weights(tmp_path, tiny_model_dir):
+    """train.continue_from may name one of a run's checkpoints: the continued run starts from
+    that checkpoint's weights (the earlier model it scores "before" is the checkpoint), records
+    which one, and a checkpoint at the run's last step scores as the run's own artifact."""
+    task_a = write_rows(tmp_path / "a.jsonl", traffic.rows("listing", 40, seed=1))
+    eval_a = write_rows(tmp_path / "a-eval.jsonl", traffic.rows("listing", 6, seed=2))
+    task_b = write_rows(tmp_path / "b.jsonl", traffic.rows("shifted", 12, seed=3))
+    first = train(_cfg(tmp_path, tiny_model_dir, "a", task_a, eval_a, "method.r=2", "train.max_steps=4",
+                       "train.save_steps=2", "data.val_fraction=0"), display="quiet").run_dir
+    a_after = json.loads((first / "eval" / "after.json").read_text())
+    before = {}
+    for step in (2, 4):
+        checkpoint = first / "checkpoints" / f"checkpoint-{step}"
+        run = train(_cfg(tmp_path, tiny_model_dir, f"from-{step}", task_b, eval_a, "train.max_steps=1",
+                         f"train.continue_from={checkpoint}"), display="quiet").run_dir
+        c = read_record(run).continual
+        assert c["run_dir"] == str(first) and c["artifact"] == f"checkpoints/checkpoint-{step}"
+        before[step] = json.loads((run / "eval" / "before.json").read_text())["loss"]
+    assert before[4] == pytest.approx(a_after["loss"], rel=1e-5)  # the last checkpoint is the artifact
+    assert before[2] != pytest.approx(a_after["loss"], rel=1e-5)  # an earlier one is not
+    with pytest.raises(ConfigError, match="not a run directory or one of its checkpoints"):
+        train(_cfg(tmp_path, tiny_model_dir, "bad", task_b, eval_a,
+                   f"train.continue_from={first / 'checkpoints' / 'checkpoint-9'}"), display="quiet")

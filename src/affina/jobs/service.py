@@ -36,8 +36,10 @@ from pathlib import Path
 from ..errors import AffinaError
 from .store import TERMINAL, FileRow, JobRow, JobStore, new_id
 
-__all__ = ["JobsService", "Caller", "JobRequestError", "NotFound", "FILE_SUFFIXES", "SUPPORTED_PURPOSES",
+__all__ = ["CHECKPOINT_MODEL", "JobsService", "Caller", "JobRequestError", "NotFound", "FILE_SUFFIXES", "SUPPORTED_PURPOSES",
            "ft_registry_name", "run_config"]
+
+CHECKPOINT_MODEL = re.compile(r"(?P<model>ft:.+):ckpt-step-(?P<step>\d+)")  # one of a job's checkpoints
 
 FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt")
 SUPPORTED_PURPOSES = ("fine-tune",)
@@ -261,14 +263,23 @@ class JobsService:
         unknown = JobRequestError(f"model {model!r} does not exist: continue a fine-tuned model of this "
                                   "server (GET /v1/models lists them) or a registry reference NAME@ALIAS",
                                   code="model_not_found", param="model")
+        checkpoint_dir = None
         if model.startswith("ft:"):
-            job = self.store.job_by_model(model)
+            step = CHECKPOINT_MODEL.fullmatch(model)  # ft:...:ckpt-step-N, one of a job's checkpoints
+            job = self.store.job_by_model(step["model"] if step else model)
             if job is None or not (caller.admin or job.owner == caller.key_id):
                 raise unknown
             if job.status != "succeeded" or not job.run_dir:
                 raise unknown
             run_dir, ref = Path(job.run_dir), job.registered_as
             root = job.base_name
+            if step:  # its weights, from the run (not the registered version, which is the last)
+                checkpoint = self.store.checkpoint(job.id, int(step["step"]))
+                if checkpoint is None or not Path(checkpoint.path).is_dir():
+                    raise JobRequestError(f"model {model!r}: job {job.id} has no checkpoint at step {step['step']} "
+                                          "any more; GET /v1/fine_tuning/jobs/{id}/checkpoints lists them",
+                                          code="model_not_found", param="model")
+                checkpoint_dir, ref = str(Path(checkpoint.path).resolve()), None
         else:
             parsed = parse_ref(model)
             owner_job = re.fullmatch(r"ft-.*-(?P<job>ftjob-[0-9a-f]{24})", parsed.name) if parsed else None
@@ -300,6 +311,7 @@ class JobsService:
                                   "be continued; fine-tune the base on the combined data instead",
                                   code="model_not_supported", param="model")
         return {"from": model, "ref": ref, "run_dir": str(Path(run_dir).resolve()),
+                **({"checkpoint": checkpoint_dir} if checkpoint_dir else {}),
                 "method": method.name, "options": dict(record.method.options), "base_name": root}
 
     def _same_base(self, base) -> bool:
@@ -660,8 +672,8 @@ def run_config(job: JobRow, training_path: str, validation_path: str | None):
     for key, value in (job.method["affina"].get("eval") or {}).items():
         setattr(cfg.eval, key, value)
     continued = job.method["affina"].get("continue")
-    if continued:  # `affina train --continue-from`: the pinned version, else the run directory
-        cfg.train.continue_from = continued.get("ref") or continued["run_dir"]
+    if continued:  # `affina train --continue-from`: a checkpoint, the pinned version, else the run
+        cfg.train.continue_from = continued.get("checkpoint") or continued.get("ref") or continued["run_dir"]
         cfg.replay.fraction = float(continued.get("replay_fraction", cfg.replay.fraction))
         if validation_path:  # the new task's evaluation set, scored before and after
             cfg.eval.data = [validation_path]

@@ -211,7 +211,7 @@ class Worker:
                 "training_file": job.training_file, "validation_file": job.validation_file,
                 "fine_tuned_model": job.ft_name, "hyperparameters": job.hyperparameters,
                 "method": job.method,
-                "continues": (job.method.get("affina") or {}).get("continue", {}).get("ref")}, indent=1))
+                "continues": _continues(job)}, indent=1))
             if self.register:
                 from ..govern.registry import register_run
                 from .service import ft_registry_name
@@ -311,3 +311,9 @@ class _JobSinks:
                 self.worker.store.add_event(self.job.id, line.removeprefix("warning ").strip(), level="warn")
             except Exception:  # noqa: BLE001
                 pass
+
+
+def _continues(job) -> str | None:
+    """What a continuing job started from: the registered version, or the checkpoint's directory."""
+    continued = (job.method.get("affina") or {}).get("continue") or {}
+    return continued.get("ref") or continued.get("checkpoint")

@@ -24,7 +24,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from ..errors import AffinaError
-from ..jobs.service import Caller, JobRequestError, JobsService
+from ..jobs.service import CHECKPOINT_MODEL, Caller, JobRequestError, JobsService
 from ..jobs.store import JobRow
 from .guards import logger
 from .schemas import ApiError, error_body
@@ -32,7 +32,6 @@ from .schemas import ApiError, error_body
 __all__ = ["jobs_router", "FineTunedModels", "caller_of", "DEFAULT_MAX_FILE_BYTES"]
 
 DEFAULT_MAX_FILE_BYTES = 512 << 20
-_CHECKPOINT = re.compile(r"(?P<model>ft:.+):ckpt-step-(?P<step>\d+)")
 _REGISTERED = re.compile(r"ft-.*-(?P<job>ftjob-[0-9a-f]{24})@.+")
 _MAX_LIMIT = 100
 
@@ -52,7 +51,7 @@ class FineTunedModels:
         self.service = service
 
     def _job(self, name: str) -> tuple[JobRow | None, int | None]:
-        m = _CHECKPOINT.fullmatch(name)
+        m = CHECKPOINT_MODEL.fullmatch(name)
         model, step = (m["model"], int(m["step"])) if m else (name, None)
         return self.service.store.job_by_model(model), step
 

@@ -2,7 +2,8 @@
 
 The continued run
 - keeps the earlier run's base, method and method options, and starts from its weights
-  (`Method.continue_weights`);
+  (`Method.continue_weights`): its artifact, or one of its checkpoints when `train.continue_from`
+  names a checkpoint's directory (`RUN/checkpoints/checkpoint-N`);
 - trains on the new data plus `replay.fraction` of examples drawn from the earlier run's own
   training files (a `data.mix`, drawn with `train.seed`: the draw is in the run record's
   `data.mix` and `continual.replay`);
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,13 +43,22 @@ class EarlierModel:
     given: str = ""  # what the user named: NAME@ALIAS, NAME@VERSION or a directory
     ref: str | None = None  # NAME@VERSION when it came from the registry
     eval_sets: list[str] = field(default_factory=list)  # evaluation files registered with NAME
+    # The weights to start from, relative to run_dir: one of its checkpoints
+    # (checkpoints/checkpoint-N), or None for the run's own artifact.
+    artifact: str | None = None
 
     @classmethod
     def of_run_dir(cls, text: str) -> "EarlierModel":
-        if not is_run_dir(text):
-            raise ConfigError(f"train.continue_from: {text!r} is not a run directory (NAME@ALIAS "
-                              "references are resolved by `affina train --continue-from`)")
-        return cls(Path(text).resolve(), given=text)
+        """A run directory, or one of its checkpoints' directories (RUN/checkpoints/checkpoint-N)."""
+        path = Path(text)
+        if is_run_dir(path):
+            return cls(path.resolve(), given=text)
+        if (path.parent.name == "checkpoints" and re.fullmatch(r"checkpoint-\d+", path.name)
+                and path.is_dir() and is_run_dir(path.parent.parent)):
+            return cls(path.parent.parent.resolve(), given=text, artifact=f"checkpoints/{path.name}")
+        raise ConfigError(f"train.continue_from: {text!r} is not a run directory or one of its checkpoints "
+                          "(RUN/checkpoints/checkpoint-N; NAME@ALIAS references are resolved by "
+                          "`affina train --continue-from`)")
 
 
 def _rows(paths: list[str]) -> list[int]:
@@ -103,7 +114,8 @@ def continual_config(cfg: RunConfig, earlier: EarlierModel) -> tuple[RunConfig, 
         warn(f"{earlier.given}: its training data is the new data itself (or none is recorded); "
              "nothing else to replay")
     plan = {"from": earlier.given or str(earlier.run_dir), "version": earlier.ref,
-            "run_dir": str(earlier.run_dir), "artifact": record.artifact, "method": record.method.name,
+            "run_dir": str(earlier.run_dir), "artifact": earlier.artifact or record.artifact,
+            "method": record.method.name,
             "rewarm_ratio": cfg.train.rewarm_ratio, "replay": replay,
             "earlier_eval": earlier_eval_sets(earlier, record)}
     return cfg.validate(), plan
