@@ -155,6 +155,7 @@ def test_continuation_refusals_are_clear_400s(jobs_env, tmp_path):
 
     cases = [
         ({"model": "ft:base::ftjob-000000000000000000000000"}, "model_not_found", "model"),
+        ({"model": "ft:base::ftjob-000000000000000000000000:ckpt-step-2"}, "model_not_found", "model"),
         ({"model": "nosuch@champion"}, "model_not_found", "model"),
         ({"model": "elsewhere@1"}, "model_not_supported", "model"),
         ({"model": "bottleneck@1"}, "model_not_supported", "model"),
