@@ -105,6 +105,7 @@ class Fp8Linear(torch.nn.Linear):
         layer.in_features, layer.out_features = linear.in_features, linear.out_features
         layer.weight, layer.bias = linear.weight, linear.bias
         layer.fp8_weight, layer.fp8_scale = quantize_tensor(linear.weight)
+        layer.train(linear.training)
         # Compiled with CUDA graphs, inputs not marked static are copied into the graph's own
         # buffers before each replay; parameters and buffers are static already, these are not.
         torch._dynamo.mark_static_address(layer.fp8_weight)
