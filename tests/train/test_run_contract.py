@@ -155,6 +155,7 @@ def test_mlflow_gets_checkpoints_only_when_asked_and_jsonl_and_quiet_outputs(
         assert "%|" not in stream
     assert "affina run directory" not in captured.out
     assert "training summary" in captured.out
+    assert "profile default, precision none" in captured.out  # the step it trained with
 
 
 def test_promoting_a_classification_run_uses_the_one_evaluator(tmp_path, tiny_model_dir, tracking,

@@ -572,6 +572,8 @@ def _print_summary(run_dir: Path, data: PreparedData, params, record: RunRecord,
         ["validation examples", f"{len(data.val_records):,}"],
         ["trainable parameters", f"{params.trainable:,} ({params.percent:.3f}%)"],
         ["steps / epochs", f"{tr.global_step} / {tr.epochs}"],
+        ["training step", f"profile {tr.profile}, precision {tr.mixed_precision}"
+         + (f", {tr.world_size} processes" if tr.world_size > 1 else "")],
         ["final train loss", _fmt(tr.train_loss)],
         ["validation loss", _fmt(record.metrics.validation_loss)],
         ["wall time", f"{tr.seconds:.0f} s"],
