@@ -167,6 +167,6 @@ def fp8_supported(device: torch.device) -> str | None:
     try:
         x = torch.ones(3, 16, device=device)
         fp8_matmul(x, *quantize_tensor(torch.ones(16, 16, device=device)))
-    except (RuntimeError, NotImplementedError) as e:
+    except (RuntimeError, NotImplementedError, AttributeError, TypeError) as e:  # TypeError: an older signature
         return f"torch {torch.__version__} has no fp8 scaled matmul on {device.type}: {str(e).splitlines()[0]}"
     return None
