@@ -84,46 +84,59 @@ class _Fp8Matmul(torch.autograd.Function):
         return gx, None, None, None
 
 
+def _scale_vectors(scale: torch.Tensor, shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor]:
+    """A weight's one scale as the row-wise scaled matmul takes it: repeated over its N outputs
+    [1, N] (forward) and its K inputs [1, K] (input gradient)."""
+    n, k = shape
+    one = scale.reshape(1, 1)
+    return one.expand(1, n).contiguous(), one.expand(1, k).contiguous()
+
+
+def _fp8_linear(x: torch.Tensor, weight: torch.Tensor, out_scale: torch.Tensor,
+                in_scale: torch.Tensor) -> torch.Tensor:
+    n, k = weight.shape
+    return _Fp8Matmul.apply(x.reshape(-1, k), weight, out_scale, in_scale).reshape(*x.shape[:-1], n)
+
+
 def fp8_matmul(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """x [..., K] @ (weight * scale)^T for an e4m3 `weight` [N, K] and its fp32 `scale`, in bf16."""
-    n, k = weight.shape
-    y = _Fp8Matmul.apply(x.reshape(-1, k), weight, scale.reshape(1, 1).expand(1, n).contiguous(),
-                         scale.reshape(1, 1).expand(1, k).contiguous())
-    return y.reshape(*x.shape[:-1], n)
+    return _fp8_linear(x, weight, *_scale_vectors(scale, weight.shape))
+
+
+def _linear_sharing(cls: type, linear: torch.nn.Linear) -> torch.nn.Linear:
+    """A `cls` layer (nn.Linear or a subclass) holding `linear`'s weight and bias parameters."""
+    layer = cls.__new__(cls)
+    torch.nn.Module.__init__(layer)
+    layer.in_features, layer.out_features = linear.in_features, linear.out_features
+    layer.weight, layer.bias = linear.weight, linear.bias
+    layer.train(linear.training)
+    return layer
 
 
 class Fp8Linear(torch.nn.Linear):
     """A frozen `nn.Linear` whose matmul runs in fp8. It holds the original's weight and bias
-    parameters (so its state dict is the original's), and an fp8 copy of the weight as a plain
-    attribute: not a buffer, so state dicts, `.to()` and DDP's buffer broadcast leave it alone
-    (convert after the model is on its device)."""
+    parameters (so its state dict is the original's), and an fp8 copy of the weight with its scale
+    as plain attributes: not buffers, so state dicts, `.to()` and DDP's buffer broadcast leave
+    them alone (convert after the model is on its device)."""
 
     @classmethod
     def of(cls, linear: torch.nn.Linear) -> "Fp8Linear":
-        layer = cls.__new__(cls)
-        torch.nn.Module.__init__(layer)
-        layer.in_features, layer.out_features = linear.in_features, linear.out_features
-        layer.weight, layer.bias = linear.weight, linear.bias
-        layer.fp8_weight, layer.fp8_scale = quantize_tensor(linear.weight)
-        layer.train(linear.training)
+        layer = _linear_sharing(cls, linear)
+        layer.fp8_weight, scale = quantize_tensor(linear.weight)
+        layer.fp8_out_scale, layer.fp8_in_scale = _scale_vectors(scale, linear.weight.shape)  # once, not per call
         # Compiled with CUDA graphs, inputs not marked static are copied into the graph's own
         # buffers before each replay; parameters and buffers are static already, these are not.
-        torch._dynamo.mark_static_address(layer.fp8_weight)
-        torch._dynamo.mark_static_address(layer.fp8_scale)
+        for tensor in (layer.fp8_weight, layer.fp8_out_scale, layer.fp8_in_scale):
+            torch._dynamo.mark_static_address(tensor)
         return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = fp8_matmul(x, self.fp8_weight, self.fp8_scale)
+        y = _fp8_linear(x, self.fp8_weight, self.fp8_out_scale, self.fp8_in_scale)
         return y if self.bias is None else y + self.bias.to(y.dtype)
 
     def plain(self) -> torch.nn.Linear:
         """An `nn.Linear` with this layer's parameters."""
-        layer = torch.nn.Linear.__new__(torch.nn.Linear)
-        torch.nn.Module.__init__(layer)
-        layer.in_features, layer.out_features = self.in_features, self.out_features
-        layer.weight, layer.bias = self.weight, self.bias
-        layer.train(self.training)
-        return layer
+        return _linear_sharing(torch.nn.Linear, self)
 
 
 def _fits(module: torch.nn.Module) -> bool:
