@@ -30,6 +30,7 @@ from ..errors import ConfigError
 from ..record import is_run_dir, read_record
 from ..record.datafiles import file_sha256, resolve_inputs
 from ..ui import info, print_table, warn
+from .rundir import split_resume_target
 
 __all__ = ["EarlierModel", "continual_config", "earlier_eval_sets", "forgetting_rows",
            "print_forgetting", "write_plan", "read_plan", "CONTINUAL_NAME"]
@@ -53,9 +54,9 @@ class EarlierModel:
         path = Path(text)
         if is_run_dir(path):
             return cls(path.resolve(), given=text)
-        if (path.parent.name == "checkpoints" and re.fullmatch(r"checkpoint-\d+", path.name)
-                and path.is_dir() and is_run_dir(path.parent.parent)):
-            return cls(path.parent.parent.resolve(), given=text, artifact=f"checkpoints/{path.name}")
+        run_dir, checkpoint = split_resume_target(path, None)  # the layout --resume reads
+        if checkpoint and re.fullmatch(r"checkpoint-\d+", checkpoint) and path.is_dir() and is_run_dir(run_dir):
+            return cls(run_dir.resolve(), given=text, artifact=path.relative_to(run_dir).as_posix())
         raise ConfigError(f"train.continue_from: {text!r} is not a run directory or one of its checkpoints "
                           "(RUN/checkpoints/checkpoint-N; NAME@ALIAS references are resolved by "
                           "`affina train --continue-from`)")
