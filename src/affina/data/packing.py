@@ -15,7 +15,7 @@ import torch
 
 from .tokenize import IGNORE_INDEX, Example
 
-__all__ = ["pack_examples", "PackedRow", "BatchCollator", "packing_efficiency"]
+__all__ = ["pack_examples", "PackedRow", "BatchCollator", "packing_efficiency", "padded_width"]
 
 
 @dataclass
@@ -60,6 +60,11 @@ def packing_efficiency(rows: list[PackedRow], max_length: int) -> float:
     return sum(len(r.input_ids) for r in rows) / max(1, len(rows) * max_length)
 
 
+def padded_width(width: int, multiple: int | None) -> int:
+    """`width` rounded up to a multiple of `multiple` (as it is when `multiple` is None or 0)."""
+    return (width + multiple - 1) // multiple * multiple if multiple else width
+
+
 class BatchCollator:
     """Pads a list of `Example`s or `PackedRow`s into a batch of tensors.
 
@@ -72,10 +77,7 @@ class BatchCollator:
         self.pad_to_multiple_of = pad_to_multiple_of
 
     def __call__(self, features: list) -> dict[str, torch.Tensor]:
-        width = max(len(f.input_ids) for f in features)
-        if self.pad_to_multiple_of:
-            m = self.pad_to_multiple_of
-            width = (width + m - 1) // m * m
+        width = padded_width(max(len(f.input_ids) for f in features), self.pad_to_multiple_of)
         packed = isinstance(features[0], PackedRow)
         ids = torch.full((len(features), width), self.pad_token_id, dtype=torch.long)  # (B, T)
         labels = torch.full((len(features), width), IGNORE_INDEX, dtype=torch.long)

@@ -68,10 +68,9 @@ class ClassCollator:
     def __call__(self, features: list[ClassExample]) -> dict:
         import torch
 
-        width = max(len(f) for f in features)
-        if self.pad_to_multiple_of:
-            m = self.pad_to_multiple_of
-            width = (width + m - 1) // m * m
+        from ..data.packing import padded_width
+
+        width = padded_width(max(len(f) for f in features), self.pad_to_multiple_of)
         ids = torch.full((len(features), width), self.pad_token_id, dtype=torch.long)  # (B, T)
         mask = torch.zeros((len(features), width), dtype=torch.long)
         for row, f in enumerate(features):
