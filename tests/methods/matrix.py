@@ -69,13 +69,16 @@ def logits(model, inputs: dict) -> torch.Tensor:
     return model(**inputs).logits.float()
 
 
-def train_steps(model, inputs: dict, steps: int, lr: float) -> list[float]:
+def train_steps(model, inputs: dict, steps: int, lr: float, autocast: torch.dtype | None = None) -> list[float]:
+    """`steps` AdamW steps on one batch; `autocast`: the forward passes (only them, as the Trainer
+    does: autocast keeps its cast weights until its region ends) under CPU autocast to that dtype."""
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     model.train()
     losses = []
     for _ in range(steps):
-        loss = model(**inputs).loss
+        with torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+            loss = model(**inputs).loss
         loss.backward()
         opt.step()
         opt.zero_grad()

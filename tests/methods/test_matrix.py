@@ -111,18 +111,7 @@ def test_fp8_base_trains_every_method_with_a_frozen_base(case, model_dirs):
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     swapped = fp8_base_layers(decoder_blocks(model))
     assert swapped > 0
-    inputs = batch(case, tokenizer)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=case.lr, weight_decay=0.0)
-    model.train()
-    losses = []
-    for _ in range(30):  # autocast around the forward only, as the Trainer does: it caches the
-        with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 weights until its region ends
-            loss = model(**inputs).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        losses.append(loss.item())
+    losses = train_steps(model, batch(case, tokenizer), 30, case.lr, autocast=torch.bfloat16)
     assert losses[-1] < 0.7 * losses[0], losses[::5]
     changed = {n for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())}
     assert changed == {n for n, _ in model.named_parameters() if case.claims(n)}

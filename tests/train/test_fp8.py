@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from affina.config import load_config
@@ -20,7 +20,7 @@ from affina.train.fp8 import (E4M3, Fp8Linear, fp8_base_layers, fp8_matmul, fp8_
 from affina.train.recipe import _fp8_base
 from affina.train.speed import compile_blocks, decoder_blocks, keep_input_dtype, profile_of
 
-from .test_speed import _batch, _grads, _losses, _run
+from .test_speed import _batch, _grads, _lora, _losses, _run
 
 pytestmark = pytest.mark.skipif(fp8_supported(torch.device("cpu")) is not None,
                                 reason=f"no fp8 matmul on this CPU build: {fp8_supported(torch.device('cpu'))}")
@@ -66,16 +66,6 @@ def test_fp8_matmul_is_the_dequantised_product_and_close_to_full_precision():
     exact_gx = ((gq.float() * gs) @ (wq.float() * ws)).reshape(2, 5, 64)
     torch.testing.assert_close(x.grad.float(), exact_gx, rtol=8e-3, atol=1e-3)
     assert 0 < _relative(x.grad, grad @ w) < 0.06
-
-
-def _lora(model_dir):
-    torch.manual_seed(0)
-    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    model = get_peft_model(base, LoraConfig(r=4, target_modules="all-linear", lora_dropout=0.0))
-    for name, p in model.named_parameters():
-        if "lora_B" in name:
-            torch.nn.init.normal_(p, std=0.02)
-    return model
 
 
 def test_swap_keeps_parameters_and_state_dict_and_restores_plain_layers(tiny_model_dir):
