@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["E4M3", "quantize_rows", "quantize_tensor", "fp8_matmul", "Fp8Linear", "fp8_base_layers",
+__all__ = ["E4M3", "quantize_rows", "quantize_tensor", "scale_vectors", "fp8_linear", "fp8_matmul", "mark_static", "Fp8Linear", "fp8_base_layers",
            "restore_linear", "fp8_supported"]
 
 E4M3 = torch.float8_e4m3fn
@@ -57,50 +57,60 @@ def _no_autocast(x: torch.Tensor):
 
 
 class _Fp8Matmul(torch.autograd.Function):
-    """y = x @ W^T with W frozen in fp8: the input (forward) and the output gradient (backward)
-    quantised per row, products accumulated in fp32, results in bf16. No gradient for W, and no
-    activation saved (the input gradient needs only W)."""
+    """y = x @ (W * s)^T with W frozen in fp8 and `s` one scale per output row: the input (forward)
+    and the output gradient (backward) quantised per row, products accumulated in fp32, results
+    in bf16. No gradient for W, and no activation saved (the input gradient needs only W)."""
 
     @staticmethod
-    def forward(ctx, x, weight, out_scale, in_scale):
-        # x [M, K]; weight e4m3 [N, K]; out_scale [1, N] and in_scale [1, K]: W's scale, repeated.
+    def forward(ctx, x, weight, scale, ones):
+        # x [M, K]; weight e4m3 [N, K]; scale [1, N]: each output row's weight scale; ones [1, K].
         xq, xs = quantize_rows(x)
-        ctx.save_for_backward(weight, in_scale)
+        ctx.save_for_backward(weight, scale, ones)
         with _no_autocast(x):  # autocast would round the fp32 scales to bf16
-            return torch._scaled_mm(xq, weight.t(), scale_a=xs, scale_b=out_scale, out_dtype=torch.bfloat16,
+            return torch._scaled_mm(xq, weight.t(), scale_a=xs, scale_b=scale, out_dtype=torch.bfloat16,
                                     use_fast_accum=True)
 
     @staticmethod
     def backward(ctx, grad):
         if not ctx.needs_input_grad[0]:
             return None, None, None, None
-        weight, in_scale = ctx.saved_tensors
-        gq, gs = quantize_rows(grad.contiguous())
-        # dX = dY @ W: the second operand must be column-major [N, K], that is W^T laid out
+        weight, scale, ones = ctx.saved_tensors
+        # dX = dY @ (W * s) = (dY * s) @ W: the weight scales vary along the sum, so they go into
+        # the gradient before it is quantised per row (for one scale per tensor this is the same
+        # product). The second operand must be column-major [N, K], that is W^T laid out
         # row-major (one fp8 transpose of this layer's weight, not kept).
+        gq, gs = quantize_rows(grad.float() * scale)
         with _no_autocast(grad):
-            gx = torch._scaled_mm(gq, weight.t().contiguous().t(), scale_a=gs, scale_b=in_scale,
+            gx = torch._scaled_mm(gq, weight.t().contiguous().t(), scale_a=gs, scale_b=ones,
                                   out_dtype=torch.bfloat16)
         return gx, None, None, None
 
 
-def _scale_vectors(scale: torch.Tensor, shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor]:
-    """A weight's one scale as the row-wise scaled matmul takes it: repeated over its N outputs
-    [1, N] (forward) and its K inputs [1, K] (input gradient)."""
+def scale_vectors(scale: torch.Tensor, shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor]:
+    """A weight's one scale as the row-wise scaled matmul takes it: repeated over its N output
+    rows [1, N], and the ones [1, K] of the input gradient's other side."""
     n, k = shape
-    one = scale.reshape(1, 1)
-    return one.expand(1, n).contiguous(), one.expand(1, k).contiguous()
+    return scale.reshape(1, 1).expand(1, n).contiguous(), torch.ones(1, k, device=scale.device)
 
 
-def _fp8_linear(x: torch.Tensor, weight: torch.Tensor, out_scale: torch.Tensor,
-                in_scale: torch.Tensor) -> torch.Tensor:
+def fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, ones: torch.Tensor) -> torch.Tensor:
+    """x [..., K] @ (weight * scale)^T in bf16, for an e4m3 `weight` [N, K], its output rows'
+    fp32 scales `scale` [1, N] and `ones` [1, K] (see `scale_vectors`)."""
     n, k = weight.shape
-    return _Fp8Matmul.apply(x.reshape(-1, k), weight, out_scale, in_scale).reshape(*x.shape[:-1], n)
+    return _Fp8Matmul.apply(x.reshape(-1, k), weight, scale, ones).reshape(*x.shape[:-1], n)
 
 
 def fp8_matmul(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """x [..., K] @ (weight * scale)^T for an e4m3 `weight` [N, K] and its fp32 `scale`, in bf16."""
-    return _fp8_linear(x, weight, *_scale_vectors(scale, weight.shape))
+    """x [..., K] @ (weight * scale)^T for an e4m3 `weight` [N, K] and its one fp32 `scale`, in bf16."""
+    return fp8_linear(x, weight, *scale_vectors(scale, weight.shape))
+
+
+def mark_static(*tensors: torch.Tensor) -> None:
+    """Compiled with CUDA graphs, inputs not marked static are copied into the graph's own buffers
+    before each replay; parameters and buffers are static already, tensors held as plain
+    attributes (fp8 copies, fused weights) are not."""
+    for tensor in tensors:
+        torch._dynamo.mark_static_address(tensor)
 
 
 def _linear_sharing(cls: type, linear: torch.nn.Linear) -> torch.nn.Linear:
@@ -123,15 +133,12 @@ class Fp8Linear(torch.nn.Linear):
     def of(cls, linear: torch.nn.Linear) -> "Fp8Linear":
         layer = _linear_sharing(cls, linear)
         layer.fp8_weight, scale = quantize_tensor(linear.weight)
-        layer.fp8_out_scale, layer.fp8_in_scale = _scale_vectors(scale, linear.weight.shape)  # once, not per call
-        # Compiled with CUDA graphs, inputs not marked static are copied into the graph's own
-        # buffers before each replay; parameters and buffers are static already, these are not.
-        for tensor in (layer.fp8_weight, layer.fp8_out_scale, layer.fp8_in_scale):
-            torch._dynamo.mark_static_address(tensor)
+        layer.fp8_scale, layer.fp8_ones = scale_vectors(scale, linear.weight.shape)  # once, not per call
+        mark_static(layer.fp8_weight, layer.fp8_scale, layer.fp8_ones)
         return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = _fp8_linear(x, self.fp8_weight, self.fp8_out_scale, self.fp8_in_scale)
+        y = fp8_linear(x, self.fp8_weight, self.fp8_scale, self.fp8_ones)
         return y if self.bias is None else y + self.bias.to(y.dtype)
 
     def plain(self) -> torch.nn.Linear:
