@@ -147,6 +147,7 @@ class TrainConfig:
     loss_chunk_tokens: int = _f(1024, "With the chunked loss: tokens whose logits are computed at a time.")
     mixed_precision: str = _f("auto", "Autocast for the matmuls, fp32 master weights: auto (bf16 on CUDA when the weights are bf16; none on the CPU: faster there with avx512_bf16, but its loss curve strayed from fp32's by more than 2%, docs/training.md), bf16, fp8 (bf16 autocast, and the frozen base's matmuls in fp8 on GPUs with fp8 tensor cores, H100/H200: an approximation, like QLoRA's base; adapter methods only, not with distributed.strategy=fsdp; affina.train.fp8), none.")
     cuda_graphs: bool = _f(False, "Under train.profile=speed on one CUDA device: each compiled decoder block replays as CUDA graphs (torch.compile mode reduce-overhead), so the GPU stops waiting for the CPU to launch kernels; batches are padded to a multiple of train.pad_to_multiple_of tokens so a few graphs serve every length. Needs grad_accum 1 and one process (docs/training.md).")
+    fuse_projections: bool = _f(False, "Sibling projections that read one input (attention's q/k/v, the MLP's gate/up) computed together: one base matmul over their weights laid end to end (no copy kept) and one adapter down-projection, instead of one each; the same loss and gradients (affina.train.fused, docs/training.md). Fewer, larger matmuls for a GPU; on the CPU no faster, and it copies weights the loader had memory-mapped. Not with distributed.strategy=fsdp.")
     pad_to_multiple_of: int = _f(64, "With cuda_graphs: batches are padded to a multiple of this many tokens (each length records graphs of its own; packed rows are all one length already).")
     neftune_alpha: float | None = _f(None, "NEFTune noise scale on the input embeddings during training (Jain et al. 2023, arXiv:2310.05914; the paper uses 5-15); unset or 0: off.")
     continue_from: str | None = _f(None, "Continue an earlier model on new data: a run directory, one of its checkpoints (RUN/checkpoints/checkpoint-N), or NAME@VERSION|ALIAS from the registry (`affina train --continue-from`). Its method and options are kept, its weights are the starting point, `replay.fraction` of the training examples are drawn from its training data, and every earlier evaluation set is scored before and after (forgetting).")
@@ -282,6 +283,9 @@ class RunConfig:
         if self.distributed.strategy == "fsdp" and t.mixed_precision == "fp8":
             raise ConfigError("train.mixed_precision=fp8 keeps whole fp8 copies of the frozen weights, which "
                               "FSDP shards: use distributed.strategy=ddp, or train.mixed_precision=bf16")
+        if self.distributed.strategy == "fsdp" and t.fuse_projections:
+            raise ConfigError("train.fuse_projections lays sibling weights end to end in one tensor, which FSDP "
+                              "shards per parameter: use distributed.strategy=ddp, or train.fuse_projections=false")
         if t.cuda_graphs:
             if t.profile != "speed":
                 raise ConfigError("train.cuda_graphs replays the speed profile's compiled blocks: "

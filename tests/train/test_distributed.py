@@ -154,13 +154,15 @@ def test_other_methods_train_under_ddp(tmp_path, tiny_model_dir, method):
     assert record.method.name == method and record.train.world_size == 2
 
 
-def test_fp8_base_trains_under_ddp(tmp_path, tiny_model_dir):
-    """train.mixed_precision=fp8 under DDP: the fp8 weight copies are no state DDP syncs, and the
+def test_fp8_base_and_fused_projections_train_under_ddp(tmp_path, tiny_model_dir):
+    """train.mixed_precision=fp8 under DDP, in the speed profile with sibling projections fused: the
+    fp8 weight copies are no state DDP syncs, the fused weights' slices take its broadcast, and the
     ranks train and save a plain adapter."""
     out = _affina(tmp_path, "train", "-q", *_overrides(tmp_path, tiny_model_dir, "fp8", **{
-        "train.batch_size": 4, "train.mixed_precision": "fp8", "distributed.strategy": "ddp",
-        "distributed.nproc_per_node": 2}))
+        "train.batch_size": 4, "train.mixed_precision": "fp8", "train.profile": "speed",
+        "train.fuse_projections": "true", "distributed.strategy": "ddp", "distributed.nproc_per_node": 2}))
     assert out.returncode == 0, out.stderr[-3000:]
     record = read_record(tmp_path / "runs" / "fp8")
     assert record.train.mixed_precision == "fp8" and record.train.world_size == 2
+    assert record.train.fused_projections
     assert (tmp_path / "runs" / "fp8" / "adapter" / "adapter_model.safetensors").exists()

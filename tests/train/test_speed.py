@@ -253,9 +253,12 @@ def _same_run(plain, tuned):
 @pytest.mark.parametrize("profile", ["speed", "memory"])
 def test_profiles_train_to_the_same_adapter_on_cpu(tmp_path, tiny_model_dir, profile):
     plain = _run(tmp_path, tiny_model_dir, "plain", **{"train.chunked_loss": "false"})
-    tuned = _run(tmp_path, tiny_model_dir, profile, **{"train.profile": profile, "train.loss_chunk_tokens": 7})
+    fused = {"train.fuse_projections": "true"} if profile == "speed" else {}  # train/fused.py
+    tuned = _run(tmp_path, tiny_model_dir, profile, **{"train.profile": profile, "train.loss_chunk_tokens": 7}, **fused)
     _same_run(plain, tuned)
     assert yaml.safe_load((tuned / RUN_CONFIG_NAME).read_text())["train"]["profile"] == profile
+    assert read_record(tuned).train.fused_projections == (profile == "speed")
+    assert not read_record(plain).train.fused_projections
 
 
 def test_cpu_default_is_the_chunked_loss_with_the_plain_losses(tmp_path, tiny_model_dir):

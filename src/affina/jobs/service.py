@@ -351,7 +351,7 @@ class JobsService:
                    "scheduler", "weight_decay", "grad_accum", "save_total_limit", "gradient_checkpointing",
                    # the training step (docs/training.md#training-profiles-trainprofile)
                    "profile", "mixed_precision", "chunked_loss", "loss_chunk_tokens", "optimizer",
-                   "cuda_graphs", "pad_to_multiple_of"}
+                   "cuda_graphs", "pad_to_multiple_of", "fuse_projections"}
         unknown = sorted(set(train_extra) - allowed)
         if unknown:
             raise JobRequestError(f"method.affina.train: unknown key(s) {', '.join(unknown)}; allowed: "

@@ -103,6 +103,7 @@ class TrainInfo:
     profile: str = "default"  # train.profile
     chunked_loss: bool = False  # train.chunked_loss, resolved for the device
     mixed_precision: str = "none"  # train.mixed_precision, resolved: fp8 (bf16 autocast + fp8 base), bf16 (autocast) or none
+    fused_projections: bool = False  # train.fuse_projections, resolved: sibling projections were fused
 
 
 @dataclass

@@ -39,6 +39,7 @@ from .display import TrainingDisplay
 from .plots import plot_learning_curve
 from . import distributed
 from .fp8 import fp8_base_layers, fp8_supported, restore_linear
+from .fused import fuse_projections, unfuse_projections
 from .speed import Profile, decoder_blocks, compile_blocks, keep_input_dtype, profile_of, speed_trainer_class
 from .rundir import CONFIG_NAME, config_of_run, make_run_dir, resume_point, split_resume_target
 
@@ -249,7 +250,8 @@ def train(cfg: RunConfig, *, resume: Path | None = None, checkpoint: str | None 
                             train_loss=_last(history, "loss"),
                             seconds=round(time.time() - started, 1), world_size=me.world_size,
                             profile=profile.name, chunked_loss=profile.chunked_loss,
-                            mixed_precision=profile.mixed_precision, **stopping),
+                            mixed_precision=profile.mixed_precision,
+                            fused_projections=profile.fuse_projections, **stopping),
             metrics=MetricsInfo(val_metrics.get("eval_loss"), flat_scores(before), flat_scores(after)),
             template=template, continual=continual)
         write_record(run_dir, record)
@@ -311,10 +313,16 @@ def _apply_profile(model, cfg: RunConfig, device) -> Profile:
     t = cfg.train
     profile = profile_of(t.profile, device, loss_chunk_tokens=t.loss_chunk_tokens,
                          chunked_loss=t.chunked_loss, mixed_precision=t.mixed_precision,
-                         weights_dtype=next(model.parameters()).dtype, cuda_graphs=t.cuda_graphs)
+                         weights_dtype=next(model.parameters()).dtype, cuda_graphs=t.cuda_graphs,
+                         fuse_projections=t.fuse_projections)
     kept = keep_input_dtype(model) if profile.keep_input_dtype else 0
     fp8 = _fp8_base(model, cfg, device) if profile.fp8_base else 0
-    compiled = (compile_blocks(model, cuda_graphs=profile.cuda_graphs)  # after fp8: compiled with it
+    fused = fuse_projections(decoder_blocks(model)) if profile.fuse_projections else 0  # after fp8: fuses its copies
+    if profile.fuse_projections and not fused:
+        info(f"train.fuse_projections: method {cfg.method.name} leaves no frozen sibling projections "
+             "(q/k/v, gate/up) to fuse; the step runs unfused")
+        profile = dataclasses.replace(profile, fuse_projections=False)
+    compiled = (compile_blocks(model, cuda_graphs=profile.cuda_graphs)  # after fp8 and fusing: compiled with them
                 if profile.compile_blocks else 0)
     parts = []
     if profile.chunked_loss:
@@ -326,6 +334,8 @@ def _apply_profile(model, cfg: RunConfig, device) -> Profile:
         parts.append(f"{fp8} frozen linear layers in fp8")
     if kept:
         parts.append(f"{kept} adapter layers keep their input dtype")
+    if fused:
+        parts.append(f"{fused} groups of sibling projections fused")
     if compiled:
         parts.append(f"{compiled} blocks compiled" + (
             f", replayed as CUDA graphs (batches padded to multiples of {t.pad_to_multiple_of} tokens)"
@@ -364,10 +374,13 @@ def _fp8_base(model, cfg: RunConfig, device) -> int:
 
 
 def _after_training(profile: Profile, model):
-    """What evaluation and saving need undone: compiled blocks run eagerly, fp8 layers are plain
-    linear layers again (the same parameters)."""
+    """What evaluation and saving need undone: compiled blocks run eagerly, fused projections are
+    separate layers with weights of their own, fp8 layers are plain linear layers again (the same
+    parameters)."""
     import torch
 
+    if profile.fuse_projections:
+        unfuse_projections(model)
     if profile.fp8_base:
         restore_linear(model)
     if profile.compile_blocks and hasattr(torch.compiler, "set_stance"):
@@ -573,6 +586,7 @@ def _print_summary(run_dir: Path, data: PreparedData, params, record: RunRecord,
         ["trainable parameters", f"{params.trainable:,} ({params.percent:.3f}%)"],
         ["steps / epochs", f"{tr.global_step} / {tr.epochs}"],
         ["training step", f"profile {tr.profile}, precision {tr.mixed_precision}"
+         + (", projections fused" if tr.fused_projections else "")
          + (f", {tr.world_size} processes" if tr.world_size > 1 else "")],
         ["final train loss", _fmt(tr.train_loss)],
         ["validation loss", _fmt(record.metrics.validation_loss)],

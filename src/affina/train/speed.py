@@ -19,6 +19,9 @@
   activations offloaded to pinned CPU memory (`torch.autograd.graph.save_on_cpu`). Pair it with
   the `qlora` method for a 4-bit base.
 
+`train.fuse_projections` (any profile, off by default) computes sibling projections together:
+q/k/v and gate/up each one base matmul and one adapter down-projection (train/fused.py).
+
 `train.chunked_loss` (auto, true, false) turns the chunked loss on or off under any profile;
 `auto` is on under `speed` and `memory` and on the CPU under every profile: there the fp32
 logits (tokens x 49,152 for the default model, plus their gradient and softmax) were most of the
@@ -66,6 +69,7 @@ class Profile:
     bf16_autocast: bool = False  # the Trainer's bf16 mixed precision (train.mixed_precision)
     fp8_base: bool = False  # the frozen base's matmuls in fp8 (train.mixed_precision=fp8, train/fp8.py)
     cuda_graphs: bool = False  # compiled blocks replayed as CUDA graphs (train.cuda_graphs)
+    fuse_projections: bool = False  # sibling projections computed together (train.fuse_projections, train/fused.py)
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -78,7 +82,8 @@ class Profile:
 
 def profile_of(name: str, device: torch.device, *, loss_chunk_tokens: int = 1024,
                chunked_loss: str = "auto", mixed_precision: str = "auto",
-               weights_dtype: torch.dtype = torch.float32, cuda_graphs: bool = False) -> Profile:
+               weights_dtype: torch.dtype = torch.float32, cuda_graphs: bool = False,
+               fuse_projections: bool = False) -> Profile:
     """The switches of profile `name` on `device` (compilation, CUDA graphs and offload are
     CUDA-only), with `train.chunked_loss` and `train.mixed_precision` resolved for that device."""
     cuda = device.type == "cuda"
@@ -86,16 +91,17 @@ def profile_of(name: str, device: torch.device, *, loss_chunk_tokens: int = 1024
     chunked = chunked_loss_of(chunked_loss, name, device)
     bf16 = mixed_precision_of(mixed_precision, device, weights_dtype)
     fp8 = mixed_precision == "fp8"
+    fuse = fuse_projections
     if name == "speed":
         return Profile(name, chunked_loss=chunked, loss_chunk_tokens=loss_chunk_tokens,
                        keep_input_dtype=True, compile_blocks=cuda, fused_loss=fused and chunked,
-                       bf16_autocast=bf16, fp8_base=fp8, cuda_graphs=cuda and cuda_graphs)
+                       bf16_autocast=bf16, fp8_base=fp8, cuda_graphs=cuda and cuda_graphs, fuse_projections=fuse)
     if name == "memory":
         return Profile(name, chunked_loss=chunked, loss_chunk_tokens=loss_chunk_tokens,
                        keep_input_dtype=True, checkpointing=True, offload_activations=cuda,
-                       fused_loss=fused and chunked, bf16_autocast=bf16, fp8_base=fp8)
+                       fused_loss=fused and chunked, bf16_autocast=bf16, fp8_base=fp8, fuse_projections=fuse)
     return Profile(name, chunked_loss=chunked, loss_chunk_tokens=loss_chunk_tokens, bf16_autocast=bf16,
-                   fp8_base=fp8)
+                   fp8_base=fp8, fuse_projections=fuse)
 
 
 def chunked_loss_of(setting: str, profile: str, device: torch.device) -> bool:
