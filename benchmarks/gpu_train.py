@@ -25,6 +25,8 @@ AdamW); `--cases` takes their keys:
 - `speed_fp8`: the `speed` profile with `train.mixed_precision=fp8`: the frozen base's matmuls
   in fp8 (train/fp8.py), an approximation, so its first loss differs a little from the others.
 - `speed_graphs_fp8`: both of the rows above.
+- `speed_fused`, `speed_graphs_fp8_fused`: + `train.fuse_projections` (train/fused.py): q/k/v
+  and gate/up each one base matmul and one adapter down-projection instead of three and two.
 - `memory`: the `memory` profile on a bf16 base: fused (or chunked) loss, activation
   checkpointing, saved activations offloaded to pinned CPU memory.
 - `qlora`: the `memory` profile on a 4-bit NF4 base (bitsandbytes, double quantisation, bf16
@@ -63,6 +65,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from affina.train.fp8 import fp8_base_layers  # noqa: E402
+from affina.train.fused import fuse_projections  # noqa: E402
 from affina.train.speed import (decoder_blocks, _causal_lm, chunked_lm_loss, compile_blocks, fused_loss_available,  # noqa: E402
                                 keep_input_dtype)
 
@@ -90,6 +93,9 @@ CASES = {
     "speed_graphs": ("speed + CUDA graphs per block", dict(_SPEED, graphs=True)),
     "speed_fp8": ("speed + fp8 base (mixed_precision=fp8)", dict(_SPEED, fp8=True)),
     "speed_graphs_fp8": ("speed + fp8 base + CUDA graphs", dict(_SPEED, graphs=True, fp8=True)),
+    "speed_fused": ("speed + fused projections", dict(_SPEED, fuse=True)),
+    "speed_graphs_fp8_fused": ("speed + fp8 base + CUDA graphs + fused projections",
+                               dict(_SPEED, graphs=True, fp8=True, fuse=True)),
     "memory": ("memory (bf16 base)", _MEMORY),
     "qlora": ("memory + QLoRA 4-bit, PEFT's preparation (rest fp32)",
               dict(_MEMORY, qlora=True, peft_prepare=True)),
@@ -173,6 +179,8 @@ def _run_case(args, key: str, device, dtype, trace: Path | None = None) -> dict:
         keep_input_dtype(model)
     if opts.get("fp8"):
         fp8_base_layers(decoder_blocks(model))
+    if opts.get("fuse"):
+        fuse_projections(decoder_blocks(model))
     if opts.get("checkpointing"):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if opts.get("compiled"):

@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from affina.record import read_record
+
 from tests.gpu.test_cuda_training import _check_losses, _data, _losses, _reloads_with_plain_peft, _train
 
 pytestmark = pytest.mark.gpu
@@ -51,11 +53,12 @@ def test_fp8_base_trains_like_bf16_on_cuda(tmp_path, tiny_model_dir):
     _reloads_with_plain_peft(fp8, tiny_model_dir)
 
 
-@pytest.mark.parametrize("precision", ["bf16", "fp8"])
-def test_cuda_graphs_train_like_the_speed_profile(tmp_path, tiny_model_dir, precision):
+@pytest.mark.parametrize("precision, fused", [("bf16", False), ("fp8", False), ("fp8", True)])
+def test_cuda_graphs_train_like_the_speed_profile(tmp_path, tiny_model_dir, precision, fused):
     """train.cuda_graphs: the compiled blocks replay as CUDA graphs through training, validation
     inside training (every 4 steps, inference graphs of their own) and checkpoints, then the run
-    evaluates eagerly; the losses follow the speed profile's run without graphs."""
+    evaluates eagerly; the losses follow the speed profile's run without graphs. With
+    train.fuse_projections too, the siblings' hand-over inside the recorded graphs."""
     if precision == "fp8":
         from affina.train.fp8 import fp8_supported
 
@@ -64,8 +67,10 @@ def test_cuda_graphs_train_like_the_speed_profile(tmp_path, tiny_model_dir, prec
     common = ("method.dropout=0", "train.profile=speed", f"train.mixed_precision={precision}",
               "train.eval_steps=4", "train.save_steps=6", "train.logging_steps=1")
     plain = _train(tmp_path, tiny_model_dir, "speed", *common)
-    graphs = _train(tmp_path, tiny_model_dir, "graphs", *common, "train.cuda_graphs=true")
+    graphs = _train(tmp_path, tiny_model_dir, "graphs", *common, "train.cuda_graphs=true",
+                    f"train.fuse_projections={str(fused).lower()}")
     _check_losses(graphs)
+    assert read_record(graphs).train.fused_projections is fused
     # Padding to multiples of 64 changes no loss (masked positions), so the first steps agree to
     # the rounding of compiled kernels.
     assert _losses(graphs)[:3] == pytest.approx(_losses(plain)[:3], rel=2e-2)
