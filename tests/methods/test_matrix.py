@@ -117,3 +117,31 @@ def test_fp8_base_trains_every_method_with_a_frozen_base(case, model_dirs):
     assert changed == {n for n, _ in model.named_parameters() if case.claims(n)}
     assert restore_linear(model) == swapped
     assert not any(isinstance(m, Fp8Linear) for m in model.modules())
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_fused_projections_train_every_method_as_unfused(case, model_dirs):
+    """train.fuse_projections (train/fused.py) under every method: the sibling projections it can
+    fuse (frozen plain linear layers and plain LoRA layers; not DoRA, a 4-bit base or weights that
+    train) give the same three training steps as unfused ones, parameter for parameter, and come
+    apart again afterwards."""
+    from affina.train.fused import fuse_projections, fused_groups, unfuse_projections
+    from affina.train.speed import decoder_blocks
+
+    method, _, plain, tokenizer = setup(case, model_dirs)
+    if not method.trains:
+        pytest.skip(f"{case.id} does not train")
+    _, _, fused, _ = setup(case, model_dirs)
+    groups = fuse_projections(decoder_blocks(fused))
+    fusable = method.frozen_base and case.method != "dora"
+    assert (groups > 0) == fusable, groups
+    inputs = batch(case, tokenizer)
+    torch.manual_seed(3)
+    expected = train_steps(plain, inputs, 3, case.lr)
+    torch.manual_seed(3)
+    got = train_steps(fused, inputs, 3, case.lr)
+    assert got == pytest.approx(expected, rel=1e-5)
+    assert unfuse_projections(fused) == groups and not fused_groups(fused)
+    params = dict(plain.named_parameters())
+    for name, p in fused.named_parameters():
+        torch.testing.assert_close(p, params[name], rtol=1e-4, atol=1e-6)

@@ -55,13 +55,14 @@ def _base_of(module: torch.nn.Module) -> torch.nn.Module:
 
 def _member(module: torch.nn.Module) -> bool:
     """A layer whose frozen base matmul can join a fused one: a frozen plain or fp8 linear layer,
-    or PEFT's LoRA linear layer around one."""
+    or PEFT's LoRA linear layer around one (plain LoRA: not DoRA)."""
     lora = _lora_linear_type()
     if type(module) is lora:
+        if module.lora_variant:  # DoRA and the other variants compute their own way
+            return False
         module = module.base_layer
     return (type(module) in (torch.nn.Linear, Fp8Linear) and not module.weight.requires_grad
-            and module.weight.is_floating_point()
-            and (module.bias is None or not module.bias.requires_grad))
+            and module.weight.is_floating_point())
 
 
 class ProjectionGroup:
@@ -85,7 +86,7 @@ class ProjectionGroup:
                 for b, part in zip(bases, self.weight.split(self.sizes)):
                     b.weight.data = part
                 mark_static(self.weight)
-            self.bias = (torch.cat([b.bias.detach() for b in bases]) if bases[0].bias is not None else None)
+        self.bases = bases
         self.input: torch.Tensor | None = None
         self.outputs: list[torch.Tensor | None] = [None] * len(members)
 
@@ -119,12 +120,14 @@ class ProjectionGroup:
         return True
 
     def _compute(self, x: torch.Tensor) -> list[torch.Tensor]:
+        # Biases are joined on each call (a few kB): they may train (BitFit) and stay parameters.
+        bias = torch.cat([b.bias for b in self.bases]) if self.bases[0].bias is not None else None
         if self.fp8:
             base = fp8_linear(x, self.weight, self.scale, self.ones)
-            if self.bias is not None:
-                base = base + self.bias.to(base.dtype)
+            if bias is not None:
+                base = base + bias.to(base.dtype)
         else:
-            base = F.linear(x, self.weight, self.bias)
+            base = F.linear(x, self.weight, bias)
         outs = list(base.split(self.sizes, dim=-1))
         # The adapters' down-projections of the siblings without dropout, in one matmul.
         lora = _lora_linear_type()
