@@ -200,7 +200,8 @@ def _groups_in(module: torch.nn.Module) -> list[list[torch.nn.Module]]:
 
 def fuse_projections(blocks: list[torch.nn.Module]) -> int:
     """Fuse the sibling projections inside `blocks` (the decoder blocks): after the adapters are
-    added and fp8 layers swapped in, before compiling. Returns how many groups."""
+    added, the model is on its device and fp8 layers are swapped in, before compiling (a group's
+    joined weight is a tensor of its own, which `.to()` would not move). Returns how many groups."""
     count = 0
     for block in blocks:
         for module in list(block.modules()):
