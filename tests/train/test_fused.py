@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from peft import LoraConfig, get_peft_model
 from peft.tuners.lora.layer import Linear as LoraLinear
 from torch.utils._python_dispatch import TorchDispatchMode
-from transformers import AutoModelForCausalLM
 
 from affina.train.fp8 import fp8_base_layers, fp8_supported
 from affina.train.fused import fuse_projections, fused_groups, unfuse_projections
 from affina.train.speed import compile_blocks, decoder_blocks, keep_input_dtype
 
-from .test_speed import _batch, _grads, _lora
+from .test_speed import _batch, _grads, _lora, _lora_of_four_blocks
 
 
 def _step(model, seed=None):
@@ -58,16 +56,6 @@ def _assert_same(a, b, rtol=1e-5, atol=1e-7):
         torch.testing.assert_close(grads_b[name], grads_a[name], rtol=rtol, atol=atol)
 
 
-def _lora_of(model_dir, **config):
-    torch.manual_seed(0)
-    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    model = get_peft_model(base, LoraConfig(r=4, **config))
-    for name, p in model.named_parameters():
-        if "lora_B" in name:
-            torch.nn.init.normal_(p, std=0.02)
-    return model
-
-
 def test_fused_lora_step_equals_the_unfused_one_without_copies(tiny_model_dir):
     model = _lora(tiny_model_dir)
     keep_input_dtype(model)
@@ -101,7 +89,7 @@ def test_fused_lora_step_equals_the_unfused_one_without_copies(tiny_model_dir):
 def test_siblings_without_an_adapter_and_with_dropout_fuse_to_the_same_step(tiny_model_dir):
     """LoRA on q, v and up only (k and gate are plain frozen layers in the groups), with adapter
     dropout: each sibling keeps its own dropout mask, drawn in the unfused order."""
-    model = _lora_of(tiny_model_dir, target_modules=["q_proj", "v_proj", "up_proj"], lora_dropout=0.3)
+    model = _lora(tiny_model_dir, target_modules=["q_proj", "v_proj", "up_proj"], lora_dropout=0.3)
     model.train()
     expected = _step(model, seed=5)
     assert fuse_projections(decoder_blocks(model)) == 2 * model.config.num_hidden_layers
@@ -149,18 +137,8 @@ def test_compiled_fused_blocks_have_no_graph_break(tiny_model_dir, fp8):
     if fp8 and fp8_supported(torch.device("cpu")):
         pytest.skip(fp8_supported(torch.device("cpu")))
     from torch._dynamo.utils import counters
-    from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(tiny_model_dir)
-    config.num_hidden_layers = 4
-    config.use_cache = False
-    torch.manual_seed(0)
-    model = get_peft_model(AutoModelForCausalLM.from_config(config),
-                           LoraConfig(r=4, target_modules="all-linear", lora_dropout=0.0))
-    for name, p in model.named_parameters():
-        if "lora_B" in name:
-            torch.nn.init.normal_(p, std=0.02)
-    keep_input_dtype(model)
+    model = _lora_of_four_blocks(tiny_model_dir)
     if fp8:
         fp8_base_layers(decoder_blocks(model))
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=fp8)

@@ -23,13 +23,33 @@ from affina.train.speed import (decoder_blocks, _causal_lm, chunked_lm_loss, com
                                 keep_input_dtype, mixed_precision_of, profile_of)
 
 
-def _lora(model_dir):
-    torch.manual_seed(0)
-    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    model = get_peft_model(base, LoraConfig(r=4, target_modules="all-linear", lora_dropout=0.0))
+def _moving_b(model):
     for name, p in model.named_parameters():  # B starts at zero: move it so A gets gradients too
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.02)
+    return model
+
+
+def _lora(model_dir, **config):
+    """LoRA r=4 on the tiny model (all linear layers, no dropout unless `config` says otherwise)."""
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    config = {"target_modules": "all-linear", "lora_dropout": 0.0, **config}
+    return _moving_b(get_peft_model(base, LoraConfig(r=4, **config)))
+
+
+def _lora_of_four_blocks(model_dir):
+    """A random 4-block model of the tiny one's shape under LoRA, with the input cast off and no
+    cache, as the speed profile trains: enough blocks to see whether compiled blocks share graphs."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_dir)
+    config.num_hidden_layers = 4
+    config.use_cache = False  # as load_model(for_training=True) loads it: a cache recompiles per layer
+    torch.manual_seed(0)
+    model = _moving_b(get_peft_model(AutoModelForCausalLM.from_config(config),
+                                     LoraConfig(r=4, target_modules="all-linear", lora_dropout=0.0)))
+    keep_input_dtype(model)
     return model
 
 
@@ -169,18 +189,8 @@ def test_compiled_blocks_have_no_graph_break_and_train_as_eager(tiny_model_dir):
     is one graph, forward and backward, and the loss and the adapter's gradients equal eager ones
     with a masked prompt and padding in the batch."""
     from torch._dynamo.utils import counters
-    from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(tiny_model_dir)
-    config.num_hidden_layers = 4
-    config.use_cache = False  # as load_model(for_training=True) loads it: a cache recompiles per layer
-    torch.manual_seed(0)
-    model = get_peft_model(AutoModelForCausalLM.from_config(config),
-                           LoraConfig(r=4, target_modules="all-linear", lora_dropout=0.0))
-    for name, p in model.named_parameters():
-        if "lora_B" in name:
-            torch.nn.init.normal_(p, std=0.02)
-    keep_input_dtype(model)
+    model = _lora_of_four_blocks(tiny_model_dir)
     ids, mask, labels = _batch(model.config.vocab_size)
     expected = model(input_ids=ids, attention_mask=mask, labels=labels).loss
     expected.backward()
