@@ -67,7 +67,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from affina.train.fp8 import fp8_base_layers  # noqa: E402
 from affina.train.fused import fuse_projections  # noqa: E402
 from affina.train.speed import (decoder_blocks, _causal_lm, chunked_lm_loss, compile_blocks, fused_loss_available,  # noqa: E402
-                                keep_input_dtype)
+                                keep_input_dtype, save_activations_on_cpu)
 
 SHAPES = {
     # Llama-3.2-1B and Llama-3-8B (Meta's published configs), tiny for a CPU smoke run.
@@ -200,7 +200,7 @@ def _run_case(args, key: str, device, dtype, trace: Path | None = None) -> dict:
     def step(ids):
         if opts.get("graphs"):
             torch.compiler.cudagraph_mark_step_begin()
-        saving = torch.autograd.graph.save_on_cpu(pin_memory=True) if offload else contextlib.nullcontext()
+        saving = save_activations_on_cpu() if offload else contextlib.nullcontext()
         with autocast, saving:
             if causal is None:
                 loss = model(input_ids=ids, labels=ids).loss

@@ -358,3 +358,39 @@ def test_the_classifier_collator_pads_to_a_multiple_too():
     batch = ClassCollator(0, pad_to_multiple_of=16)([ClassExample([5, 6, 7], 1), ClassExample([5] * 17, 0)])
     assert batch["input_ids"].shape == (2, 32)
     assert batch["attention_mask"].sum(dim=1).tolist() == [3, 17] and batch["labels"].tolist() == [1, 0]
+
+
+def test_offload_copies_activations_and_keeps_parameters(tiny_model_dir):
+    """The memory profile's offload hook: a saved activation goes out as a copy and comes back
+    equal; a saved parameter (the output layer's weight, saved by the chunked loss) is kept, not
+    copied; a checkpointed step under the hook has the plain step's loss and gradients."""
+    from affina.train.speed import save_activations_on_cpu
+
+    model = _lora(tiny_model_dir)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    hook = save_activations_on_cpu()
+    weight = _causal_lm(model).get_output_embeddings().weight
+    assert hook.pack_hook(weight) == (None, weight) and hook.unpack_hook((None, weight)) is weight
+    activation = torch.randn(3, 4)
+    device, packed = hook.pack_hook(activation)
+    assert packed.untyped_storage().data_ptr() != activation.untyped_storage().data_ptr()
+    assert torch.equal(hook.unpack_hook((device, packed)), activation)
+
+    ids, mask, labels = _batch(model.config.vocab_size)
+    causal = _causal_lm(model)
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        hidden = causal.get_decoder()(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+        loss = chunked_lm_loss(hidden, causal.get_output_embeddings().weight, labels, chunk_tokens=8)
+        loss.backward()
+        return loss.detach(), _grads(model)
+
+    expected = step()
+    with save_activations_on_cpu():
+        got = step()
+    torch.testing.assert_close(got[0], expected[0])
+    assert got[1].keys() == expected[1].keys() and len(got[1]) > 0
+    for name in expected[1]:
+        torch.testing.assert_close(got[1][name], expected[1][name])

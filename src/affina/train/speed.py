@@ -16,7 +16,8 @@
   with inductor's cache under `$AFFINA_HOME/cache/inductor`, on CUDA only; with
   `train.cuda_graphs` in inductor's `reduce-overhead` mode, each block replayed as CUDA graphs.
 - `memory`: chunked linear + cross-entropy, activation checkpointing, and on CUDA the saved
-  activations offloaded to pinned CPU memory (`torch.autograd.graph.save_on_cpu`). Pair it with
+  activations offloaded to pinned CPU memory (`save_activations_on_cpu`: torch's `save_on_cpu`
+  that leaves parameters on the GPU). Pair it with
   the `qlora` method for a 4-bit base.
 
 `train.fuse_projections` (any profile, off by default) computes sibling projections together:
@@ -51,7 +52,7 @@ from ..models.lm_loss import chunk_cross_entropy, counted_positions
 from ..paths import affina_home
 
 __all__ = ["fused_loss_available", "PROFILES", "Profile", "decoder_blocks", "chunked_lm_loss", "chunked_loss_parts", "keep_input_dtype",
-           "compile_blocks", "profile_of", "chunked_loss_of", "mixed_precision_of", "SpeedTrainerMixin", "speed_trainer_class"]
+           "compile_blocks", "save_activations_on_cpu", "profile_of", "chunked_loss_of", "mixed_precision_of", "SpeedTrainerMixin", "speed_trainer_class"]
 
 
 @dataclass(frozen=True)
@@ -219,6 +220,34 @@ def compile_blocks(model, backend: str = "inductor", *, cuda_graphs: bool = Fals
     return len(blocks)
 
 
+# ---- activation offload --------------------------------------------------------------------
+
+class save_activations_on_cpu(torch.autograd.graph.saved_tensors_hooks):
+    """torch's `save_on_cpu(pin_memory=True)`, except that parameters stay where they are. Under
+    activation checkpointing the tensors saved outside the checkpointed blocks are few: the
+    blocks' inputs and the chunked loss's, which include the output layer's weight (an 8B
+    model's is 1 GB in bf16). That weight is on the GPU for the whole step anyway, so copying it
+    to pinned host memory and back each step would cost transfer time and host memory for
+    nothing. `device_type`: whose pinned memory to use (a host without it copies unpinned)."""
+
+    def __init__(self, device_type: str = "cuda"):
+        module = getattr(torch, device_type)
+
+        def pack(tensor: torch.Tensor):
+            if isinstance(tensor, torch.nn.Parameter):
+                return None, tensor
+            pinned = module.is_available() and not tensor.is_sparse
+            packed = torch.empty(tensor.size(), dtype=tensor.dtype, layout=tensor.layout, pin_memory=pinned)
+            packed.copy_(tensor, non_blocking=pinned)
+            return tensor.device, packed
+
+        def unpack(packed) -> torch.Tensor:
+            device, tensor = packed
+            return tensor if device is None else tensor.to(device, non_blocking=True)
+
+        super().__init__(pack, unpack)
+
+
 # ---- the trainer side ----------------------------------------------------------------------
 
 class SpeedTrainerMixin:
@@ -240,7 +269,7 @@ class SpeedTrainerMixin:
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         profile = self.affina_profile
-        offload = (torch.autograd.graph.save_on_cpu(pin_memory=True)
+        offload = (save_activations_on_cpu()
                    if profile.offload_activations and model.training else contextlib.nullcontext())
         # DDP and FSDP do their gradient work in the wrapped model's own forward, which the
         # chunked loss would bypass (it calls the decoder directly): those runs keep the plain loss.
