@@ -196,3 +196,31 @@ def test_fuse_projections_is_asked_for_and_refused_under_fsdp(tiny_model_dir):
         load_config(None, [*base, "train.fuse_projections=always"])
     with pytest.raises(ConfigError, match="train.fuse_projections lays .* FSDP"):
         load_config(None, [*base, "train.fuse_projections=true", "distributed.strategy=fsdp"])
+
+
+def test_a_whole_model_checkpoint_saves_fused_weights_as_separate_tensors(tmp_path, tiny_model_dir):
+    """Partial fine-tuning of the last block saves the whole model at each checkpoint: the frozen
+    first block's fused q/k/v and gate/up weights (slices of one tensor during training) are
+    written as the base's own tensors, and the run's artifact too."""
+    from safetensors.torch import load_file
+
+    from affina.config import load_config
+    from affina.train import train
+
+    from .test_speed import _rows
+
+    overrides = [f"model.spec={tiny_model_dir}", f"data.train={_rows(tmp_path / 'train.jsonl')}",
+                 "data.val_fraction=0.25", f"train.output_dir={tmp_path / 'runs'}", "train.run_name=partial",
+                 "train.max_steps=4", "train.save_steps=2", "train.eval_steps=2", "train.batch_size=4",
+                 "track.mlflow=false", "model.device=cpu", "method.name=partial", "method.last_n_blocks=1",
+                 "train.fuse_projections=true"]
+    result = train(load_config(None, overrides), display="quiet")
+    assert result.record.train.fused_projections
+    base = load_file(tiny_model_dir / "model.safetensors")
+    names = [f"model.layers.0.{n}.weight" for n in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                                                     "mlp.gate_proj", "mlp.up_proj")]
+    for saved in (result.run_dir / "checkpoints" / "checkpoint-2" / "model.safetensors",
+                  result.run_dir / "adapter" / "model.safetensors"):
+        tensors = load_file(saved)
+        for name in names:
+            assert torch.equal(tensors[name], base[name]), (saved, name)
