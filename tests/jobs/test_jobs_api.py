@@ -310,6 +310,9 @@ def test_bad_job_requests_answer_openai_errors(jobs_env):
               "method.affina.distributed"),
              # The training step's keys, checked with the method and the distributed settings.
              ({"model": "base", "training_file": training.id,
+               "method": {"type": "supervised", "affina": {"train": {"fuse_projections": True},
+                                                           "distributed": {"strategy": "fsdp"}}}}, "method"),
+             ({"model": "base", "training_file": training.id,
                "method": {"type": "supervised", "affina": {"train": {"cuda_graphs": True}}}}, "method"),
              ({"model": "base", "training_file": training.id,
                "method": {"type": "supervised", "affina": {"method": "full", "train": {"mixed_precision": "fp8"}}}},
@@ -323,7 +326,8 @@ def test_bad_job_requests_answer_openai_errors(jobs_env):
         assert e.value.body["param"] == param, (body, e.value.body)
     assert "set train.profile=speed" in _create_error(alice, cases[-3][0])
     assert "method full has none" in _create_error(alice, cases[-2][0])
-    step = {"profile": "speed", "mixed_precision": "fp8", "loss_chunk_tokens": 512}
+    assert "train.fuse_projections lays" in _create_error(alice, cases[-4][0])
+    step = {"profile": "speed", "mixed_precision": "fp8", "loss_chunk_tokens": 512, "fuse_projections": True}
     job = alice.fine_tuning.jobs.create(model="base", training_file=training.id,
                                         method={"type": "supervised", "affina": {"train": step}})
     assert jobs_env.service.store.get_job(job.id).method["affina"]["train"] == step
