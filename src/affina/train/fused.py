@@ -17,9 +17,10 @@ Fused, each group of siblings runs:
   concatenated each call, so they keep training as separate parameters), then each sibling's
   own `lora_B` and scaling.
 
-The block's own code still calls each projection in turn: the first sibling called computes
-every sibling's output for its input and hands the others theirs when they are called with the
-same input tensor; a sibling called with another input, with adapters disabled or merged,
+The block's own code still calls each projection in turn: the group's first layer (`q_proj`,
+`gate_proj`: the one a block calls first) computes every sibling's output for its input and hands
+the others theirs when they are called with the same input tensor; a sibling called with another
+input, with adapters disabled or merged,
 with several adapters active, with a LoRA variant (DoRA) or with extra arguments computes its
 own output as before. Adapter dropout, where it is not zero, stays per sibling (each its own
 mask).
