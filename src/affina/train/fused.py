@@ -147,15 +147,12 @@ class ProjectionGroup:
         return [o.to(base.dtype) for o in outs]
 
     def unfuse(self) -> None:
-        """Each sibling's weight (or fp8 copy) back in storage of its own."""
-        with torch.no_grad():
-            for m in self.members:
-                b = _base_of(m)
-                if self.fp8:
-                    b.fp8_weight = b.fp8_weight.clone()
-                else:
+        """Each sibling's weight parameter back in storage of its own (saving a model writes
+        tensors that share storage as one). fp8 copies are never saved and stay slices."""
+        if not self.fp8:
+            with torch.no_grad():
+                for b in self.bases:
                     b.weight.data = b.weight.data.clone()
-        self.input, self.outputs = None, [None] * len(self.members)
 
 
 class _Fused:
