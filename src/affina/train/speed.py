@@ -91,18 +91,15 @@ def profile_of(name: str, device: torch.device, *, loss_chunk_tokens: int = 1024
     fused = cuda and fused_loss_available()
     chunked = chunked_loss_of(chunked_loss, name, device)
     bf16 = mixed_precision_of(mixed_precision, device, weights_dtype)
-    fp8 = mixed_precision == "fp8"
-    fuse = fuse_projections
+    common = dict(chunked_loss=chunked, loss_chunk_tokens=loss_chunk_tokens, bf16_autocast=bf16,
+                  fp8_base=mixed_precision == "fp8", fuse_projections=fuse_projections)
     if name == "speed":
-        return Profile(name, chunked_loss=chunked, loss_chunk_tokens=loss_chunk_tokens,
-                       keep_input_dtype=True, compile_blocks=cuda, fused_loss=fused and chunked,
-                       bf16_autocast=bf16, fp8_base=fp8, cuda_graphs=cuda and cuda_graphs, fuse_projections=fuse)
+        return Profile(name, keep_input_dtype=True, compile_blocks=cuda, fused_loss=fused and chunked,
+                       cuda_graphs=cuda and cuda_graphs, **common)
     if name == "memory":
-        return Profile(name, chunked_loss=chunked, loss_chunk_tokens=loss_chunk_tokens,
-                       keep_input_dtype=True, checkpointing=True, offload_activations=cuda,
-                       fused_loss=fused and chunked, bf16_autocast=bf16, fp8_base=fp8, fuse_projections=fuse)
-    return Profile(name, chunked_loss=chunked, loss_chunk_tokens=loss_chunk_tokens, bf16_autocast=bf16,
-                   fp8_base=fp8, fuse_projections=fuse)
+        return Profile(name, keep_input_dtype=True, checkpointing=True, offload_activations=cuda,
+                       fused_loss=fused and chunked, **common)
+    return Profile(name, **common)
 
 
 def chunked_loss_of(setting: str, profile: str, device: torch.device) -> bool:
