@@ -23,7 +23,8 @@ AdamW); `--cases` takes their keys:
   mode, so each block's forward and backward replay as CUDA graphs, which takes away the time
   the GPU waits for the CPU to launch kernels.
 - `speed_fp8`: the `speed` profile with `train.mixed_precision=fp8`: the frozen base's matmuls
-  in fp8 (train/fp8.py), an approximation, so its first loss differs a little from the others.
+  in fp8 (train/fp8.py), an approximation, so its first loss differs a little from the others;
+  the bf16 weights wait in host memory, as in the recipe.
 - `speed_graphs_fp8`: both of the rows above.
 - `speed_fused`, `speed_graphs_fp8_fused`: + `train.fuse_projections` (train/fused.py): q/k/v
   and gate/up each one base matmul and one adapter down-projection instead of three and two.
@@ -64,7 +65,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from affina.train.fp8 import fp8_base_layers  # noqa: E402
+from affina.train.fp8 import fp8_base_layers, offload_weights  # noqa: E402
 from affina.train.fused import fuse_projections  # noqa: E402
 from affina.train.speed import (decoder_blocks, _causal_lm, chunked_lm_loss, compile_blocks, fused_loss_available,  # noqa: E402
                                 keep_input_dtype, save_activations_on_cpu)
@@ -181,6 +182,8 @@ def _run_case(args, key: str, device, dtype, trace: Path | None = None) -> dict:
         fp8_base_layers(decoder_blocks(model))
     if opts.get("fuse"):
         fuse_projections(decoder_blocks(model))
+    if opts.get("fp8"):  # as the recipe does once training begins: bf16 weights to host memory
+        offload_weights(model)
     if opts.get("checkpointing"):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if opts.get("compiled"):

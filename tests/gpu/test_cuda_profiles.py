@@ -53,6 +53,36 @@ def test_fp8_base_trains_like_bf16_on_cuda(tmp_path, tiny_model_dir):
     _reloads_with_plain_peft(fp8, tiny_model_dir)
 
 
+def test_fp8_layers_train_with_their_bf16_weights_in_host_memory(tiny_model_dir):
+    """While training, an fp8 layer's bf16 weight waits in host memory (the GPU holds the fp8
+    copies); the step still runs, and restoring brings back the same parameters with the same
+    values on the GPU."""
+    from affina.train.fp8 import Fp8Linear, fp8_base_layers, fp8_supported, offload_weights, restore_linear
+    from affina.train.speed import decoder_blocks
+    from tests.train.test_speed import _batch, _lora
+
+    why = fp8_supported(torch.device("cuda"))
+    if why:
+        pytest.skip(why)
+    model = _lora(tiny_model_dir).to("cuda", torch.bfloat16)
+    params = dict(model.named_parameters())
+    values = {n: p.detach().clone() for n, p in params.items()}
+    fp8_base_layers(decoder_blocks(model))
+    layers = [m for m in model.modules() if isinstance(m, Fp8Linear)]
+    before = torch.cuda.memory_allocated()
+    moved = offload_weights(model)
+    assert moved == sum(m.weight.numel() * 2 for m in layers) > 0
+    assert all(m.weight.device.type == "cpu" and m.fp8_weight.is_cuda for m in layers)
+    assert torch.cuda.memory_allocated() <= before - moved
+    ids, mask, labels = (t.cuda() for t in _batch(model.config.vocab_size))
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+    loss.backward()
+    assert torch.isfinite(loss) and all(p.grad is not None for p in params.values() if p.requires_grad)
+    assert restore_linear(model) == len(layers)
+    assert all(p is params[n] and p.is_cuda and torch.equal(p, values[n]) for n, p in model.named_parameters())
+
+
 @pytest.mark.parametrize("precision, fused", [("bf16", False), ("fp8", False), ("fp8", True)])
 def test_cuda_graphs_train_like_the_speed_profile(tmp_path, tiny_model_dir, precision, fused):
     """train.cuda_graphs: the compiled blocks replay as CUDA graphs through training, validation

@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 from peft import PeftModel
+from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import AutoModelForCausalLM
 
 from affina.config import load_config
@@ -66,6 +67,37 @@ def test_fp8_matmul_is_the_dequantised_product_and_close_to_full_precision():
     exact_gx = ((gq.float() * gs) @ (wq.float() * ws)).reshape(2, 5, 64)
     torch.testing.assert_close(x.grad.float(), exact_gx, rtol=8e-3, atol=1e-3)
     assert 0 < _relative(x.grad, grad @ w) < 0.06
+
+
+class _FreshFp8(TorchDispatchMode):
+    """Records the shape of every fp8 tensor an operation writes (views write nothing)."""
+
+    def __init__(self):
+        super().__init__()
+        self.shapes = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if isinstance(out, torch.Tensor) and out.dtype == E4M3 and not func.is_view:
+            self.shapes.append(tuple(out.shape))
+        return out
+
+
+def test_the_input_gradient_reads_the_kept_transposed_copy():
+    """An fp8 layer keeps its weight's fp8 values twice, as they are and transposed: the backward
+    pass quantises the output gradient and writes no copy of the weight."""
+    torch.manual_seed(0)
+    layer = Fp8Linear.of(torch.nn.Linear(64, 48, bias=False).requires_grad_(False))
+    assert layer.fp8_weight_t.is_contiguous() and layer.fp8_weight_t.shape == (64, 48)
+    assert torch.equal(layer.fp8_weight_t.float(), layer.fp8_weight.t().float())
+    x = torch.randn(5, 64, requires_grad=True)
+    y = layer(x)
+    with _FreshFp8() as written:
+        y.float().pow(2).sum().backward()
+    assert written.shapes == [(5, 48)]  # the quantised output gradient, and nothing else
+    exact = x.detach().clone().requires_grad_()
+    fp8_matmul(exact, layer.fp8_weight, layer.fp8_scale.reshape(-1)[0]).float().pow(2).sum().backward()
+    assert torch.equal(x.grad, exact.grad)
 
 
 def test_swap_keeps_parameters_and_state_dict_and_restores_plain_layers(tiny_model_dir):

@@ -12,7 +12,7 @@ import torch
 from peft.tuners.lora.layer import Linear as LoraLinear
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from affina.train.fp8 import fp8_base_layers, fp8_supported
+from affina.train.fp8 import fp8_base_layers, fp8_linear, fp8_supported
 from affina.train.fused import fuse_projections, fused_groups, unfuse_projections
 from affina.train.speed import compile_blocks, decoder_blocks, keep_input_dtype
 
@@ -180,6 +180,16 @@ def test_fp8_siblings_fuse_to_the_unfused_fp8_step(tiny_model_dir):
     for name, g in reference[1].items():
         error = lambda got: ((got[name] - g).norm() / g.norm()).item()  # noqa: E731
         assert error(fused[1]) < max(0.1, 1.5 * error(unfused[1])), name
+    # A sibling called on its own multiplies with its slices of the group's copies, the transposed
+    # one a block of columns of a wider matrix: the same input gradient as from copies of its own.
+    v = decoder_blocks(model)[0].self_attn.v_proj.base_layer
+    assert not v.fp8_weight_t.is_contiguous()
+    x = torch.randn(5, model.config.hidden_size, requires_grad=True)
+    own = x.detach().clone().requires_grad_()
+    v(x).float().pow(2).sum().backward()
+    fp8_linear(own, v.fp8_weight.clone(), v.fp8_weight_t.contiguous(), v.fp8_scale,
+               v.fp8_ones).float().pow(2).sum().backward()
+    assert torch.equal(x.grad, own.grad) and x.grad.abs().sum() > 0
 
 
 def test_fuse_projections_is_asked_for_and_refused_under_fsdp(tiny_model_dir):

@@ -1,10 +1,14 @@
-"""Trainer callbacks: keep the loss history for the learning curve and send it to MLflow."""
+"""Trainer callbacks: keep the loss history for the learning curve and send it to MLflow; move
+the weights fp8 layers do not compute with off the GPU once training begins."""
 
 from __future__ import annotations
 
 from transformers import TrainerCallback
 
-__all__ = ["HistoryCallback"]
+from ..ui import info
+from .fp8 import offload_weights
+
+__all__ = ["HistoryCallback", "OffloadFp8Weights"]
 
 
 class HistoryCallback(TrainerCallback):
@@ -19,3 +23,16 @@ class HistoryCallback(TrainerCallback):
         metrics = {("train_" + k if not k.startswith(("eval_", "train_")) else k): v
                    for k, v in logs.items() if isinstance(v, (int, float))}
         self.tracker.log_metrics(metrics, step=state.global_step)
+
+
+class OffloadFp8Weights(TrainerCallback):
+    """train.mixed_precision=fp8 on a GPU: the frozen base's bf16 weights wait in host memory
+    while the fp8 copies compute (train/fp8.py `offload_weights`). At the start of training, after
+    the trainer has placed the model and wrapped it for data parallelism; `restore_linear` brings
+    them back after training."""
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        moved = offload_weights(model)
+        if moved:
+            info(f"fp8: {moved / 2**30:.1f} GiB of the frozen base's weights wait in host memory while "
+                 "their fp8 copies train")

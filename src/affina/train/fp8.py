@@ -8,14 +8,17 @@ weights:
 
 - every frozen `nn.Linear` in the decoder blocks (a LoRA layer's `base_layer`, the frozen layers
   of partial fine-tuning, the backbone under prefix/prompt tuning) gets an fp8 (e4m3) copy of its
-  weight, scaled by one number for the whole tensor (its largest magnitude maps to e4m3's 448);
+  weight, scaled by one number for the whole tensor (its largest magnitude maps to e4m3's 448),
+  and the same values transposed, laid out the way the input gradient's matmul reads them;
 - each call scales its input per row (per token) to e4m3 and multiplies with
   `torch._scaled_mm`, which accumulates in fp32 and writes bf16; the backward pass does the same
   with the output gradient per row and the transposed fp8 weight (e4m3 throughout: the row-wise
   scaling keeps the gradients' range);
 - the layer keeps the original weight and bias parameters, so state dicts, PEFT's adapter files
-  and merges see the same model; after training `restore_linear` puts plain `nn.Linear` layers
-  back, and evaluation, saving and serving use the bf16 (or fp32) weights as before.
+  and merges see the same model. While a GPU trains, those weights wait in host memory
+  (`offload_weights`): the two fp8 copies take the room of one bf16 weight. After training
+  `restore_linear` puts plain `nn.Linear` layers back, with their weights on the device, and
+  evaluation, saving and serving use the bf16 (or fp32) weights as before.
 
 This is a numerical approximation, like QLoRA's 4-bit base and unlike the profiles in
 train/speed.py: e4m3 keeps 3 mantissa bits, so each product is within about 6% and a layer's
@@ -32,7 +35,7 @@ from __future__ import annotations
 import torch
 
 __all__ = ["E4M3", "quantize_rows", "quantize_tensor", "scale_vectors", "fp8_linear", "fp8_matmul", "mark_static", "Fp8Linear", "fp8_base_layers",
-           "restore_linear", "fp8_supported"]
+           "offload_weights", "restore_linear", "fp8_supported"]
 
 E4M3 = torch.float8_e4m3fn
 E4M3_MAX = float(torch.finfo(E4M3).max)  # 448
@@ -62,10 +65,11 @@ class _Fp8Matmul(torch.autograd.Function):
     in bf16. No gradient for W, and no activation saved (the input gradient needs only W)."""
 
     @staticmethod
-    def forward(ctx, x, weight, scale, ones):
-        # x [M, K]; weight e4m3 [N, K]; scale [1, N]: each output row's weight scale; ones [1, K].
+    def forward(ctx, x, weight, weight_t, scale, ones):
+        # x [M, K]; weight e4m3 [N, K] and the same values transposed, weight_t [K, N] (each
+        # row-major); scale [1, N]: each output row's weight scale; ones [1, K].
         xq, xs = quantize_rows(x)
-        ctx.save_for_backward(weight, scale, ones)
+        ctx.save_for_backward(weight_t, scale, ones)
         with _no_autocast(x):  # autocast would round the fp32 scales to bf16
             return torch._scaled_mm(xq, weight.t(), scale_a=xs, scale_b=scale, out_dtype=torch.bfloat16,
                                     use_fast_accum=True)
@@ -73,17 +77,16 @@ class _Fp8Matmul(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         if not ctx.needs_input_grad[0]:
-            return None, None, None, None
-        weight, scale, ones = ctx.saved_tensors
+            return None, None, None, None, None
+        weight_t, scale, ones = ctx.saved_tensors
         # dX = dY @ (W * s) = (dY * s) @ W: the weight scales vary along the sum, so they go into
         # the gradient before it is quantised per row (for one scale per tensor this is the same
         # product). The second operand must be column-major [N, K], that is W^T laid out
-        # row-major (one fp8 transpose of this layer's weight, not kept).
+        # row-major: the transposed copy, made once rather than on every backward pass.
         gq, gs = quantize_rows(grad.float() * scale)
         with _no_autocast(grad):
-            gx = torch._scaled_mm(gq, weight.t().contiguous().t(), scale_a=gs, scale_b=ones,
-                                  out_dtype=torch.bfloat16)
-        return gx, None, None, None
+            gx = torch._scaled_mm(gq, weight_t.t(), scale_a=gs, scale_b=ones, out_dtype=torch.bfloat16)
+        return gx, None, None, None, None
 
 
 def scale_vectors(scale: torch.Tensor, shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,16 +96,18 @@ def scale_vectors(scale: torch.Tensor, shape: torch.Size) -> tuple[torch.Tensor,
     return scale.reshape(1, 1).expand(1, n).contiguous(), torch.ones(1, k, device=scale.device)
 
 
-def fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, ones: torch.Tensor) -> torch.Tensor:
-    """x [..., K] @ (weight * scale)^T in bf16, for an e4m3 `weight` [N, K], its output rows'
-    fp32 scales `scale` [1, N] and `ones` [1, K] (see `scale_vectors`)."""
+def fp8_linear(x: torch.Tensor, weight: torch.Tensor, weight_t: torch.Tensor, scale: torch.Tensor,
+               ones: torch.Tensor) -> torch.Tensor:
+    """x [..., K] @ (weight * scale)^T in bf16, for an e4m3 `weight` [N, K], the same values
+    transposed `weight_t` [K, N] (for the input gradient), its output rows' fp32 scales `scale`
+    [1, N] and `ones` [1, K] (see `scale_vectors`)."""
     n, k = weight.shape
-    return _Fp8Matmul.apply(x.reshape(-1, k), weight, scale, ones).reshape(*x.shape[:-1], n)
+    return _Fp8Matmul.apply(x.reshape(-1, k), weight, weight_t, scale, ones).reshape(*x.shape[:-1], n)
 
 
 def fp8_matmul(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """x [..., K] @ (weight * scale)^T for an e4m3 `weight` [N, K] and its one fp32 `scale`, in bf16."""
-    return fp8_linear(x, weight, *scale_vectors(scale, weight.shape))
+    return fp8_linear(x, weight, weight.t().contiguous(), *scale_vectors(scale, weight.shape))
 
 
 def mark_static(*tensors: torch.Tensor) -> None:
@@ -133,16 +138,21 @@ class Fp8Linear(torch.nn.Linear):
     def of(cls, linear: torch.nn.Linear) -> "Fp8Linear":
         layer = _linear_sharing(cls, linear)
         layer.fp8_weight, scale = quantize_tensor(linear.weight)
+        layer.fp8_weight_t = layer.fp8_weight.t().contiguous()
         layer.fp8_scale, layer.fp8_ones = scale_vectors(scale, linear.weight.shape)  # once, not per call
-        mark_static(layer.fp8_weight, layer.fp8_scale, layer.fp8_ones)
+        mark_static(layer.fp8_weight, layer.fp8_weight_t, layer.fp8_scale, layer.fp8_ones)
         return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = fp8_linear(x, self.fp8_weight, self.fp8_scale, self.fp8_ones)
+        y = fp8_linear(x, self.fp8_weight, self.fp8_weight_t, self.fp8_scale, self.fp8_ones)
         return y if self.bias is None else y + self.bias.to(y.dtype)
 
     def plain(self) -> torch.nn.Linear:
-        """An `nn.Linear` with this layer's parameters."""
+        """An `nn.Linear` with this layer's parameters, its weight back on the fp8 copy's device
+        (see `offload_weights`)."""
+        if self.weight.device != self.fp8_weight.device:
+            with torch.no_grad():
+                self.weight.data = self.weight.data.to(self.fp8_weight.device)
         return _linear_sharing(torch.nn.Linear, self)
 
 
@@ -164,6 +174,23 @@ def fp8_base_layers(blocks: list[torch.nn.Module]) -> int:
                     setattr(parent, name, Fp8Linear.of(child))
                     swapped += 1
     return swapped
+
+
+def offload_weights(model: torch.nn.Module) -> int:
+    """Move the weights of `model`'s fp8 layers that sit on an accelerator to host memory, where
+    they wait until `restore_linear` brings them back: a training step computes with the fp8
+    copies only (the forward and the transposed ones, together the size of a bf16 weight), so
+    this leaves the accelerator holding the frozen base once, not one and a half times. The
+    parameters stay the same objects, with their data elsewhere. Call it once the model is
+    wrapped for data parallelism (DDP checks that every parameter is on one kind of device).
+    Returns how many bytes moved."""
+    moved = 0
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, Fp8Linear) and module.weight.device.type != "cpu":
+                moved += module.weight.numel() * module.weight.element_size()
+                module.weight.data = module.weight.data.to("cpu")
+    return moved
 
 
 def restore_linear(model: torch.nn.Module) -> int:

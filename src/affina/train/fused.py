@@ -77,11 +77,13 @@ class ProjectionGroup:
         with torch.no_grad():
             if self.fp8:  # the fp8 copies end to end, each sibling's scale on its own rows
                 self.weight = torch.cat([b.fp8_weight for b in bases])
+                self.weight_t = torch.cat([b.fp8_weight_t for b in bases], dim=1)
                 self.scale = torch.cat([b.fp8_scale for b in bases], dim=1)
                 self.ones = bases[0].fp8_ones
-                for b, part in zip(bases, self.weight.split(self.sizes)):
-                    b.fp8_weight = part
-                mark_static(self.weight, self.scale)
+                for b, part, part_t in zip(bases, self.weight.split(self.sizes),
+                                           self.weight_t.split(self.sizes, dim=1)):
+                    b.fp8_weight, b.fp8_weight_t = part, part_t  # part_t: columns of a wider matrix
+                mark_static(self.weight, self.weight_t, self.scale)
             else:  # the weights end to end; each parameter becomes its slice (no second copy)
                 self.weight = torch.cat([b.weight.detach() for b in bases])
                 for b, part in zip(bases, self.weight.split(self.sizes)):
@@ -124,7 +126,7 @@ class ProjectionGroup:
         # Biases are joined on each call (a few kB): they may train (BitFit) and stay parameters.
         bias = torch.cat([b.bias for b in self.bases]) if self.bases[0].bias is not None else None
         if self.fp8:
-            base = fp8_linear(x, self.weight, self.scale, self.ones)
+            base = fp8_linear(x, self.weight, self.weight_t, self.scale, self.ones)
             if bias is not None:
                 base = base + bias.to(base.dtype)
         else:

@@ -32,7 +32,7 @@ from ..record import (BaseModelInfo, DataInfo, MethodInfo, MetricsInfo, RunRecor
 from ..record.trackers import WANDB_DIR, Trackers, open_trackers
 from ..runs import OpenedModel
 from ..ui import info, print_table, warn
-from .callbacks import HistoryCallback
+from .callbacks import HistoryCallback, OffloadFp8Weights
 from .continual import (EarlierModel, continual_config, forgetting_rows, print_forgetting, read_plan,
                         write_plan)
 from .display import TrainingDisplay
@@ -411,6 +411,8 @@ def _build_trainer(model, tokenizer, data: PreparedData, cfg: RunConfig, run_dir
     if cfg.train.early_stopping_patience > 0:
         callbacks.append(EarlyStoppingCallback(cfg.train.early_stopping_patience,
                                                cfg.train.early_stopping_threshold))
+    if profile.fp8_base:
+        callbacks.append(OffloadFp8Weights())  # on a GPU, bf16 weights in host memory while training
     from transformers.trainer_callback import PrinterCallback
 
     trainer = method.build_trainer(model, tokenizer, data, args, callbacks, method_cfg) if method else None
