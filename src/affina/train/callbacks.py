@@ -35,4 +35,4 @@ class OffloadFp8Weights(TrainerCallback):
         moved = offload_weights(model)
         if moved:
             info(f"fp8: {moved / 2**30:.1f} GiB of the frozen base's weights wait in host memory while "
-                 "their fp8 copies train")
+                 "training computes with their fp8 copies")
