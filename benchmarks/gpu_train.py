@@ -29,7 +29,8 @@ AdamW); `--cases` takes their keys:
 - `speed_fused`, `speed_graphs_fp8_fused`: + `train.fuse_projections` (train/fused.py): q/k/v
   and gate/up each one base matmul and one adapter down-projection instead of three and two.
 - `memory`: the `memory` profile on a bf16 base: fused (or chunked) loss, activation
-  checkpointing, saved activations offloaded to pinned CPU memory.
+  checkpointing, saved activations offloaded to pinned CPU memory, the input embedding table
+  (untied at 8B) in host memory.
 - `qlora`: the `memory` profile on a 4-bit NF4 base (bitsandbytes, double quantisation, bf16
   compute), prepared by PEFT's `prepare_model_for_kbit_training`, which makes the layers left
   unquantised (embeddings, norms, output layer) fp32.
@@ -67,8 +68,8 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from affina.train.fp8 import fp8_base_layers, offload_weights  # noqa: E402
 from affina.train.fused import fuse_projections  # noqa: E402
-from affina.train.speed import (decoder_blocks, _causal_lm, chunked_lm_loss, compile_blocks, fused_loss_available,  # noqa: E402
-                                keep_input_dtype, save_activations_on_cpu)
+from affina.train.speed import (decoder_blocks, _causal_lm, chunked_lm_loss, compile_blocks, embeddings_to_host,  # noqa: E402
+                                fused_loss_available, keep_input_dtype, save_activations_on_cpu)
 
 SHAPES = {
     # Llama-3.2-1B and Llama-3-8B (Meta's published configs), tiny for a CPU smoke run.
@@ -199,6 +200,8 @@ def _run_case(args, key: str, device, dtype, trace: Path | None = None) -> dict:
     fused = bool(opts.get("fused")) and device.type == "cuda" and fused_loss_available()
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
     offload = opts.get("offload") and device.type == "cuda"
+    if offload:  # the memory profile's: a frozen, untied input embedding table in host memory
+        embeddings_to_host(model)
 
     def step(ids):
         if opts.get("graphs"):

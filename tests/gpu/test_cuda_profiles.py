@@ -21,19 +21,54 @@ import torch
 from affina.record import read_record
 
 from tests.gpu.test_cuda_training import _check_losses, _data, _losses, _reloads_with_plain_peft, _train
+from tests.helpers import make_tiny_model
 
 pytestmark = pytest.mark.gpu
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("profile", ["speed", "memory"])
-def test_profile_trains_like_the_default_step_on_cuda(tmp_path, tiny_model_dir, profile):
-    plain = _train(tmp_path, tiny_model_dir, "plain", "method.dropout=0")
-    tuned = _train(tmp_path, tiny_model_dir, profile, "method.dropout=0", f"train.profile={profile}",
+def test_profile_trains_like_the_default_step_on_cuda(tmp_path, profile):
+    """Untied embeddings, so that the memory profile keeps the input table in host memory."""
+    model_dir = make_tiny_model(tmp_path / "untied", tie_word_embeddings=False)
+    plain = _train(tmp_path, model_dir, "plain", "method.dropout=0")
+    tuned = _train(tmp_path, model_dir, profile, "method.dropout=0", f"train.profile={profile}",
                    "train.loss_chunk_tokens=16")
     _check_losses(tuned)
     assert _losses(tuned)[0] == pytest.approx(_losses(plain)[0], rel=2e-2)  # bf16, same first batch
-    _reloads_with_plain_peft(tuned, tiny_model_dir)
+    _reloads_with_plain_peft(tuned, model_dir)
+
+
+def test_the_memory_profile_keeps_an_untied_frozen_embedding_table_in_host_memory(tmp_path, tiny_model_dir):
+    """The table moves to host memory and the lookups are the same rows, on the GPU; a table
+    tied to the output layer or one that trains stays; restoring puts the table back and removes
+    the hooks."""
+    from transformers import AutoModelForCausalLM
+
+    from affina.train.speed import embeddings_from_host, embeddings_to_host
+
+    untied = make_tiny_model(tmp_path / "untied", tie_word_embeddings=False)
+    model = AutoModelForCausalLM.from_pretrained(untied, dtype=torch.bfloat16).cuda().requires_grad_(False)
+    table = model.get_input_embeddings()
+    weight = table.weight
+    ids = torch.randint(0, model.config.vocab_size, (2, 9), device="cuda")
+    expected = model(input_ids=ids).logits
+    before = torch.cuda.memory_allocated()
+    moved = embeddings_to_host(model)
+    assert moved == weight.numel() * 2 and weight.device.type == "cpu"
+    assert torch.cuda.memory_allocated() <= before - moved
+    rows = table(ids)
+    assert rows.is_cuda and torch.equal(rows, table.weight[ids.cpu()].cuda())
+    torch.testing.assert_close(model(input_ids=ids).logits, expected, rtol=0, atol=0)
+    assert embeddings_to_host(model) == 0  # once
+    assert embeddings_from_host(model) == moved
+    assert table.weight is weight and weight.is_cuda and not hasattr(table, "host_lookup")
+    assert not table._forward_hooks and not table._forward_pre_hooks
+
+    tied = AutoModelForCausalLM.from_pretrained(tiny_model_dir).cuda().requires_grad_(False)
+    assert embeddings_to_host(tied) == 0 and tied.get_input_embeddings().weight.is_cuda
+    model.get_input_embeddings().weight.requires_grad_(True)
+    assert embeddings_to_host(model) == 0
 
 
 def test_fp8_base_trains_like_bf16_on_cuda(tmp_path, tiny_model_dir):

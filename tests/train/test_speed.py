@@ -143,8 +143,9 @@ def test_profiles_resolve_per_device():
     assert not speed_cpu.fused_loss  # liger-kernel's fused loss is a CUDA kernel
     assert speed_cuda.fused_loss == fused_loss_available()
     memory_cpu = profile_of("memory", cpu)
-    assert memory_cpu.checkpointing and not memory_cpu.offload_activations
-    assert profile_of("memory", cuda).offload_activations
+    assert memory_cpu.checkpointing and not memory_cpu.offload_activations and not memory_cpu.host_embeddings
+    assert profile_of("memory", cuda).offload_activations and profile_of("memory", cuda).host_embeddings
+    assert not profile_of("speed", cuda).host_embeddings
 
 
 def test_mixed_precision_resolves_per_device_and_weights():
@@ -358,6 +359,21 @@ def test_the_classifier_collator_pads_to_a_multiple_too():
     batch = ClassCollator(0, pad_to_multiple_of=16)([ClassExample([5, 6, 7], 1), ClassExample([5] * 17, 0)])
     assert batch["input_ids"].shape == (2, 32)
     assert batch["attention_mask"].sum(dim=1).tolist() == [3, 17] and batch["labels"].tolist() == [1, 0]
+
+
+def test_the_embedding_table_stays_where_it_is_on_the_cpu(tiny_model_dir):
+    """`embeddings_to_host` moves a table from a GPU to host memory; on the CPU the table is in
+    host memory already: nothing moves and no hook is added (tests/gpu has the move itself)."""
+    from transformers import AutoModelForCausalLM
+
+    from affina.train.speed import embeddings_from_host, embeddings_to_host
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, tie_word_embeddings=False).requires_grad_(False)
+    table = model.get_input_embeddings()
+    assert table.weight is not model.get_output_embeddings().weight
+    assert embeddings_to_host(model) == 0 and not hasattr(table, "host_lookup")
+    assert not table._forward_hooks and not table._forward_pre_hooks
+    assert embeddings_from_host(model) == 0
 
 
 def test_offload_copies_activations_and_keeps_parameters(tiny_model_dir):

@@ -1,5 +1,5 @@
 """Trainer callbacks: keep the loss history for the learning curve and send it to MLflow; move
-the weights fp8 layers do not compute with off the GPU once training begins."""
+frozen weights a GPU step does not read to host memory once training begins."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from transformers import TrainerCallback
 
 from ..ui import info
 from .fp8 import offload_weights
+from .speed import embeddings_to_host
 
-__all__ = ["HistoryCallback", "OffloadFp8Weights"]
+__all__ = ["HistoryCallback", "WeightsToHost"]
 
 
 class HistoryCallback(TrainerCallback):
@@ -25,14 +26,22 @@ class HistoryCallback(TrainerCallback):
         self.tracker.log_metrics(metrics, step=state.global_step)
 
 
-class OffloadFp8Weights(TrainerCallback):
-    """train.mixed_precision=fp8 on a GPU: the frozen base's bf16 weights wait in host memory
-    while the fp8 copies compute (train/fp8.py `offload_weights`). At the start of training, after
-    the trainer has placed the model and wrapped it for data parallelism; `restore_linear` brings
-    them back after training."""
+class WeightsToHost(TrainerCallback):
+    """Frozen weights that a GPU training step does not read, moved to host memory at the start
+    of training, after the trainer has placed the model and wrapped it for data parallelism:
+    under train.mixed_precision=fp8 the bf16 weights of the fp8 layers (train/fp8.py
+    `offload_weights`; the fp8 copies compute), under the memory profile the input embedding
+    table (train/speed.py `embeddings_to_host`; the lookup runs on the host). The recipe brings
+    them back after training (`restore_linear`, `embeddings_from_host`)."""
+
+    def __init__(self, fp8: bool, embeddings: bool):
+        self.fp8, self.embeddings = fp8, embeddings
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        moved = offload_weights(model)
+        moved = []
+        if self.fp8 and (size := offload_weights(model)):
+            moved.append(f"{size / 2**30:.1f} GiB of the fp8 layers' full-precision weights")
+        if self.embeddings and (size := embeddings_to_host(model)):
+            moved.append(f"the {size / 2**30:.1f} GiB input embedding table")
         if moved:
-            info(f"fp8: {moved / 2**30:.1f} GiB of the frozen base's weights wait in host memory while "
-                 "training computes with their fp8 copies")
+            info(f"host memory holds {' and '.join(moved)} while training")

@@ -32,7 +32,7 @@ from ..record import (BaseModelInfo, DataInfo, MethodInfo, MetricsInfo, RunRecor
 from ..record.trackers import WANDB_DIR, Trackers, open_trackers
 from ..runs import OpenedModel
 from ..ui import info, print_table, warn
-from .callbacks import HistoryCallback, OffloadFp8Weights
+from .callbacks import HistoryCallback, WeightsToHost
 from .continual import (EarlierModel, continual_config, forgetting_rows, print_forgetting, read_plan,
                         write_plan)
 from .display import TrainingDisplay
@@ -40,7 +40,8 @@ from .plots import plot_learning_curve
 from . import distributed
 from .fp8 import fp8_base_layers, fp8_supported, restore_linear
 from .fused import fuse_projections, unfuse_projections
-from .speed import Profile, decoder_blocks, compile_blocks, keep_input_dtype, profile_of, speed_trainer_class
+from .speed import (Profile, decoder_blocks, compile_blocks, embeddings_from_host, keep_input_dtype, profile_of,
+                    speed_trainer_class)
 from .rundir import CONFIG_NAME, config_of_run, make_run_dir, resume_point, split_resume_target
 
 __all__ = ["train", "TrainResult", "CONFIG_NAME", "validate_run_config"]
@@ -376,13 +377,15 @@ def _fp8_base(model, cfg: RunConfig, device) -> int:
 def _after_training(profile: Profile, model):
     """What evaluation and saving need undone: compiled blocks run eagerly, fused projections are
     separate layers with weights of their own, fp8 layers are plain linear layers again (the same
-    parameters)."""
+    parameters), weights waiting in host memory are back on the device."""
     import torch
 
     if profile.fuse_projections:
         unfuse_projections(model)
     if profile.fp8_base:
         restore_linear(model)
+    if profile.host_embeddings:
+        embeddings_from_host(model)
     if profile.compile_blocks and hasattr(torch.compiler, "set_stance"):
         return torch.compiler.set_stance("force_eager")
     return nullcontext()
@@ -411,8 +414,8 @@ def _build_trainer(model, tokenizer, data: PreparedData, cfg: RunConfig, run_dir
     if cfg.train.early_stopping_patience > 0:
         callbacks.append(EarlyStoppingCallback(cfg.train.early_stopping_patience,
                                                cfg.train.early_stopping_threshold))
-    if profile.fp8_base:
-        callbacks.append(OffloadFp8Weights())  # on a GPU, bf16 weights in host memory while training
+    if profile.fp8_base or profile.host_embeddings:
+        callbacks.append(WeightsToHost(fp8=profile.fp8_base, embeddings=profile.host_embeddings))
     from transformers.trainer_callback import PrinterCallback
 
     trainer = method.build_trainer(model, tokenizer, data, args, callbacks, method_cfg) if method else None

@@ -17,8 +17,9 @@
   `train.cuda_graphs` in inductor's `reduce-overhead` mode, each block replayed as CUDA graphs.
 - `memory`: chunked linear + cross-entropy, activation checkpointing, and on CUDA the saved
   activations offloaded to pinned CPU memory (`save_activations_on_cpu`: torch's `save_on_cpu`
-  that leaves parameters on the GPU). Pair it with
-  the `qlora` method for a 4-bit base.
+  that leaves parameters on the GPU) and a frozen, untied input embedding table kept in host
+  memory while training (`embeddings_to_host`: the lookup runs there, the looked-up rows travel).
+  Pair it with the `qlora` method for a 4-bit base.
 
 `train.fuse_projections` (any profile, off by default) computes sibling projections together:
 q/k/v and gate/up each one base matmul and one adapter down-projection (train/fused.py).
@@ -52,7 +53,7 @@ from ..models.lm_loss import chunk_cross_entropy, counted_positions
 from ..paths import affina_home
 
 __all__ = ["fused_loss_available", "PROFILES", "Profile", "decoder_blocks", "chunked_lm_loss", "chunked_loss_parts", "keep_input_dtype",
-           "compile_blocks", "save_activations_on_cpu", "profile_of", "chunked_loss_of", "mixed_precision_of", "SpeedTrainerMixin", "speed_trainer_class"]
+           "compile_blocks", "save_activations_on_cpu", "embeddings_to_host", "embeddings_from_host", "profile_of", "chunked_loss_of", "mixed_precision_of", "SpeedTrainerMixin", "speed_trainer_class"]
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ class Profile:
     fused_loss: bool = False  # liger-kernel's fused linear + cross-entropy (CUDA, when installed)
     checkpointing: bool = False
     offload_activations: bool = False
+    host_embeddings: bool = False  # the frozen input embedding table in host memory while training
     bf16_autocast: bool = False  # the Trainer's bf16 mixed precision (train.mixed_precision)
     fp8_base: bool = False  # the frozen base's matmuls in fp8 (train.mixed_precision=fp8, train/fp8.py)
     cuda_graphs: bool = False  # compiled blocks replayed as CUDA graphs (train.cuda_graphs)
@@ -98,7 +100,7 @@ def profile_of(name: str, device: torch.device, *, loss_chunk_tokens: int = 1024
                        cuda_graphs=cuda and cuda_graphs, **common)
     if name == "memory":
         return Profile(name, keep_input_dtype=True, checkpointing=True, offload_activations=cuda,
-                       fused_loss=fused and chunked, **common)
+                       host_embeddings=cuda, fused_loss=fused and chunked, **common)
     return Profile(name, **common)
 
 
@@ -243,6 +245,57 @@ class save_activations_on_cpu(torch.autograd.graph.saved_tensors_hooks):
             return tensor if device is None else tensor.to(device, non_blocking=True)
 
         super().__init__(pack, unpack)
+
+
+# ---- the input embedding table in host memory ----------------------------------------------
+
+def _input_embeddings(model) -> torch.nn.Module | None:
+    """`model`'s input embedding layer when it has one it can name."""
+    try:
+        return model.get_input_embeddings()
+    except (AttributeError, NotImplementedError):
+        return None
+
+
+def embeddings_to_host(model) -> int:
+    """Under the memory profile on a GPU: move the input embedding table to host memory, where the
+    lookup then runs (a forward pre-hook moves the token ids there, a forward hook moves the
+    looked-up rows back to the device). A step reads a few thousand of its rows, so this costs one
+    small copy each way and frees the whole table from the GPU (1 GiB for Llama-3-8B's 128,256 x
+    4,096 in bf16). Only a table that takes no gradient and is not also the output layer's weight
+    (tied embeddings compute the loss on the GPU) moves; call it after the Trainer has placed and
+    wrapped the model (DDP checks that every parameter is on one kind of device), and
+    `embeddings_from_host` before evaluation. Returns how many bytes moved."""
+    table = _input_embeddings(model)
+    if table is None or getattr(table, "host_lookup", None) is not None:
+        return 0
+    weight = getattr(table, "weight", None)
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if (weight is None or weight.requires_grad or weight.device.type == "cpu"
+            or getattr(output, "weight", None) is weight):
+        return 0
+    device = weight.device
+    with torch.no_grad():
+        weight.data = weight.data.to("cpu")
+    ids_to_host = table.register_forward_pre_hook(lambda module, args: (args[0].to("cpu"), *args[1:]))
+    rows_to_device = table.register_forward_hook(lambda module, args, rows: rows.to(device))
+    table.host_lookup = (device, (ids_to_host, rows_to_device))
+    return weight.numel() * weight.element_size()
+
+
+def embeddings_from_host(model) -> int:
+    """Undo `embeddings_to_host`: the table back on its device, the hooks removed. Returns how
+    many bytes moved."""
+    table = _input_embeddings(model)
+    if table is None or getattr(table, "host_lookup", None) is None:
+        return 0
+    device, handles = table.host_lookup
+    for handle in handles:
+        handle.remove()
+    del table.host_lookup
+    with torch.no_grad():
+        table.weight.data = table.weight.data.to(device)
+    return table.weight.numel() * table.weight.element_size()
 
 
 # ---- the trainer side ----------------------------------------------------------------------
