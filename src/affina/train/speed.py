@@ -249,10 +249,10 @@ class save_activations_on_cpu(torch.autograd.graph.saved_tensors_hooks):
 
 # ---- the input embedding table in host memory ----------------------------------------------
 
-def _input_embeddings(model) -> torch.nn.Module | None:
-    """`model`'s input embedding layer when it has one it can name."""
+def _embeddings(model, which: str) -> torch.nn.Module | None:
+    """`model`'s input or output embedding layer (`which`: "input", "output") when it names one."""
     try:
-        return model.get_input_embeddings()
+        return getattr(model, f"get_{which}_embeddings")()
     except (AttributeError, NotImplementedError):
         return None
 
@@ -266,11 +266,11 @@ def embeddings_to_host(model) -> int:
     (tied embeddings compute the loss on the GPU) moves; call it after the Trainer has placed and
     wrapped the model (DDP checks that every parameter is on one kind of device), and
     `embeddings_from_host` before evaluation. Returns how many bytes moved."""
-    table = _input_embeddings(model)
+    table = _embeddings(model, "input")
     if table is None or getattr(table, "host_lookup", None) is not None:
         return 0
     weight = getattr(table, "weight", None)
-    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    output = _embeddings(model, "output")
     if (weight is None or weight.requires_grad or weight.device.type == "cpu"
             or getattr(output, "weight", None) is weight):
         return 0
@@ -286,7 +286,7 @@ def embeddings_to_host(model) -> int:
 def embeddings_from_host(model) -> int:
     """Undo `embeddings_to_host`: the table back on its device, the hooks removed. Returns how
     many bytes moved."""
-    table = _input_embeddings(model)
+    table = _embeddings(model, "input")
     if table is None or getattr(table, "host_lookup", None) is None:
         return 0
     device, handles = table.host_lookup
