@@ -9,6 +9,7 @@ import json
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 import yaml
 from peft import LoraConfig, PrefixTuningConfig, get_peft_model
 from safetensors.torch import load_file
@@ -88,6 +89,93 @@ def test_chunked_loss_and_gradients_equal_transformers(tiny_model_dir, chunk):
     assert expected.keys() == got.keys() and len(got) > 0
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-7)
+
+
+def test_chunked_loss_trains_a_tied_output_layer_like_transformers(tiny_model_dir):
+    """Full fine-tuning: the output layer's weight (tied to the input embeddings here) takes its
+    gradient from the chunked loss, summed over the chunks, as from transformers' loss."""
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    ids, mask, labels = _batch(model.config.vocab_size)
+    model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+    expected = _grads(model)
+    model.zero_grad()
+    hidden = model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+    chunked_lm_loss(hidden, model.get_output_embeddings().weight, labels, chunk_tokens=4).backward()
+    got = _grads(model)
+    assert expected.keys() == got.keys() and "model.embed_tokens.weight" in got
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-7)
+
+
+class _VocabMatmuls(TorchDispatchMode):
+    """Counts the matmuls whose result has the vocabulary's width (the output projection)."""
+
+    def __init__(self, vocab):
+        super().__init__()
+        self.vocab, self.count = vocab, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm) and out.shape[-1] == self.vocab:
+            self.count += 1
+        return out
+
+
+def test_chunked_loss_projects_each_chunk_once(tiny_model_dir):
+    """A chunk's logits are computed once, in the forward pass, with its gradient: the backward
+    pass projects nothing again."""
+    model = _lora(tiny_model_dir)
+    ids, mask, labels = _batch(model.config.vocab_size)
+    causal = _causal_lm(model)
+    hidden = causal.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+    counted = int((labels[:, 1:] != -100).sum())
+    with _VocabMatmuls(model.config.vocab_size) as counter:
+        loss = chunked_lm_loss(hidden, causal.get_output_embeddings().weight, labels, chunk_tokens=8)
+        loss.backward()
+    assert counter.count == -(-counted // 8) > 1
+
+
+def test_chunked_loss_under_bf16_autocast_is_as_close_to_fp32_as_the_recomputing_loss(tiny_model_dir):
+    """Under bf16 autocast the projections run in bf16 and the softmax in fp32: the loss is the
+    one of each chunk's plain cross-entropy recomputed in the backward pass (the checkpointed
+    loss), and the gradients are as close to fp32's as that loss's are (both round the logits'
+    gradient to bf16, at different points)."""
+    from torch.utils.checkpoint import checkpoint
+
+    from affina.models.lm_loss import chunk_cross_entropy, counted_positions
+
+    model = _lora(tiny_model_dir)
+    ids, mask, labels = _batch(model.config.vocab_size)
+    causal = _causal_lm(model)
+    weight = causal.get_output_embeddings().weight
+
+    def run(loss_of, bf16=True):
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            hidden = causal.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+            loss = loss_of(hidden)
+        loss.backward()
+        return loss.detach(), _grads(model)
+
+    def recomputing(hidden):
+        keep, y = counted_positions(labels)
+        h = hidden[keep]
+        return sum(checkpoint(chunk_cross_entropy, h[i:i + 8], weight, y[i:i + 8], use_reentrant=False)
+                   for i in range(0, h.shape[0], 8)) / keep.sum()
+
+    def chunked(hidden):
+        return chunked_lm_loss(hidden, weight, labels, chunk_tokens=8)
+
+    fp32, expected, got = run(chunked, bf16=False), run(recomputing), run(chunked)
+    torch.testing.assert_close(got[0], expected[0], rtol=1e-6, atol=0)
+    assert fp32[1].keys() == got[1].keys() == expected[1].keys() and len(got[1]) > 0
+
+    def error(grads):
+        return sum((grads[n] - g).norm() ** 2 for n, g in fp32[1].items()).sqrt() / sum(
+            g.norm() ** 2 for g in fp32[1].values()).sqrt()
+
+    assert 0 < error(got[1]) < 1.25 * error(expected[1]) + 1e-4, (error(got[1]), error(expected[1]))
 
 
 def test_chunked_loss_divides_by_the_accumulated_token_count(tiny_model_dir):

@@ -6,9 +6,10 @@
 - `speed`: (1) PEFT layers keep their bf16 input instead of copying it to the fp32 adapter
   weights' dtype (autocast still runs the adapter's matmuls in bf16 from fp32 master weights, so
   the copy bought nothing); (2) chunked linear + cross-entropy: the output projection and the loss
-  are computed `train.loss_chunk_tokens` tokens at a time and recomputed in the backward pass, so
-  the [tokens x vocabulary] logits are never held, in fp32 or at all, and positions whose label is
-  masked are never projected (on CUDA with the `liger-kernel` package installed, its fused
+  are computed `train.loss_chunk_tokens` tokens at a time, each chunk's gradients with its loss
+  (`_LinearCrossEntropy`: nothing is recomputed in the backward pass), so the [tokens x
+  vocabulary] logits are never held, in fp32 or at all, and positions whose label is masked are
+  never projected (on CUDA with the `liger-kernel` package installed, its fused
   linear + cross-entropy Triton kernel does this step; without it, the chunked PyTorch code
   below, which gives the same loss); (3) regional compilation: each decoder block is compiled with
   `torch.compile` (the blocks share their graphs: it compiles twice, for the first block, whose
@@ -45,7 +46,7 @@ import os
 from dataclasses import dataclass
 
 import torch
-from torch.utils.checkpoint import checkpoint
+import torch.nn.functional as F
 
 from ..config import PROFILES
 from ..models.lm_loss import causal_lm_of as _causal_lm
@@ -138,13 +139,54 @@ def fused_loss_available() -> bool:
     return True
 
 
+class _LinearCrossEntropy(torch.autograd.Function):
+    """The summed cross-entropy of `h @ weight^T` against `y`, `chunk_tokens` rows at a time, with
+    its gradients computed in the forward pass, chunk by chunk, while each chunk's logits are at
+    hand: the softmax minus the one-hot target is the logits' gradient, so the input's gradient
+    is that times the weight (and the weight's, when it trains, its transpose times the chunk's
+    input). Only those gradients are kept for the backward pass, which scales them; the logits
+    are neither kept nor computed a second time, as recomputing them in the backward pass would.
+    The matmuls run as `F.linear` would under the caller's autocast, the softmax in fp32."""
+
+    @staticmethod
+    def forward(ctx, h, weight, y, chunk_tokens):
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        total = torch.zeros((), dtype=torch.float32, device=h.device)
+        grad_h = torch.empty_like(h) if need_h else None
+        grad_w = torch.zeros_like(weight) if need_w else None
+        for start in range(0, h.shape[0], chunk_tokens):
+            hc, yc = h[start:start + chunk_tokens], y[start:start + chunk_tokens]
+            projected = F.linear(hc, weight)
+            logits = projected.float()
+            lse = torch.logsumexp(logits, dim=-1)
+            total += (lse - logits.gather(1, yc[:, None]).squeeze(1)).sum()
+            if not (need_h or need_w):
+                continue
+            grad = logits.sub_(lse[:, None]).exp_()  # the softmax, in the logits' memory
+            grad[torch.arange(yc.shape[0], device=yc.device), yc] -= 1.0
+            grad = grad.to(projected.dtype)
+            if need_h:
+                grad_h[start:start + chunk_tokens] = grad @ weight
+            if need_w:
+                grad_w += grad.t() @ hc
+        ctx.save_for_backward(grad_h, grad_w)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        grad_h, grad_w = ctx.saved_tensors
+        return (None if grad_h is None else grad_h * grad_total.to(grad_h.dtype),
+                None if grad_w is None else grad_w * grad_total.to(grad_w.dtype), None, None)
+
+
 def chunked_loss_parts(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *,
                        chunk_tokens: int = 1024, fused: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum of next-token cross-entropy, number of counted tokens) of a causal LM, from its final
     hidden states [batch, seq, hidden], its output projection weight [vocab, hidden] and labels
     [batch, seq] (-100 = not counted). Labels are shifted as transformers' causal-LM loss does.
-    Only counted positions are projected, `chunk_tokens` at a time, each chunk's logits recomputed
-    in the backward pass instead of being kept."""
+    Only counted positions are projected, `chunk_tokens` at a time; with gradients wanted, each
+    chunk's gradients are computed with its loss (`_LinearCrossEntropy`), so no logits are kept
+    or recomputed."""
     keep, y = counted_positions(labels)
     h = hidden[keep]  # [counted, hidden]
     count = keep.sum()
@@ -154,11 +196,11 @@ def chunked_loss_parts(hidden: torch.Tensor, weight: torch.Tensor, labels: torch
         from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
 
         return liger_fused_linear_cross_entropy(h, weight, y, reduction="sum"), count
+    if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
+        return _LinearCrossEntropy.apply(h, weight, y, chunk_tokens), count
     total = None
     for start in range(0, h.shape[0], chunk_tokens):
-        hc, yc = h[start:start + chunk_tokens], y[start:start + chunk_tokens]
-        part = (checkpoint(chunk_cross_entropy, hc, weight, yc, use_reentrant=False)
-                if torch.is_grad_enabled() else chunk_cross_entropy(hc, weight, yc))
+        part = chunk_cross_entropy(h[start:start + chunk_tokens], weight, y[start:start + chunk_tokens])
         total = part if total is None else total + part
     return total, count
 
