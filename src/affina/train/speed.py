@@ -157,14 +157,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
         for start in range(0, h.shape[0], chunk_tokens):
             hc, yc = h[start:start + chunk_tokens], y[start:start + chunk_tokens]
             projected = F.linear(hc, weight)
-            logits = projected.float()
+            dtype, logits = projected.dtype, projected.float()
+            del projected  # (when it was not fp32 already: a copy of its own)
             lse = torch.logsumexp(logits, dim=-1)
             total += (lse - logits.gather(1, yc[:, None]).squeeze(1)).sum()
             if not (need_h or need_w):
                 continue
             grad = logits.sub_(lse[:, None]).exp_()  # the softmax, in the logits' memory
             grad[torch.arange(yc.shape[0], device=yc.device), yc] -= 1.0
-            grad = grad.to(projected.dtype)
+            grad = grad.to(dtype)
             if need_h:
                 grad_h[start:start + chunk_tokens] = grad @ weight
             if need_w:
