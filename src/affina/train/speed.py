@@ -158,7 +158,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             hc, yc = h[start:start + chunk_tokens], y[start:start + chunk_tokens]
             projected = F.linear(hc, weight)
             dtype, logits = projected.dtype, projected.float()
-            del projected  # (when it was not fp32 already: a copy of its own)
+            del projected  # a bf16 projection is not needed once its fp32 copy exists
             lse = torch.logsumexp(logits, dim=-1)
             total += (lse - logits.gather(1, yc[:, None]).squeeze(1)).sum()
             if not (need_h or need_w):
