@@ -466,8 +466,9 @@ def test_the_embedding_table_stays_where_it_is_on_the_cpu(tiny_model_dir):
 
 def test_offload_copies_activations_and_keeps_parameters(tiny_model_dir):
     """The memory profile's offload hook: a saved activation goes out as a copy and comes back
-    equal; a saved parameter (the output layer's weight, saved by the chunked loss) is kept, not
-    copied; a checkpointed step under the hook has the plain step's loss and gradients."""
+    equal; a saved parameter (the output layer's weight, which a plain output projection saves)
+    is kept, not copied; a checkpointed step under the hook has the plain step's loss and
+    gradients."""
     from affina.train.speed import save_activations_on_cpu
 
     model = _lora(tiny_model_dir)

@@ -267,10 +267,11 @@ def compile_blocks(model, backend: str = "inductor", *, cuda_graphs: bool = Fals
 class save_activations_on_cpu(torch.autograd.graph.saved_tensors_hooks):
     """torch's `save_on_cpu(pin_memory=True)`, except that parameters stay where they are. Under
     activation checkpointing the tensors saved outside the checkpointed blocks are few: the
-    blocks' inputs and the chunked loss's, which include the output layer's weight (an 8B
-    model's is 1 GB in bf16). That weight is on the GPU for the whole step anyway, so copying it
-    to pinned host memory and back each step would cost transfer time and host memory for
-    nothing. `device_type`: whose pinned memory to use (a host without it copies unpinned)."""
+    blocks' inputs, and what the layers outside them save, which can be parameters: a plain
+    output projection (the loss when it is not chunked, as under DDP) saves the output layer's
+    weight (an 8B model's is 1 GB in bf16). A parameter is on the GPU for the whole step anyway,
+    so copying it to pinned host memory and back each step would cost transfer time and host
+    memory for nothing. `device_type`: whose pinned memory to use (a host without it copies unpinned)."""
 
     def __init__(self, device_type: str = "cuda"):
         module = getattr(torch, device_type)
