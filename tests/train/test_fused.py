@@ -10,13 +10,12 @@ from __future__ import annotations
 import pytest
 import torch
 from peft.tuners.lora.layer import Linear as LoraLinear
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from affina.train.fp8 import fp8_base_layers, fp8_linear, fp8_supported
 from affina.train.fused import fuse_projections, fused_groups, unfuse_projections
 from affina.train.speed import compile_blocks, decoder_blocks, keep_input_dtype
 
-from .test_speed import _batch, _grads, _lora, _lora_of_four_blocks
+from .test_speed import _CountMatmuls, _batch, _grads, _lora, _lora_of_four_blocks
 
 
 def _step(model, seed=None):
@@ -27,17 +26,6 @@ def _step(model, seed=None):
     loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
     loss.backward()
     return loss.detach(), _grads(model)
-
-
-class _CountMatmuls(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm, torch.ops.aten.bmm):
-            self.count += 1
-        return func(*args, **(kwargs or {}))
 
 
 def _matmuls(model) -> int:

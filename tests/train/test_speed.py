@@ -108,16 +108,18 @@ def test_chunked_loss_trains_a_tied_output_layer_like_transformers(tiny_model_di
         torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-7)
 
 
-class _VocabMatmuls(TorchDispatchMode):
-    """Counts the matmuls whose result has the vocabulary's width (the output projection)."""
+class _CountMatmuls(TorchDispatchMode):
+    """Counts the matmuls run under it; with `width`, only those whose result is that wide (the
+    vocabulary's: the output projection)."""
 
-    def __init__(self, vocab):
+    def __init__(self, width: int | None = None):
         super().__init__()
-        self.vocab, self.count = vocab, 0
+        self.width, self.count = width, 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        if func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm) and out.shape[-1] == self.vocab:
+        if (func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm, torch.ops.aten.bmm)
+                and (self.width is None or out.shape[-1] == self.width)):
             self.count += 1
         return out
 
@@ -130,7 +132,7 @@ def test_chunked_loss_projects_each_chunk_once(tiny_model_dir):
     causal = _causal_lm(model)
     hidden = causal.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
     counted = int((labels[:, 1:] != -100).sum())
-    with _VocabMatmuls(model.config.vocab_size) as counter:
+    with _CountMatmuls(model.config.vocab_size) as counter:
         loss = chunked_lm_loss(hidden, causal.get_output_embeddings().weight, labels, chunk_tokens=8)
         loss.backward()
     assert counter.count == -(-counted // 8) > 1
