@@ -18,7 +18,7 @@ from affina.errors import ConfigError
 from affina.record import read_record
 from affina.train.fp8 import (E4M3, Fp8Linear, fp8_base_layers, fp8_matmul, fp8_supported, quantize_rows,
                               quantize_tensor, restore_linear)
-from affina.train.recipe import _fp8_base
+from affina.train.profiles import fp8_base
 from affina.train.speed import compile_blocks, decoder_blocks, keep_input_dtype, profile_of
 
 from .test_speed import _batch, _grads, _lora, _losses, _run
@@ -205,7 +205,7 @@ def test_fp8_with_every_linear_layer_training_is_a_config_error(tiny_model_dir):
     cfg = load_config(None, [f"model.spec={tiny_model_dir}", "train.mixed_precision=fp8", "method.name=partial"])
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     with pytest.raises(ConfigError, match="method partial leaves no frozen linear layer.*mixed_precision=bf16"):
-        _fp8_base(model, cfg, torch.device("cpu"))
+        fp8_base(model, cfg, torch.device("cpu"))
 
 
 def test_fp8_under_fsdp_is_a_config_error(tiny_model_dir):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from contextlib import ExitStack, nullcontext
+from contextlib import ExitStack
 import os
 import time
 from dataclasses import dataclass
@@ -38,10 +38,8 @@ from .continual import (EarlierModel, continual_config, forgetting_rows, print_f
 from .display import TrainingDisplay
 from .plots import plot_learning_curve
 from . import distributed
-from .fp8 import fp8_base_layers, fp8_supported, restore_linear
-from .fused import fuse_projections, unfuse_projections
-from .speed import (Profile, decoder_blocks, compile_blocks, embeddings_from_host, keep_input_dtype, profile_of,
-                    speed_trainer_class)
+from .profiles import after_training, apply_profile, check_device_settings
+from .speed import Profile, speed_trainer_class
 from .rundir import CONFIG_NAME, config_of_run, make_run_dir, resume_point, split_resume_target
 
 __all__ = ["train", "TrainResult", "CONFIG_NAME", "validate_run_config"]
@@ -105,7 +103,7 @@ def train(cfg: RunConfig, *, resume: Path | None = None, checkpoint: str | None 
     # directory is made.
     device = _device(cfg) or pick_device()
     dtype = _dtype(cfg) or pick_dtype(device)
-    _check_device_settings(cfg, device)
+    check_device_settings(cfg, device)
     if resume is not None:  # found once: opening a checkpoint to check it is not free
         run_dir, start_from = resume, resume_point(resume, checkpoint)
         continual = read_plan(run_dir)
@@ -189,7 +187,7 @@ def train(cfg: RunConfig, *, resume: Path | None = None, checkpoint: str | None 
         params = trainable_report(model)
         info(f"method {method.name}: {params.trainable:,} trainable of {params.total:,} "
              f"parameters ({params.percent:.3f}%)")
-        profile = _apply_profile(model, cfg, loaded.device)
+        profile = apply_profile(model, cfg, loaded.device)
 
         trainer = _build_trainer(model, loaded.tokenizer, data, cfg, run_dir,
                                  [HistoryCallback(tracker), TrainingDisplay(display), *callbacks],
@@ -207,7 +205,7 @@ def train(cfg: RunConfig, *, resume: Path | None = None, checkpoint: str | None 
             (artifact_dir / "training_args.bin").unlink(missing_ok=True)
         if not me.main:  # rank 0 saves, evaluates and records
             return TrainResult(run_dir, None)
-        stack.enter_context(_after_training(profile, model))  # eager, full-precision evaluation
+        stack.enter_context(after_training(profile, model))  # eager, full-precision evaluation
 
         if not sharded:
             method.save(model, artifact_dir)
@@ -306,89 +304,6 @@ def _mlflow_run_of(run_dir: Path) -> str | None:
 def _remember_mlflow_run(run_dir: Path, run_id: str | None) -> None:
     if run_id:
         (run_dir / ".mlflow_run_id").write_text(run_id)
-
-
-def _apply_profile(model, cfg: RunConfig, device) -> Profile:
-    """Turn on what `train.profile`, `train.chunked_loss` and `train.mixed_precision` ask for on
-    this device (see train/speed.py)."""
-    t = cfg.train
-    profile = profile_of(t.profile, device, loss_chunk_tokens=t.loss_chunk_tokens,
-                         chunked_loss=t.chunked_loss, mixed_precision=t.mixed_precision,
-                         weights_dtype=next(model.parameters()).dtype, cuda_graphs=t.cuda_graphs,
-                         fuse_projections=t.fuse_projections)
-    kept = keep_input_dtype(model) if profile.keep_input_dtype else 0
-    fp8 = _fp8_base(model, cfg, device) if profile.fp8_base else 0
-    fused = fuse_projections(decoder_blocks(model)) if profile.fuse_projections else 0  # after fp8: fuses its copies
-    if profile.fuse_projections and not fused:
-        info(f"train.fuse_projections: method {cfg.method.name} leaves no frozen sibling projections "
-             "(q/k/v, gate/up) to fuse; the step runs unfused")
-        profile = dataclasses.replace(profile, fuse_projections=False)
-    compiled = (compile_blocks(model, cuda_graphs=profile.cuda_graphs)  # after fp8 and fusing: compiled with them
-                if profile.compile_blocks else 0)
-    parts = []
-    if profile.chunked_loss:
-        parts.append("fused linear + cross-entropy (liger-kernel)" if profile.fused_loss
-                     else f"chunked loss ({profile.loss_chunk_tokens} tokens a chunk)")
-    if profile.bf16_autocast:
-        parts.append("bf16 autocast")
-    if fp8:
-        parts.append(f"{fp8} frozen linear layers in fp8")
-    if kept:
-        parts.append(f"{kept} adapter layers keep their input dtype")
-    if fused:
-        parts.append(f"{fused} groups of sibling projections fused")
-    if compiled:
-        parts.append(f"{compiled} blocks compiled" + (
-            f", replayed as CUDA graphs (batches padded to multiples of {t.pad_to_multiple_of} tokens)"
-            if profile.cuda_graphs else ""))
-    if profile.checkpointing:
-        parts.append("activation checkpointing")
-    if profile.offload_activations:
-        parts.append("activations offloaded to CPU")
-    if parts:
-        info(f"profile {profile.name}: " + ", ".join(parts))
-    return profile
-
-
-def _check_device_settings(cfg: RunConfig, device) -> None:
-    """What the device must offer for train.cuda_graphs and train.mixed_precision=fp8, checked
-    before the base loads."""
-    if cfg.train.cuda_graphs and device.type != "cuda":
-        raise ConfigError(f"train.cuda_graphs needs a CUDA device; this run is on {device.type} "
-                          "(set train.cuda_graphs=false)")
-    if cfg.train.mixed_precision == "fp8":
-        why = fp8_supported(device)
-        if why:
-            raise ConfigError(f"train.mixed_precision=fp8: {why}; use train.mixed_precision=bf16")
-
-
-def _fp8_base(model, cfg: RunConfig, device) -> int:
-    """train.mixed_precision=fp8: the frozen linear layers of the decoder blocks to fp8 (train/fp8.py)."""
-    swapped = fp8_base_layers(decoder_blocks(model))
-    if not swapped:
-        raise ConfigError(f"train.mixed_precision=fp8: method {cfg.method.name} leaves no frozen linear layer "
-                          "in the decoder blocks to run in fp8 (it trains them, or quantises them itself); "
-                          "use train.mixed_precision=bf16")
-    if device.type != "cuda":
-        info("fp8 on the CPU runs torch's reference fp8 kernels: the GPU's numbers, not its speed")
-    return swapped
-
-
-def _after_training(profile: Profile, model):
-    """What evaluation and saving need undone: compiled blocks run eagerly, fused projections are
-    separate layers with weights of their own, fp8 layers are plain linear layers again (the same
-    parameters), weights waiting in host memory are back on the device."""
-    import torch
-
-    if profile.fuse_projections:
-        unfuse_projections(model)
-    if profile.fp8_base:
-        restore_linear(model)
-    if profile.host_embeddings:
-        embeddings_from_host(model)
-    if profile.compile_blocks and hasattr(torch.compiler, "set_stance"):
-        return torch.compiler.set_stance("force_eager")
-    return nullcontext()
 
 
 def _device(cfg: RunConfig):
