@@ -234,7 +234,8 @@ class TrackConfig:
 
 @dataclass
 class DistributedConfig:
-    strategy: str = _f("none", "none: one process; ddp: data-parallel (every method); fsdp: sharded with FSDP2 (lora, qlora, full). With ddp/fsdp, `affina train` starts `torchrun` itself on one machine; `affina train --print-launch` prints the command for each machine.")
+    strategy: str = _f("none", "none: one process; ddp: data-parallel (every method); fsdp: sharded with FSDP2 (lora, qlora, full). With ddp/fsdp, `affina train` starts the launcher itself on one machine; `affina train --print-launch` prints the command for each machine. A process that torchrun or `accelerate launch` started with several processes trains ddp when this says none.")
+    launcher: str = _f("torchrun", "What `affina train` and --print-launch start the processes with: torchrun (PyTorch's) or accelerate (`accelerate launch --multi_gpu`, the same torchrun underneath); either trains the same way.")
     nproc_per_node: int = _f(0, "Processes per machine (0: one per CUDA device, or 2 on a machine without one).")
     nnodes: int = _f(1, "Machines taking part.")
     master_addr: str = _f("127.0.0.1", "Address of the first machine (rank 0), reachable from the others.")
@@ -244,6 +245,7 @@ class DistributedConfig:
 
     def validate(self) -> None:
         _check(self.strategy in ("none", "ddp", "fsdp"), "distributed.strategy", self.strategy, "none, ddp or fsdp")
+        _check(self.launcher in ("torchrun", "accelerate"), "distributed.launcher", self.launcher, "torchrun or accelerate")
         _check(self.nproc_per_node >= 0, "distributed.nproc_per_node", self.nproc_per_node, ">= 0 (0: auto)")
         _check(self.nnodes >= 1, "distributed.nnodes", self.nnodes, ">= 1")
         _check(1 <= self.master_port <= 65535, "distributed.master_port", self.master_port, "a port, 1-65535")

@@ -1,6 +1,7 @@
 """Distributed training on the CPU with real torchrun processes and the gloo backend: the launch
-commands, DDP with 2 x batch 4 against one process with batch 8, a rank killed mid-run and the
-run resumed on a different number of processes, and one writer (rank 0) of the record and MLflow."""
+commands, DDP with 2 x batch 4 against one process with batch 8 (started by affina, and by
+`accelerate launch` run by hand), a rank killed mid-run and the run resumed on a different number
+of processes, and one writer (rank 0) of the record and MLflow."""
 
 from __future__ import annotations
 
@@ -71,6 +72,101 @@ def test_print_launch_gives_one_command_per_machine_with_one_run_name(tmp_path, 
         names |= {part for part in command.split() if part.startswith("train.run_name=lora-")}
     assert len(names) == 1  # every machine writes the same run directory
     assert not (tmp_path / "runs").exists()  # printing trains nothing
+
+
+def test_print_launch_with_accelerate(tmp_path, tiny_model_dir):
+    out = _affina(tmp_path, "train", *_overrides(tmp_path, tiny_model_dir, "x"), "distributed.strategy=ddp",
+                  "distributed.launcher=accelerate", "distributed.nnodes=2", "distributed.nproc_per_node=4",
+                  "distributed.master_addr=10.1.2.3", "distributed.master_port=29511", "--print-launch")
+    assert out.returncode == 0, out.stderr
+    commands = [line for line in out.stdout.splitlines() if not line.startswith("#")]
+    assert len(commands) == 2
+    for node, command in enumerate(commands):
+        assert "-m accelerate.commands.launch --multi_gpu --num_machines=2 --num_processes=8" in command
+        assert "--mixed_precision=no --dynamo_backend=no" in command  # the run config decides both
+        assert f"--machine_rank={node} --main_process_ip=10.1.2.3 --main_process_port=29511" in command
+        assert "-m affina train" in command and "train.run_name=x" in command
+    with pytest.raises(ConfigError, match="distributed.launcher"):
+        load_config(None, ["distributed.launcher=mpirun"])
+
+
+def _accelerate_launch(tmp_path, *launch_args, overrides):
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines=1",
+               "--num_processes=2", "--main_process_port=0", *launch_args, "-m", "affina", "train", "-q", *overrides]
+    return subprocess.run(command, env=_env(tmp_path), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+
+
+def test_accelerate_launch_by_hand_trains_ddp_in_one_run(tmp_path, tiny_model_dir, monkeypatch):
+    """`accelerate launch --multi_gpu --num_processes 2 -m affina train ...` with a config that names
+    neither a strategy nor a run: the two processes train data-parallel into one run directory
+    (rank 0 names it), the same adapter as one process with twice the batch."""
+    monkeypatch.setenv("AFFINA_HOME", str(tmp_path / "home"))
+    single = train(load_config(None, _overrides(tmp_path, tiny_model_dir, "single")), display="quiet").run_dir
+    overrides = [o for o in _overrides(tmp_path, tiny_model_dir, "", **{"train.batch_size": 4})
+                 if not o.startswith("train.run_name=")]
+    out = _accelerate_launch(tmp_path, "--mixed_precision=no", "--dynamo_backend=no", overrides=overrides)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (run,) = [p for p in (tmp_path / "runs").iterdir() if p != single]
+    record = read_record(run)
+    assert record.train.world_size == 2 and record.train.global_step == 3
+    assert load_config(run / "config.yaml").distributed.strategy == "ddp"  # as it trained, for --resume
+    a = load_file(single / "adapter" / "adapter_model.safetensors")
+    b = load_file(run / "adapter" / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5)
+
+
+def test_accelerate_launch_settings_affina_does_its_own_way_are_refused(tmp_path, tiny_model_dir):
+    out = _accelerate_launch(tmp_path, "--mixed_precision=fp16", "--dynamo_backend=no",
+                             overrides=_overrides(tmp_path, tiny_model_dir, "fp16"))
+    assert out.returncode != 0
+    line = ("affina: error: accelerate launch --mixed_precision fp16: affina trains in bf16 or its own fp8 "
+            "(train.mixed_precision=bf16|fp8); launch with --mixed_precision no")
+    assert line in out.stderr.splitlines()
+    assert not (tmp_path / "runs").exists()  # refused before anything was written
+
+
+def _launched_by_accelerate(monkeypatch, world_size=2, **settings):
+    for key in ("ACCELERATE_USE_DEEPSPEED", "ACCELERATE_USE_FSDP"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in {"LOCAL_RANK": "0", "RANK": "0", "WORLD_SIZE": str(world_size),
+                       "ACCELERATE_DYNAMO_USE_FULLGRAPH": "False", "ACCELERATE_DYNAMO_BACKEND": "NO",
+                       "ACCELERATE_MIXED_PRECISION": "no", **settings}.items():
+        monkeypatch.setenv(key, value)
+
+
+def test_adopting_a_launch(monkeypatch):
+    from affina.train.distributed import adopt_launch
+
+    cfg = load_config(None, [])
+    assert adopt_launch(cfg) is cfg  # not launched
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "0")  # torchrun's two processes
+    assert adopt_launch(cfg).distributed.strategy == "ddp"
+    assert adopt_launch(load_config(None, ["distributed.strategy=fsdp"])).distributed.strategy == "fsdp"
+
+    _launched_by_accelerate(monkeypatch, ACCELERATE_MIXED_PRECISION="bf16", ACCELERATE_USE_FSDP="true")
+    adopted = adopt_launch(cfg)
+    assert (adopted.distributed.strategy, adopted.train.mixed_precision) == ("fsdp", "bf16")
+    with pytest.raises(ConfigError, match="fp8 keeps whole fp8 copies"):  # fsdp's own limits still hold
+        adopt_launch(load_config(None, ["train.mixed_precision=fp8"]))
+    for overrides, message in (
+            (["distributed.strategy=ddp"], "--use_fsdp and distributed.strategy=ddp disagree"),
+            (["train.mixed_precision=none"], "--mixed_precision bf16 and train.mixed_precision=none disagree")):
+        with pytest.raises(ConfigError, match=message):
+            adopt_launch(load_config(None, overrides))
+    _launched_by_accelerate(monkeypatch, world_size=1, ACCELERATE_USE_DEEPSPEED="true")
+    with pytest.raises(ConfigError, match="affina shards with FSDP2"):
+        adopt_launch(cfg)
+    _launched_by_accelerate(monkeypatch, world_size=1, ACCELERATE_DYNAMO_BACKEND="INDUCTOR")
+    with pytest.raises(ConfigError, match="launch with --dynamo_backend no"):
+        adopt_launch(cfg)
+    _launched_by_accelerate(monkeypatch, world_size=1)
+    assert adopt_launch(cfg) is cfg  # one process, the launcher's defaults: nothing to adopt
+    _launched_by_accelerate(monkeypatch, world_size=1, ACCELERATE_MIXED_PRECISION="bf16")
+    fp8 = load_config(None, ["train.mixed_precision=fp8"])
+    assert adopt_launch(fp8) is fp8  # bf16 autocast is part of fp8 already
 
 
 def test_launch_errors_are_one_line(tmp_path, tiny_model_dir):

@@ -90,9 +90,12 @@ def train(cfg: RunConfig, *, resume: Path | None = None, checkpoint: str | None 
     if resume is not None:
         resume, checkpoint = split_resume_target(Path(resume), checkpoint)
         cfg = config_of_run(resume)
+    cfg = distributed.adopt_launch(cfg)  # started by torchrun or accelerate launch: as they say
     method, method_cfg = validate_run_config(cfg)
-    me = distributed.rank()  # under torchrun: only rank 0 writes; every rank trains
+    me = distributed.rank()  # under a launcher: only rank 0 writes; every rank trains
     distributed.init_process_group(cfg)
+    if resume is None:
+        cfg = distributed.shared_run_name(cfg)  # several ranks, one run directory
     continual = None
     if resume is None and cfg.train.continue_from:
         # The earlier run's method, base and weights; new data + replay as a data.mix.
@@ -108,9 +111,6 @@ def train(cfg: RunConfig, *, resume: Path | None = None, checkpoint: str | None 
         run_dir, start_from = resume, resume_point(resume, checkpoint)
         continual = read_plan(run_dir)
     elif me.distributed:
-        if not cfg.train.run_name:
-            raise ConfigError("a distributed run needs train.run_name, the same on every rank "
-                              "(`affina train` and --print-launch set it)")
         run_dir, start_from = make_run_dir(cfg) if me.main else None, None
         if continual and me.main:
             write_plan(run_dir, continual)

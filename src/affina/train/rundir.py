@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
 from pathlib import Path
 
 import yaml
@@ -15,6 +14,7 @@ from ..errors import AffinaError, ConfigError
 from ..record import MANIFEST_NAME, RUN_CONFIG_NAME, data_file, read_run_config, write_inputs
 from ..record.datafiles import resolve_inputs
 from ..ui import info, warn
+from .distributed import default_run_name
 
 __all__ = ["CONFIG_NAME", "config_of_run", "make_run_dir", "resume_point", "resume_checkpoint",
            "chosen_checkpoint", "split_resume_target"]
@@ -70,7 +70,7 @@ def make_run_dir(cfg: RunConfig) -> Path:
     and `inputs.json` (each data file's absolute path, path relative to the run, sha256). A
     directory left by a run that failed before its first checkpoint is reused; one with a
     checkpoint or a finished record is not."""
-    name = cfg.train.run_name or f"{cfg.method.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    name = cfg.train.run_name or default_run_name(cfg)
     run_dir = Path(cfg.train.output_dir) / name
     if (run_dir / MANIFEST_NAME).exists() or any((run_dir / "checkpoints").glob("checkpoint-*")):
         raise ConfigError(f"run directory {run_dir} already holds a run; pick another train.run_name "
