@@ -6,9 +6,8 @@ launcher `distributed.launcher` names (`launch`); on several machines, `affina t
 --print-launch` prints the command to run on each (`launch_commands`). Inside a launched process
 the transformers Trainer does the distributed work (accelerate underneath); the recipe asks
 `rank()` so that only rank 0 writes the run directory, the record, the evaluations and the
-tracking, while every rank trains. A process started by a launcher the user ran himself
-(`torchrun ... -m affina train`, `accelerate launch ... -m affina train`) is taken as it comes
-(`adopt_launch`): several processes train `ddp` when the config says none, `accelerate
+tracking, while every rank trains. A process started by a launcher run by hand (`torchrun ...
+-m affina train`, `accelerate launch ... -m affina train`) is taken as it comes (`adopt_launch`): several processes train `ddp` when the config says none, `accelerate
 launch`'s own settings (FSDP, bf16) become the config's or are refused in one line where affina
 has its own way (DeepSpeed, fp16, whole-model compilation), and rank 0 names the run for all
 (`shared_run_name`) when the config does not.
