@@ -1,4 +1,4 @@
-"""A fine-tuning job request (POST /v1/fine_tuning/jobs, `affina jobs create`) field by field:
+"""A fine-tuning job request (POST /v1/fine_tuning/jobs, `affina jobs submit`) field by field:
 each parsed and checked on its own, refused with a `JobRequestError` that names the field
 (`param`) and what it takes, as OpenAI's error object does. `JobsService.create_job` calls them
 and checks what needs the server (files, the model, the method against the base).
@@ -164,8 +164,8 @@ def continued_method(continued: dict, method, name: str, options: dict) -> tuple
 
 
 def distributed_options(method, method_name: str) -> dict:
-    """`method.affina.distributed`: the job trains on torchrun (the worker's `affina train`
-    launches it), e.g. {"strategy": "ddp", "nproc_per_node": 4}; {} when absent."""
+    """`method.affina.distributed`: the job trains on several processes (the worker's `affina
+    train` launches them), e.g. {"strategy": "ddp", "nproc_per_node": 4}; {} when absent."""
     from dataclasses import fields
 
     from ..config import DistributedConfig
