@@ -72,3 +72,12 @@ def test_given_numbers_are_kept(tokenizer):
                                  shape, get_method("lora"))
     assert (hp["n_epochs"], hp["batch_size"], hp["learning_rate_multiplier"]) == (1, 2, 0.5)
     assert hp["learning_rate"] == pytest.approx(ADAPTER_LR * 0.5)
+
+
+def test_data_parallel_processes_take_fewer_steps(tokenizer):
+    shape = _shape("product_json", tokenizer)
+    given = {"n_epochs": 1, "batch_size": 4, "learning_rate_multiplier": 1}
+    one = resolve_hyperparameters(given, shape, get_method("lora"))
+    two = resolve_hyperparameters(given, shape, get_method("lora"), processes=2)
+    assert one["total_steps"] == -(-shape.rows // 4) and two["total_steps"] == -(-shape.rows // 8)
+    assert two["batch_size"] == 4  # a batch per process, as train.batch_size

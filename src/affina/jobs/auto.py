@@ -91,15 +91,16 @@ def _is_auto(value) -> bool:
     return value is None or value == "auto"
 
 
-def resolve_hyperparameters(requested: dict, shape: DataShape, method) -> dict:
+def resolve_hyperparameters(requested: dict, shape: DataShape, method, processes: int = 1) -> dict:
     """{n_epochs, batch_size, learning_rate_multiplier, learning_rate, total_steps, base_lr}:
-    each requested number kept, each "auto" chosen by the policy above."""
+    each requested number kept, each "auto" chosen by the policy above. `processes`: how many
+    train the job data-parallel, each on `batch_size` examples a step (fewer steps)."""
     batch = requested.get("batch_size")
     if _is_auto(batch):
         batch = _power_of_two_floor(TOKENS_PER_BATCH / shape.p90_tokens)
         batch = max(1, min(batch, MAX_BATCH, _power_of_two_floor(max(1, shape.rows // 4))))
     batch = int(batch)
-    steps_per_epoch = math.ceil(shape.rows / batch)
+    steps_per_epoch = math.ceil(shape.rows / (batch * max(1, processes)))
 
     epochs = requested.get("n_epochs")
     if _is_auto(epochs):

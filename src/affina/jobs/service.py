@@ -379,7 +379,10 @@ class JobsService:
                     "examples", code="invalid_training_file", param="training_file")
             val_fraction = 0.0 if job.validation_file else _val_fraction(len(records))
             shape = data_shape(records, self._base_tokenizer(), 512, val_fraction=val_fraction)
-            resolved = resolve_hyperparameters(job.requested, shape, method)
+            spread = job.method["affina"].get("distributed") or {}
+            processes = (int(spread.get("nproc_per_node") or 1)  # 0: one per GPU of the worker, unknown here
+                         if spread.get("strategy", "none") != "none" else 1)
+            resolved = resolve_hyperparameters(job.requested, shape, method, processes)
             resolved["val_fraction"] = val_fraction
             max_steps = (job.method["affina"].get("train") or {}).get("max_steps")
             if max_steps and max_steps > 0:  # an explicit step budget ends the job sooner
