@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -88,6 +89,40 @@ def test_print_launch_with_accelerate(tmp_path, tiny_model_dir):
         assert "-m affina train" in command and "train.run_name=x" in command
     with pytest.raises(ConfigError, match="distributed.launcher"):
         load_config(None, ["distributed.launcher=mpirun"])
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_machines_on_loopback_train_one_run(tmp_path, tiny_model_dir, monkeypatch):
+    """The two commands --print-launch gives for two machines (one process each), run side by
+    side on this one, with either launcher: one run directory, two ranks, the adapter of one
+    process with twice the batch."""
+    monkeypatch.setenv("AFFINA_HOME", str(tmp_path / "home"))
+    single = train(load_config(None, _overrides(tmp_path, tiny_model_dir, "single")), display="quiet").run_dir
+    a = load_file(single / "adapter" / "adapter_model.safetensors")
+    for launcher in ("torchrun", "accelerate"):
+        name = f"two-{launcher}"
+        out = _affina(tmp_path, "train", "-q", *_overrides(tmp_path, tiny_model_dir, name, **{
+            "train.batch_size": 4, "distributed.strategy": "ddp", "distributed.launcher": launcher,
+            "distributed.nnodes": 2, "distributed.nproc_per_node": 1, "distributed.master_port": _free_port()}),
+            "--print-launch")
+        assert out.returncode == 0, out.stderr
+        commands = [line for line in out.stdout.splitlines() if not line.startswith("#")]
+        machines = [subprocess.Popen(shlex.split(command), env=_env(tmp_path), cwd=tmp_path, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True) for command in commands]
+        outputs = [machine.communicate(timeout=300)[0] for machine in machines]
+        assert [m.returncode for m in machines] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+        record = read_record(tmp_path / "runs" / name)
+        assert record.train.world_size == 2 and record.train.global_step == 3
+        b = load_file(tmp_path / "runs" / name / "adapter" / "adapter_model.safetensors")
+        for key in a:
+            torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5)
 
 
 def _accelerate_launch(tmp_path, *launch_args, overrides):
