@@ -10,7 +10,8 @@
 # Time limits (seconds), rows and tests can be changed: T_8B, T_1B, T_TESTS, CASES_8B, CASES_1B,
 # TRACE_8B (the 8B row whose kernel time is broken down), TESTS (default tests/gpu). The default
 # rows are the speed question still open (CUDA graphs, the fp8 base, fused projections), the
-# likeliest fastest first, so a row cut off by the limit is one of the least needed, then the
+# likeliest fastest first and then the same through the recipe's Trainer (with and without its
+# per-step count of tokens seen), so a row cut off by the limit is one of the least needed, then the
 # memory profile on a bf16 base (its input embedding table now in host memory); the memory rows
 # measured before are CASES_8B=peft,memory,qlora,qlora_bf16. The default limits add up to 570 s,
 # inside one 10-minute call.
@@ -37,7 +38,7 @@ extra = {m: importlib.util.find_spec(m) is not None for m in ("liger_kernel", "b
 print(f"torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}, {extra}")
 PY
 timeout "${T_8B:-330}" python benchmarks/gpu_train.py --shape llama3-8b --batch 1 --seq 2048 \
-  --cases "${CASES_8B:-peft,speed_graphs_fp8_fused,speed_graphs_fp8,speed_graphs,speed_fused,speed,memory}" \
+  --cases "${CASES_8B:-peft,speed_graphs_fp8_fused,trainer,trainer_uncounted,speed_graphs_fp8,speed_graphs,speed,memory}" \
   --trace "${TRACE_8B:-speed_graphs_fp8_fused}" \
   --trace-out "$OUT/trace_8b.md" --json "$OUT/rows_8b.json" 2>&1 | grep -v Warning | tee "$OUT/table_8b.md"
 timeout "${T_1B:-90}" python benchmarks/gpu_train.py --shape llama3.2-1b --batch 4 --seq 2048 \

@@ -28,6 +28,12 @@ AdamW); `--cases` takes their keys:
 - `speed_graphs_fp8`: both of the rows above.
 - `speed_fused`, `speed_graphs_fp8_fused`: + `train.fuse_projections` (train/fused.py): q/k/v
   and gate/up each one base matmul and one adapter down-projection instead of three and two.
+- `trainer`: `speed_graphs_fp8_fused` as `affina train` runs it: the recipe's transformers
+  Trainer with the profile's loss step (`speed_trainer_class`), its callbacks (the fp8 layers'
+  bf16 weights moved to host memory once training begins), the config's defaults for the
+  optimizer, schedule and gradient clipping, and the count of tokens seen the training display
+  shows (`include_num_input_tokens_seen`, one device sync a step); `trainer_uncounted`: the same
+  without that count. The loop rows above have neither the Trainer's bookkeeping nor the sync.
 - `memory`: the `memory` profile on a bf16 base: fused (or chunked) loss, activation
   checkpointing, saved activations offloaded to pinned CPU memory, the input embedding table
   (untied at 8B) in host memory.
@@ -102,6 +108,10 @@ CASES = {
     "speed_fused": ("speed + fused projections", dict(_SPEED, fuse=True)),
     "speed_graphs_fp8_fused": ("speed + fp8 base + CUDA graphs + fused projections",
                                dict(_SPEED, graphs=True, fp8=True, fuse=True)),
+    "trainer": ("speed + fp8 + CUDA graphs + fused, through the recipe's Trainer",
+                dict(_SPEED, graphs=True, fp8=True, fuse=True, trainer=True)),
+    "trainer_uncounted": ("the same Trainer, tokens seen not counted",
+                          dict(_SPEED, graphs=True, fp8=True, fuse=True, trainer=True, uncounted=True)),
     "memory": ("memory (bf16 base)", _MEMORY),
     "qlora": ("memory + QLoRA 4-bit, PEFT's preparation (rest fp32)",
               dict(_MEMORY, qlora=True, peft_prepare=True)),
@@ -187,8 +197,8 @@ def _run_case(args, key: str, device, dtype, trace: Path | None = None) -> dict:
         fp8_base_layers(decoder_blocks(model))
     if opts.get("fuse"):
         fuse_projections(decoder_blocks(model))
-    if opts.get("fp8"):  # as the recipe does once training begins: bf16 weights to host memory
-        offload_weights(model)
+    if opts.get("fp8") and not opts.get("trainer"):  # as the recipe does once training begins:
+        offload_weights(model)                         # bf16 weights to host memory
     if opts.get("checkpointing"):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if opts.get("compiled"):
@@ -227,16 +237,19 @@ def _run_case(args, key: str, device, dtype, trace: Path | None = None) -> dict:
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    first = None
-    for ids in batches[: args.warmup]:
-        loss = step(ids)
-        first = loss.item() if first is None else first
-    sync()
-    start = time.perf_counter()
-    for ids in batches[args.warmup:]:
-        step(ids)
-    sync()
-    seconds = time.perf_counter() - start
+    if opts.get("trainer"):
+        seconds, first = _trainer_steps(args, model, opts, batches, device, dtype, fused, sync)
+    else:
+        first = None
+        for ids in batches[: args.warmup]:
+            loss = step(ids)
+            first = loss.item() if first is None else first
+        sync()
+        start = time.perf_counter()
+        for ids in batches[args.warmup:]:
+            step(ids)
+        sync()
+        seconds = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
     if trace is not None:
         try:  # the row's figures stand whatever the profiler makes of this case
@@ -251,6 +264,63 @@ def _run_case(args, key: str, device, dtype, trace: Path | None = None) -> dict:
     tokens = args.steps * args.batch * args.seq
     return {"case": name, "key": key, "tokens_per_s": tokens / seconds, "step_s": seconds / args.steps,
             "peak_gib": peak, "first_loss": first, "fused_loss": fused}
+
+
+def _trainer_steps(args, model, opts: dict, batches, device, dtype, fused: bool, sync) -> tuple[float, float]:
+    """The warm-up and timed steps through the recipe's Trainer (train/speed.py
+    `speed_trainer_class`, the recipe's callbacks and config defaults); (seconds of the timed
+    steps, the first step's loss)."""
+    import tempfile
+
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    from affina.config import TrainConfig
+    from affina.train.callbacks import WeightsToHost
+    from affina.train.display import TrainingDisplay
+    from affina.train.speed import Profile, speed_trainer_class
+
+    profile = Profile(name="speed", chunked_loss=True, loss_chunk_tokens=args.chunk, keep_input_dtype=True,
+                      compile_blocks=bool(opts.get("compiled")), fused_loss=fused,
+                      bf16_autocast=dtype == torch.bfloat16, fp8_base=bool(opts.get("fp8")),
+                      cuda_graphs=bool(opts.get("graphs")) and device.type == "cuda",
+                      fuse_projections=bool(opts.get("fuse")))
+    rows = [{"input_ids": ids[i].cpu(), "attention_mask": torch.ones_like(ids[i].cpu()), "labels": ids[i].cpu()}
+            for ids in batches for i in range(len(ids))]
+    times: dict = {}
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, a, state, control, **kw):
+            if state.global_step == args.warmup:
+                sync()
+                times["start"] = time.perf_counter()
+
+        def on_log(self, a, state, control, logs=None, **kw):
+            if logs and "loss" in logs and "first" not in times:
+                times["first"] = logs["loss"]
+
+        def on_train_end(self, a, state, control, **kw):
+            sync()
+            times["end"] = time.perf_counter()
+
+    t = TrainConfig()
+    ordered = ({"train_sampling_strategy": "sequential"}  # the loop rows' batches, in their order
+               if "train_sampling_strategy" in TrainingArguments.__dataclass_fields__ else {})
+    with tempfile.TemporaryDirectory() as out:
+        targs = TrainingArguments(
+            output_dir=out, max_steps=args.warmup + args.steps, per_device_train_batch_size=args.batch,
+            learning_rate=1e-5, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
+            lr_scheduler_type=t.scheduler, warmup_steps=t.warmup_ratio, optim=t.optimizer,
+            logging_steps=t.logging_steps, logging_first_step=True, save_strategy="no", report_to="none",
+            use_cpu=device.type == "cpu", bf16=profile.bf16_autocast, remove_unused_columns=False,
+            dataloader_num_workers=0, dataloader_pin_memory=device.type == "cuda", disable_tqdm=True,
+            include_num_input_tokens_seen="no" if opts.get("uncounted") else "non_padding", **ordered)
+        callbacks = [TrainingDisplay("quiet"), Clock()]
+        if profile.fp8_base:
+            callbacks.append(WeightsToHost(fp8=True, embeddings=False))
+        trainer = speed_trainer_class(Trainer, profile)(model=model, args=targs, train_dataset=rows,
+                                                        callbacks=callbacks)
+        trainer.train()
+    return times["end"] - times["start"], times["first"]
 
 
 def _kind(kernel: str) -> str:
