@@ -23,6 +23,7 @@ from affina.config import load_config
 from affina.errors import ConfigError
 from affina.record import read_record
 from affina.train import train
+from affina.train.distributed import _free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -89,14 +90,6 @@ def test_print_launch_with_accelerate(tmp_path, tiny_model_dir):
         assert "-m affina train" in command and "train.run_name=x" in command
     with pytest.raises(ConfigError, match="distributed.launcher"):
         load_config(None, ["distributed.launcher=mpirun"])
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_two_machines_on_loopback_train_one_run(tmp_path, tiny_model_dir, monkeypatch):

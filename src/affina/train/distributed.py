@@ -93,7 +93,7 @@ def launch_commands(cfg: RunConfig, train_args: list[str]) -> list[list[str]]:
                 cmd += [f"--machine_rank={node}", f"--main_process_ip={d.master_addr}",
                         f"--main_process_port={d.master_port}"]
             else:
-                cmd += ["--main_process_port=0"]  # a free port on this machine
+                cmd += [f"--main_process_port={_free_port()}"]  # a free port on this machine
         else:
             cmd = [sys.executable, "-m", "torch.distributed.run", f"--nnodes={d.nnodes}", f"--nproc-per-node={nproc}"]
             if d.nnodes > 1:
@@ -102,6 +102,15 @@ def launch_commands(cfg: RunConfig, train_args: list[str]) -> list[list[str]]:
                 cmd += ["--standalone"]  # a free rendezvous port on this machine
         commands.append([*cmd, "-m", "affina", "train", *train_args])
     return commands
+
+
+def _free_port() -> int:
+    """A port free on this machine now, for a one-machine accelerate launch."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _accelerate_launched() -> bool:
