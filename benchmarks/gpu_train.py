@@ -238,7 +238,7 @@ def _run_case(args, key: str, device, dtype, trace: Path | None = None) -> dict:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     if opts.get("trainer"):
-        seconds, first = _trainer_steps(args, model, opts, batches, device, dtype, fused, sync)
+        seconds, first = _trainer_steps(args, model, opts, batches, device, dtype, sync)
     else:
         first = None
         for ids in batches[: args.warmup]:
@@ -266,10 +266,10 @@ def _run_case(args, key: str, device, dtype, trace: Path | None = None) -> dict:
             "peak_gib": peak, "first_loss": first, "fused_loss": fused}
 
 
-def _trainer_steps(args, model, opts: dict, batches, device, dtype, fused: bool, sync) -> tuple[float, float]:
+def _trainer_steps(args, model, opts: dict, batches, device, dtype, sync) -> tuple[float, float]:
     """The warm-up and timed steps through the recipe's Trainer (train/speed.py
-    `speed_trainer_class`, the recipe's callbacks and config defaults); (seconds of the timed
-    steps, the first step's loss)."""
+    `speed_trainer_class` with the profile as the recipe resolves it, `profile_of`; the recipe's
+    callbacks and config defaults); (seconds of the timed steps, the first step's loss)."""
     import tempfile
 
     from transformers import Trainer, TrainerCallback, TrainingArguments
@@ -277,13 +277,11 @@ def _trainer_steps(args, model, opts: dict, batches, device, dtype, fused: bool,
     from affina.config import TrainConfig
     from affina.train.callbacks import WeightsToHost
     from affina.train.display import TrainingDisplay
-    from affina.train.speed import Profile, speed_trainer_class
+    from affina.train.speed import profile_of, speed_trainer_class
 
-    profile = Profile(name="speed", chunked_loss=True, loss_chunk_tokens=args.chunk, keep_input_dtype=True,
-                      compile_blocks=bool(opts.get("compiled")), fused_loss=fused,
-                      bf16_autocast=dtype == torch.bfloat16, fp8_base=bool(opts.get("fp8")),
-                      cuda_graphs=bool(opts.get("graphs")) and device.type == "cuda",
-                      fuse_projections=bool(opts.get("fuse")))
+    profile = profile_of("speed", device, loss_chunk_tokens=args.chunk, weights_dtype=dtype,
+                         mixed_precision="fp8" if opts.get("fp8") else "bf16",
+                         cuda_graphs=bool(opts.get("graphs")), fuse_projections=bool(opts.get("fuse")))
     rows = [{"input_ids": ids[i].cpu(), "attention_mask": torch.ones_like(ids[i].cpu()), "labels": ids[i].cpu()}
             for ids in batches for i in range(len(ids))]
     times: dict = {}
