@@ -408,6 +408,8 @@ def main() -> None:
     unknown = [k for k in keys + ([args.trace] if args.trace else []) if k not in CASES]
     if unknown:
         p.error(f"unknown case {unknown[0]!r}; choose from {', '.join(CASES)}")
+    if args.trace and CASES[args.trace][1].get("trainer"):
+        p.error(f"--trace {args.trace}: a Trainer row is not traced; trace its loop row, speed_graphs_fp8_fused")
     device = torch.device(args.device)
     dtype = torch.bfloat16  # on the CPU too, so a smoke run there takes the GPU's code paths
     where = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
