@@ -227,6 +227,9 @@ def test_ddp_two_ranks_of_batch_4_equal_one_process_of_batch_8(tmp_path, tiny_mo
     losses = [[h["loss"] for h in json.loads((run / "history.json").read_text()) if "loss" in h]
               for run in (single, ddp)]
     assert losses[1] == pytest.approx(losses[0], rel=1e-4)
+    tokens = [[h["num_input_tokens_seen"] for h in json.loads((run / "history.json").read_text())
+               if "loss" in h] for run in (single, ddp)]
+    assert tokens[1] == tokens[0] and tokens[0][-1] > 0  # the count is summed over the ranks
 
     import mlflow
 

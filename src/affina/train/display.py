@@ -31,6 +31,7 @@ class TrainingDisplay(TrainerCallback):
         self._t0 = None
         self._tokens0 = 0
         self._step0 = 0
+        self._rate = (None, None)  # (tokens seen, tokens/s) when the count last changed
 
     # -- events --------------------------------------------------------------------------
 
@@ -84,11 +85,16 @@ class TrainingDisplay(TrainerCallback):
     # -- helpers -------------------------------------------------------------------------
 
     def _tokens_per_s(self, state) -> float | None:
+        # The recipe's Trainer updates the count at the steps that log, validate or save
+        # (train/steps.py): the rate is taken when it changes, not diluted by the steps between.
         if self._t0 is None:
             return None
-        seconds = time.perf_counter() - self._t0
-        tokens = (state.num_input_tokens_seen or 0) - self._tokens0
-        return round(tokens / seconds, 1) if seconds > 0 and tokens > 0 else None
+        seen = state.num_input_tokens_seen or 0
+        if seen != self._rate[0]:
+            seconds = time.perf_counter() - self._t0
+            tokens = seen - self._tokens0
+            self._rate = (seen, round(tokens / seconds, 1) if seconds > 0 and tokens > 0 else None)
+        return self._rate[1]
 
     def _postfix(self, state) -> str:
         parts = []

@@ -39,7 +39,8 @@ from .display import TrainingDisplay
 from .plots import plot_learning_curve
 from . import distributed
 from .profiles import after_training, apply_profile, check_device_settings
-from .speed import Profile, speed_trainer_class
+from .speed import Profile
+from .steps import STEP_ARGUMENTS, recipe_trainer_class
 from .rundir import CONFIG_NAME, config_of_run, make_run_dir, resume_point, split_resume_target
 
 __all__ = ["train", "TrainResult", "CONFIG_NAME", "validate_run_config"]
@@ -337,10 +338,11 @@ def _build_trainer(model, tokenizer, data: PreparedData, cfg: RunConfig, run_dir
     if trainer is None:
         if profile.cuda_graphs:  # a few lengths, so a few recorded graphs serve every batch
             collator.pad_to_multiple_of = cfg.train.pad_to_multiple_of  # (methods/base.py checked the method)
-        profiled = speed_trainer_class(Trainer, profile)  # the profile's loss step (train/speed.py)
-        trainer = profiled(model=model, args=args, train_dataset=data.train,
-                           eval_dataset=data.val or None, data_collator=collator,
-                           compute_metrics=compute_metrics, callbacks=callbacks)
+        # The profile's loss step (train/speed.py), no device read between logging steps (steps.py)
+        trainer_class = recipe_trainer_class(Trainer, profile)
+        trainer = trainer_class(model=model, args=args, train_dataset=data.train,
+                                eval_dataset=data.val or None, data_collator=collator,
+                                compute_metrics=compute_metrics, callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)  # raw metric dicts; TrainingDisplay replaces them
     return trainer
 
@@ -370,7 +372,8 @@ def _training_args(model, data: PreparedData, cfg: RunConfig, run_dir: Path, che
         **distributed.trainer_arguments(cfg, model, device.type),
         report_to="none", remove_unused_columns=False, dataloader_num_workers=0,
         dataloader_pin_memory=device.type == "cuda",
-        disable_tqdm=True, include_num_input_tokens_seen="non_padding",  # TrainingDisplay shows progress
+        disable_tqdm=True,  # TrainingDisplay shows progress
+        **STEP_ARGUMENTS,  # the recipe's Trainer counts tokens seen itself (train/steps.py)
         **_best_checkpoint_args(t, has_val),
     )
 
