@@ -38,7 +38,7 @@ extra = {m: importlib.util.find_spec(m) is not None for m in ("liger_kernel", "b
 print(f"torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}, {extra}")
 PY
 timeout "${T_8B:-330}" python benchmarks/gpu_train.py --shape llama3-8b --batch 1 --seq 2048 \
-  --cases "${CASES_8B:-peft,speed_graphs_fp8_fused,trainer,trainer_uncounted,speed_graphs_fp8,speed_graphs,speed,memory}" \
+  --cases "${CASES_8B:-peft,speed_graphs_fp8_fused,trainer,trainer_hf,speed_graphs_fp8,speed_graphs,speed,memory}" \
   --trace "${TRACE_8B:-speed_graphs_fp8_fused}" \
   --trace-out "$OUT/trace_8b.md" --json "$OUT/rows_8b.json" 2>&1 | grep -v Warning | tee "$OUT/table_8b.md"
 timeout "${T_1B:-90}" python benchmarks/gpu_train.py --shape llama3.2-1b --batch 4 --seq 2048 \

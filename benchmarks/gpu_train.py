@@ -29,11 +29,12 @@ AdamW); `--cases` takes their keys:
 - `speed_fused`, `speed_graphs_fp8_fused`: + `train.fuse_projections` (train/fused.py): q/k/v
   and gate/up each one base matmul and one adapter down-projection instead of three and two.
 - `trainer`: `speed_graphs_fp8_fused` as `affina train` runs it: the recipe's transformers
-  Trainer with the profile's loss step (`speed_trainer_class`), its callbacks (the fp8 layers'
-  bf16 weights moved to host memory once training begins), the config's defaults for the
-  optimizer, schedule and gradient clipping, and the count of tokens seen the training display
-  shows (`include_num_input_tokens_seen`, one device sync a step); `trainer_uncounted`: the same
-  without that count. The loop rows above have neither the Trainer's bookkeeping nor the sync.
+  Trainer (train/steps.py `recipe_trainer_class`: the profile's loss step, and the tokens seen
+  counted on the device, read only at logging steps), its callbacks (the fp8 layers' bf16 weights
+  moved to host memory once training begins), the config's defaults for the optimizer, schedule
+  and gradient clipping; `trainer_hf`: the same with transformers' own bookkeeping, which reads
+  the loss's finiteness and the token count back from the device every step (two syncs). The
+  loop rows above have neither the Trainer's bookkeeping nor those reads.
 - `memory`: the `memory` profile on a bf16 base: fused (or chunked) loss, activation
   checkpointing, saved activations offloaded to pinned CPU memory, the input embedding table
   (untied at 8B) in host memory.
@@ -110,8 +111,8 @@ CASES = {
                                dict(_SPEED, graphs=True, fp8=True, fuse=True)),
     "trainer": ("speed + fp8 + CUDA graphs + fused, through the recipe's Trainer",
                 dict(_SPEED, graphs=True, fp8=True, fuse=True, trainer=True)),
-    "trainer_uncounted": ("the same Trainer, tokens seen not counted",
-                          dict(_SPEED, graphs=True, fp8=True, fuse=True, trainer=True, uncounted=True)),
+    "trainer_hf": ("the same Trainer, transformers' per-step reads",
+                   dict(_SPEED, graphs=True, fp8=True, fuse=True, trainer=True, hf_reads=True)),
     "memory": ("memory (bf16 base)", _MEMORY),
     "qlora": ("memory + QLoRA 4-bit, PEFT's preparation (rest fp32)",
               dict(_MEMORY, qlora=True, peft_prepare=True)),
@@ -267,9 +268,10 @@ def _run_case(args, key: str, device, dtype, trace: Path | None = None) -> dict:
 
 
 def _trainer_steps(args, model, opts: dict, batches, device, dtype, sync) -> tuple[float, float]:
-    """The warm-up and timed steps through the recipe's Trainer (train/speed.py
-    `speed_trainer_class` with the profile as the recipe resolves it, `profile_of`; the recipe's
-    callbacks and config defaults); (seconds of the timed steps, the first step's loss)."""
+    """The warm-up and timed steps through the recipe's Trainer (train/steps.py
+    `recipe_trainer_class` with the profile as the recipe resolves it, `profile_of`; the recipe's
+    callbacks and config defaults), or under `hf_reads` the profile's Trainer with transformers'
+    per-step reads; (seconds of the timed steps, the first step's loss)."""
     import tempfile
 
     from transformers import Trainer, TrainerCallback, TrainingArguments
@@ -278,6 +280,7 @@ def _trainer_steps(args, model, opts: dict, batches, device, dtype, sync) -> tup
     from affina.train.callbacks import WeightsToHost
     from affina.train.display import TrainingDisplay
     from affina.train.speed import profile_of, speed_trainer_class
+    from affina.train.steps import STEP_ARGUMENTS, recipe_trainer_class
 
     profile = profile_of("speed", device, loss_chunk_tokens=args.chunk, weights_dtype=dtype,
                          mixed_precision="fp8" if opts.get("fp8") else "bf16",
@@ -311,12 +314,13 @@ def _trainer_steps(args, model, opts: dict, batches, device, dtype, sync) -> tup
             logging_steps=t.logging_steps, logging_first_step=True, save_strategy="no", report_to="none",
             use_cpu=device.type == "cpu", bf16=profile.bf16_autocast, remove_unused_columns=False,
             dataloader_num_workers=0, dataloader_pin_memory=device.type == "cuda", disable_tqdm=True,
-            include_num_input_tokens_seen="no" if opts.get("uncounted") else "non_padding", **ordered)
+            **({"include_num_input_tokens_seen": "non_padding"} if opts.get("hf_reads") else STEP_ARGUMENTS),
+            **ordered)
         callbacks = [TrainingDisplay("quiet"), Clock()]
         if profile.fp8_base:
             callbacks.append(WeightsToHost(fp8=True, embeddings=False))
-        trainer = speed_trainer_class(Trainer, profile)(model=model, args=targs, train_dataset=rows,
-                                                        callbacks=callbacks)
+        trainer_class = (speed_trainer_class if opts.get("hf_reads") else recipe_trainer_class)(Trainer, profile)
+        trainer = trainer_class(model=model, args=targs, train_dataset=rows, callbacks=callbacks)
         trainer.train()
     return times["end"] - times["start"], times["first"]
 

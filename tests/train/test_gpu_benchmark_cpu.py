@@ -20,15 +20,15 @@ def test_gpu_benchmark_rows_run_on_the_cpu(tmp_path):
     done = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "gpu_train.py"), "--device", "cpu", "--shape", "tiny",
          "--seq", "64", "--batch", "2", "--steps", "1", "--warmup", "1",
-         "--cases", "peft,speed_graphs_fp8_fused,trainer,memory,qlora", "--json", str(out)],
+         "--cases", "peft,speed_graphs_fp8_fused,trainer,trainer_hf,memory,qlora", "--json", str(out)],
         capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "memory + QLoRA 4-bit, PEFT's preparation (rest fp32): skipped (a CUDA case)" in done.stdout
     table = [line for line in done.stdout.splitlines() if line.startswith("| ")]
-    assert len(table) == 1 + 4 and all(line.count("|") == 9 for line in table), done.stdout
+    assert len(table) == 1 + 5 and all(line.count("|") == 9 for line in table), done.stdout
     result = json.loads(out.read_text())
     rows = {r["key"]: r for r in result["rows"]}
-    assert list(rows) == ["peft", "speed_graphs_fp8_fused", "trainer", "memory"]
+    assert list(rows) == ["peft", "speed_graphs_fp8_fused", "trainer", "trainer_hf", "memory"]
     assert all(r["tokens_per_s"] > 0 and r["peak_gib"] is None for r in rows.values())
     peft = rows["peft"]["first_loss"]
     assert abs(rows["memory"]["first_loss"] - peft) < 1e-3 * peft  # the same model and loss
@@ -36,3 +36,4 @@ def test_gpu_benchmark_rows_run_on_the_cpu(tmp_path):
     assert fp8 != peft and abs(fp8 - peft) < 1e-2 * peft  # an fp8 base: close, not equal
     # The recipe's Trainer takes the same batches in the same order: the fp8 row's first loss.
     assert abs(rows["trainer"]["first_loss"] - fp8) < 1e-3 * fp8
+    assert rows["trainer_hf"]["first_loss"] == rows["trainer"]["first_loss"]  # bookkeeping only
