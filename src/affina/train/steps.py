@@ -9,7 +9,7 @@ cannot queue the optimizer step and the next forward pass while the GPU is still
 recipe's Trainer switches both off (`STEP_ARGUMENTS`) and counts the tokens itself
 (`TokensSeenMixin`), as "non_padding" counts them (the attention mask's ones; every token of a
 batch without one): the count stays on the device and is read once at each step that logs,
-validates or saves and at the last step, summed over processes. The figures are the same as
+validates or saves, at the last step and before any log, summed over processes. The figures are the same as
 transformers' own, logged under the same names (`num_input_tokens_seen`,
 `train_tokens_per_second`); a non-finite loss is logged as it is.
 """
@@ -78,6 +78,8 @@ class TokensSeenMixin:
         self._tokens_host, self._tokens_device = 0, None
 
     def log(self, logs: dict, start_time: float | None = None) -> None:
+        if self._tokens_host or self._tokens_device is not None:  # a stop no callback saw coming
+            self.read_tokens_seen()
         # What transformers' `log` adds when it counts tokens itself.
         logs["num_input_tokens_seen"] = self.state.num_input_tokens_seen
         if start_time is not None:
