@@ -10,8 +10,8 @@
 # Time limits (seconds), rows and tests can be changed: T_8B, T_1B, T_TESTS, CASES_8B, CASES_1B,
 # TRACE_8B (the 8B row whose kernel time is broken down), TESTS (default tests/gpu). The default
 # rows are the speed question still open (CUDA graphs, the fp8 base, fused projections), the
-# likeliest fastest first and then the same through the recipe's Trainer (with and without its
-# per-step count of tokens seen), so a row cut off by the limit is one of the least needed, then the
+# likeliest fastest first and then the same through the recipe's Trainer (and through one with
+# transformers' per-step reads of the loss and token count), so a row cut off by the limit is one of the least needed, then the
 # memory profile on a bf16 base (its input embedding table now in host memory); the memory rows
 # measured before are CASES_8B=peft,memory,qlora,qlora_bf16. The default limits add up to 570 s,
 # inside one 10-minute call.

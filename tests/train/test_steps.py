@@ -6,6 +6,7 @@ GPU each is a wait for the queued work."""
 
 from __future__ import annotations
 
+import json
 import sys
 
 import pytest
@@ -59,13 +60,15 @@ def _examples(tokenizer, n=24):
     return examples
 
 
-def _train(model_dir, tmp_path, trainer_class, steps=7, **arguments):
-    """`steps` steps of batch 3 (padded rows of different lengths), logging every 3rd step."""
+def _train(model_dir, tmp_path, trainer_class, steps=7, save_steps=None, **arguments):
+    """`steps` steps of batch 3 (padded rows of different lengths), logging every 3rd step, a
+    checkpoint every `save_steps`."""
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     args = TrainingArguments(output_dir=str(tmp_path / "out"), max_steps=steps, per_device_train_batch_size=3,
-                             learning_rate=1e-3, logging_steps=3, logging_first_step=True, save_strategy="no",
+                             learning_rate=1e-3, logging_steps=3, logging_first_step=True,
+                             save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500,
                              report_to="none", use_cpu=True, disable_tqdm=True, remove_unused_columns=False,
                              dataloader_num_workers=0, seed=0, **arguments)
     reads = Reads()
@@ -79,8 +82,8 @@ def _train(model_dir, tmp_path, trainer_class, steps=7, **arguments):
 @pytest.mark.parametrize("profile", [Profile(), Profile(chunked_loss=True)], ids=["default", "chunked"])
 def test_tokens_seen_as_transformers_counts_them_without_a_read_each_step(tiny_model_dir, tmp_path, profile):
     ours, reads = _train(tiny_model_dir, tmp_path / "ours", recipe_trainer_class(Trainer, profile),
-                         **STEP_ARGUMENTS)
-    plain, plain_reads = _train(tiny_model_dir, tmp_path / "plain", Trainer,
+                         save_steps=5, **STEP_ARGUMENTS)
+    plain, plain_reads = _train(tiny_model_dir, tmp_path / "plain", Trainer, save_steps=5,
                                 include_num_input_tokens_seen="non_padding")
 
     def logged(trainer, key):
@@ -91,10 +94,13 @@ def test_tokens_seen_as_transformers_counts_them_without_a_read_each_step(tiny_m
     assert [s for s, _ in logged(ours, "train_tokens_per_second")] == [1, 3, 6]
     assert [s for s, _ in logged(ours, "loss")] == [s for s, _ in logged(plain, "loss")]
     assert [v for _, v in logged(ours, "loss")] == pytest.approx([v for _, v in logged(plain, "loss")])
+    saved = [json.loads((run / "out" / "checkpoint-5" / "trainer_state.json").read_text())
+             for run in (tmp_path / "ours", tmp_path / "plain")]  # a checkpoint at a step that logs nothing
+    assert saved[0]["num_input_tokens_seen"] == saved[1]["num_input_tokens_seen"] > 0
 
-    # Steps 1, 3 and 6 log and step 7 ends the run: reads there only (step 0: setting up). The
-    # plain Trainer reads at every step (the loss's finiteness, the token count).
-    assert {step for step, _ in reads.seen} - {0} == {1, 3, 6, 7}
+    # Steps 1, 3 and 6 log, step 5 saves and step 7 ends the run: reads there only (step 0:
+    # setting up). The plain Trainer reads at every step (the loss's finiteness, the token count).
+    assert {step for step, _ in reads.seen} - {0} == {1, 3, 5, 6, 7}
     assert {step for step, _ in plain_reads.seen} - {0} == set(range(1, 8))
 
 

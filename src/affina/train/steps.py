@@ -8,10 +8,10 @@ running mean before it is logged) and how many tokens the batch held
 cannot queue the optimizer step and the next forward pass while the GPU is still busy. The
 recipe's Trainer switches both off (`STEP_ARGUMENTS`) and counts the tokens itself
 (`TokensSeenMixin`), as "non_padding" counts them (the attention mask's ones; every token of a
-batch without one): the count stays on the device and is read once at each step that logs,
-validates or saves, at the last step and before any log, summed over processes. The figures are the same as
-transformers' own, logged under the same names (`num_input_tokens_seen`,
-`train_tokens_per_second`); a non-finite loss is logged as it is.
+batch without one): the count stays on the device and is read where it is looked at, before
+each log (training, validation and the end of training) and before each checkpoint is saved,
+summed over processes. The figures are the same as transformers' own, logged under the same
+names (`num_input_tokens_seen`, `train_tokens_per_second`); a non-finite loss is logged as it is.
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ STEP_ARGUMENTS = {"include_num_input_tokens_seen": "no", "logging_nan_inf_filter
 
 
 class _ReadTokens(TrainerCallback):
-    """Reads the trainer's pending token count at the steps whose state is looked at. Runs right
-    after transformers' flow callback, which decides what the step does next, on every process
-    (the read sums over them)."""
+    """Reads the trainer's pending token count before a checkpoint saves the state (a log reads
+    it itself). Runs right after transformers' flow callback, which decides whether the step
+    saves, on every process (the read sums over them)."""
 
     def __init__(self):
         self.trainer = None
@@ -40,8 +40,7 @@ class _ReadTokens(TrainerCallback):
         self.trainer._tokens_at_start = state.num_input_tokens_seen
 
     def on_step_end(self, args, state, control, **kwargs):
-        if (control.should_log or control.should_evaluate or control.should_save
-                or control.should_training_stop or state.global_step >= state.max_steps):
+        if control.should_save:
             self.trainer.read_tokens_seen()
 
 
@@ -78,7 +77,7 @@ class TokensSeenMixin:
         self._tokens_host, self._tokens_device = 0, None
 
     def log(self, logs: dict, start_time: float | None = None) -> None:
-        if self._tokens_host or self._tokens_device is not None:  # a stop no callback saw coming
+        if self._tokens_host or self._tokens_device is not None:  # every process logs here
             self.read_tokens_seen()
         # What transformers' `log` adds when it counts tokens itself.
         logs["num_input_tokens_seen"] = self.state.num_input_tokens_seen
