@@ -30,7 +30,7 @@ AdamW); `--cases` takes their keys:
   and gate/up each one base matmul and one adapter down-projection instead of three and two.
 - `trainer`: `speed_graphs_fp8_fused` as `affina train` runs it: the recipe's transformers
   Trainer (train/steps.py `recipe_trainer_class`: the profile's loss step, and the tokens seen
-  counted on the device, read only at logging steps), its callbacks (the fp8 layers' bf16 weights
+  counted on the device, read only before logs and checkpoints), its callbacks (the fp8 layers' bf16 weights
   moved to host memory once training begins), the config's defaults for the optimizer, schedule
   and gradient clipping; `trainer_hf`: the same with transformers' own bookkeeping, which reads
   the loss's finiteness and the token count back from the device every step (two syncs). The
